@@ -1,0 +1,83 @@
+"""Teacher and student architectures, built by name.
+
+- ``convnet-bn[-w<width>][-d<depth>]``: the dataset-distillation ConvNet (conv3x3-BN-ReLU-avgpool
+  blocks, then a linear layer), with BatchNorm so its statistics can be matched.
+- ``resnet18-cifar``: torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, the
+  variant used for 32/64 px inputs.
+- any torchvision classification model by its name (``resnet18``, ``densenet121``,
+  ``shufflenet_v2_x0_5``, ``mobilenet_v2``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+_CONVNET = re.compile(r"^convnet-bn(?:-w(?P<width>\d+))?(?:-d(?P<depth>\d+))?$")
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+class ConvNetBN(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                 width: int = 64, depth: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for _ in range(depth):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2),
+            ]
+            channels, size = width, size // 2
+        self.features = nn.Sequential(*layers)
+        # Global pooling keeps the head valid at every MRO resolution, not just the native one.
+        self.pool = nn.AdaptiveAvgPool2d(max(1, size))
+        self.classifier = nn.Linear(width * max(1, size) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _resnet18_cifar(num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """A freshly initialised model; weights are loaded by ``builders.teachers``."""
+    match = _CONVNET.match(name)
+    if match:
+        return ConvNetBN(
+            num_classes,
+            in_channels,
+            image_size,
+            width=int(match["width"] or 64),
+            depth=int(match["depth"] or 3),
+        )
+    if name == "resnet18-cifar":
+        return _resnet18_cifar(num_classes, in_channels)
+
+    import torchvision.models
+
+    if name not in torchvision.models.list_models(torchvision.models):
+        raise UnknownModelError(
+            f"unknown model {name!r}; use convnet-bn[-w<width>][-d<depth>], resnet18-cifar, "
+            "or a torchvision classification model name such as resnet18 or mobilenet_v2"
+        )
+    if in_channels != 3:
+        raise UnknownModelError(
+            f"torchvision model {name!r} takes 3-channel input; for {in_channels}-channel data "
+            "use convnet-bn or resnet18-cifar"
+        )
+    return torchvision.models.get_model(name, num_classes=num_classes)

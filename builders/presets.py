@@ -1,0 +1,232 @@
+"""One frozen preset per dataset: everything a build needs to know about it.
+
+The three paper presets carry FADRM's released settings (see REFERENCE.md in the design notes);
+``fashion-mnist`` carries CPU-sized settings so the whole pipeline runs on real data on a laptop.
+Code never branches on a dataset's name: it reads the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How to train a teacher from scratch on the source's training split."""
+
+    optimizer: str  # "adam" | "adamw" | "sgd"
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    momentum: float = 0.9  # SGD only
+    crop_padding: int = 4  # random crop with this padding, then horizontal flip
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    display_name: str
+    source: str  # key into builders.sources.SOURCES
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    # Teachers. ``teacher`` is FADRM's; ``teachers_plus`` are cycled round-robin by FADRM+.
+    teacher: str
+    teachers_plus: tuple[str, ...]
+    # None: the teachers come pretrained (torchvision ImageNet weights); else trained with this.
+    teacher_recipe: TeacherRecipe | None
+
+    # Recover (FADRM). One entry per stage; consecutive stages are joined by an ARC merge,
+    # and a change of resolution between them is MRO.
+    stage_resolutions: tuple[int, ...]
+    stage_iterations: tuple[int, ...]
+    lr: float
+    adam_betas: tuple[float, float]
+    r_bn: float
+    first_bn_multiplier: float
+    alpha: float  # ARC: x <- alpha * x + (1 - alpha) * Resample(P_s)
+    jitter: int  # max random roll in pixels per step
+    crop_scale: tuple[float, float]  # per-step RandomResizedCrop scale range
+    class_block: int  # classes optimised together in one unit (the BN-matching batch)
+
+    # Patch selection: real crops scored by the teacher; candidates drawn per kept patch.
+    patch_candidates: int = 4
+    patch_crop_scale: tuple[float, float] = (0.5, 1.0)
+
+    # Soft labels (FKD relabel) and the student protocol.
+    relabel_epochs: int = 300
+    relabel_batch_size: int = 16
+    relabel_crop_scale: tuple[float, float] = (0.08, 1.0)
+    soft_label_topk: int | None = None  # None: dense fp16 logits
+    student: str = "resnet18"
+    eval_epochs: int = 300
+    eval_lr: float = 1e-3
+    eval_weight_decay: float = 0.01
+    eval_batch_size: int = 16
+    eval_grad_accumulation: int = 2
+    temperature: float = 20.0
+    evaluate_by_default: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.stage_resolutions) != len(self.stage_iterations):
+            raise ValueError(
+                f"preset {self.name!r}: {len(self.stage_resolutions)} stage resolutions but "
+                f"{len(self.stage_iterations)} iteration counts"
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"preset {self.name!r}: alpha must lie in [0, 1], got {self.alpha}")
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(self.stage_iterations)
+
+    def replace(self, **changes) -> "Preset":
+        """A copy with some fields changed (e.g. from CLI flags); the result is validated."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CIFAR100 = Preset(
+    name="cifar100",
+    display_name="CIFAR-100",
+    source="cifar100",
+    num_classes=100,
+    channels=3,
+    image_size=32,
+    mean=(0.5071, 0.4867, 0.4408),
+    std=(0.2675, 0.2565, 0.2761),
+    teacher="resnet18-cifar",
+    teachers_plus=("resnet18-cifar", "densenet121", "shufflenet_v2_x0_5", "mobilenet_v2"),
+    teacher_recipe=TeacherRecipe(optimizer="adam", lr=1e-3, weight_decay=1e-4, epochs=200, batch_size=512),
+    stage_resolutions=(32, 32, 32, 32),
+    stage_iterations=(500, 500, 500, 500),
+    lr=0.25,
+    adam_betas=(0.5, 0.9),
+    r_bn=0.01,
+    first_bn_multiplier=10.0,
+    alpha=0.5,
+    jitter=4,
+    crop_scale=(0.08, 1.0),
+    class_block=100,
+    relabel_epochs=1000,
+    student="resnet18-cifar",
+    eval_epochs=1000,
+)
+
+TINY_IMAGENET = Preset(
+    name="tiny-imagenet",
+    display_name="Tiny-ImageNet",
+    source="tiny-imagenet",
+    num_classes=200,
+    channels=3,
+    image_size=64,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    teacher="resnet18-cifar",
+    teachers_plus=("resnet18-cifar", "densenet121", "shufflenet_v2_x0_5", "mobilenet_v2"),
+    teacher_recipe=TeacherRecipe(optimizer="sgd", lr=0.01, weight_decay=1e-4, epochs=50, batch_size=128),
+    stage_resolutions=(64, 64, 64, 64),
+    stage_iterations=(500, 500, 500, 500),
+    lr=0.25,
+    adam_betas=(0.5, 0.9),
+    r_bn=0.01,
+    first_bn_multiplier=10.0,
+    alpha=0.5,
+    jitter=4,
+    crop_scale=(0.08, 1.0),
+    class_block=100,
+    relabel_epochs=300,
+    soft_label_topk=None,
+    student="resnet18-cifar",
+    eval_epochs=300,
+)
+
+IMAGENET = Preset(
+    name="imagenet",
+    display_name="ImageNet-1K",
+    source="imagenet",
+    num_classes=1000,
+    channels=3,
+    image_size=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    teacher="resnet18",
+    teachers_plus=("resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"),
+    teacher_recipe=None,
+    stage_resolutions=(200, 224, 200, 224),
+    stage_iterations=(500, 500, 500, 500),
+    lr=0.25,
+    adam_betas=(0.5, 0.9),
+    r_bn=0.01,
+    first_bn_multiplier=10.0,
+    alpha=0.5,
+    jitter=32,
+    crop_scale=(0.08, 1.0),
+    class_block=100,
+    relabel_epochs=300,
+    soft_label_topk=100,  # 1000 classes: top-k + mean of the rest keeps the store small
+    student="resnet18",
+    eval_epochs=300,
+)
+
+# CPU-sized: a 3-block ConvNet-BN teacher trains to ~91 % in 4 epochs on 2 cores (a few
+# minutes); recover runs 4 stages whose resolution alternates 24 -> 28 so MRO really resamples;
+# one unit holds all 10 classes, the smallest batch that still gives BN statistics per class.
+FASHION_MNIST = Preset(
+    name="fashion-mnist",
+    display_name="Fashion-MNIST",
+    source="fashion-mnist",
+    num_classes=10,
+    channels=1,
+    image_size=28,
+    mean=(0.2860,),
+    std=(0.3530,),
+    teacher="convnet-bn",
+    teachers_plus=("convnet-bn", "convnet-bn-w128", "convnet-bn-d2"),
+    teacher_recipe=TeacherRecipe(
+        optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=4, batch_size=256, crop_padding=2
+    ),
+    stage_resolutions=(24, 28, 24, 28),
+    stage_iterations=(100, 100, 100, 100),
+    lr=0.05,
+    adam_betas=(0.5, 0.9),
+    r_bn=0.01,
+    first_bn_multiplier=10.0,
+    alpha=0.5,
+    jitter=2,
+    crop_scale=(0.5, 1.0),
+    class_block=10,
+    patch_candidates=4,
+    relabel_epochs=300,
+    relabel_crop_scale=(0.5, 1.0),
+    student="convnet-bn",
+    eval_epochs=300,
+    temperature=4.0,
+    evaluate_by_default=True,
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (CIFAR100, TINY_IMAGENET, IMAGENET, FASHION_MNIST)}
+
+
+class UnknownDatasetError(ValueError):
+    pass
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
+        ) from None

@@ -1,0 +1,322 @@
+"""FADRM recover: synthesise images by matching a teacher's BatchNorm statistics.
+
+The loss on a batch of synthetic images x with labels y is
+
+    CE(teacher(aug(x)), y) + r_bn * sum_l w_l (||mu_l(aug(x)) - running_mean_l||_2
+                                               + ||var_l(aug(x)) - running_var_l||_2)
+
+with w_l = ``first_bn_multiplier`` for the first BN layer and 1 elsewhere, optimised with Adam
+on the pixels. FADRM's pieces, each a named part of this module:
+
+- MRO (multi-resolution optimisation), :func:`stage_schedule`: the optimisation runs in stages
+  whose resolution follows the preset; between stages the images are resampled (bilinear).
+- ARC (data-level residual connection), :func:`arc_merge`: between stages,
+  ``x = alpha * x + (1 - alpha) * Resample(P_s)`` pulls the images back towards their real patch.
+- AMP, :class:`Precision`: fp16 autocast + GradScaler on CUDA; BN statistics and losses in fp32.
+- FADRM+: several teachers, cycled round-robin one per step.
+
+Work is cut into units (ipc_id, block of classes). Each unit's randomness comes from a generator
+seeded by (seed, ipc_id, block), so a unit's output does not depend on which process runs it or
+in which order; a unit's PNGs are written atomically once it finishes and finished units are
+skipped, so a killed build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fadrm_datasets.augment import resized_crop, sample_crop_box
+
+from .imaging import normalize, pixel_bounds, save_png, to_uint8
+from .presets import Preset
+from .seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+INITS = ("patches", "gaussian")
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """The recover settings of one build: the preset's, with the CLI's switches applied."""
+
+    stages: tuple[tuple[int, int], ...]  # (resolution, iterations) per stage
+    output_size: int
+    lr: float
+    adam_betas: tuple[float, float]
+    r_bn: float
+    first_bn_multiplier: float
+    alpha: float
+    jitter: int
+    crop_scale: tuple[float, float]
+    arc: bool = True
+    amp: bool = False
+    init: str = "patches"
+
+    @classmethod
+    def from_preset(cls, preset: Preset, *, arc: bool = True, mro: bool = True,
+                    amp: bool = False, init: str = "patches") -> "RecoverConfig":
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        return cls(
+            stages=stage_schedule(preset, mro=mro, arc=arc),
+            output_size=preset.image_size,
+            lr=preset.lr,
+            adam_betas=preset.adam_betas,
+            r_bn=preset.r_bn,
+            first_bn_multiplier=preset.first_bn_multiplier,
+            alpha=preset.alpha,
+            jitter=preset.jitter,
+            crop_scale=preset.crop_scale,
+            arc=arc,
+            amp=amp,
+            init=init,
+        )
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(iterations for _, iterations in self.stages)
+
+
+# --- MRO --------------------------------------------------------------------------------------
+
+def stage_schedule(preset: Preset, *, mro: bool = True, arc: bool = True) -> tuple[tuple[int, int], ...]:
+    """(resolution, iterations) per stage.
+
+    With MRO off every stage runs at the output size. With MRO and ARC both off, stage
+    boundaries would only reset Adam, which single-stage methods (SRe2L) do not do, so the
+    stages collapse into one of the same total length.
+    """
+    resolutions = preset.stage_resolutions if mro else (preset.image_size,) * len(preset.stage_resolutions)
+    stages = tuple(zip(resolutions, preset.stage_iterations))
+    if not mro and not arc:
+        return ((preset.image_size, preset.total_iterations),)
+    return stages
+
+
+def resample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resampling to ``size`` x ``size`` (identity when already that size)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < x.shape[-1])
+
+
+# --- ARC --------------------------------------------------------------------------------------
+
+def arc_merge(x: torch.Tensor, patches: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Data-level residual connection: ``alpha * x + (1 - alpha) * Resample(P_s)``."""
+    return alpha * x + (1.0 - alpha) * resample(patches, x.shape[-1])
+
+
+# --- AMP --------------------------------------------------------------------------------------
+
+class Precision:
+    """fp16 autocast + loss scaling on CUDA when enabled; plain fp32 otherwise.
+
+    On CPUs low-precision autocast is many times slower than fp32, so AMP is a CUDA feature.
+    """
+
+    def __init__(self, enabled: bool, device: torch.device):
+        if enabled and device.type != "cuda":
+            raise ValueError("AMP (fp16 autocast) needs a CUDA device; run with --no-amp on the CPU")
+        self.enabled = enabled
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled) if enabled else None
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device_type, dtype=torch.float16, enabled=self.enabled)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+# --- BN-statistics matching -------------------------------------------------------------------
+
+class BNStatisticsLoss:
+    """Forward hooks on a model's BatchNorm layers that measure the distance of each batch's
+    channel mean and (biased) variance to the layer's running statistics, in fp32."""
+
+    def __init__(self, model: nn.Module, first_multiplier: float = 1.0):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not self.layers:
+            raise ValueError("the teacher has no BatchNorm layers: BN-statistics matching needs them")
+        self.weights = [first_multiplier] + [1.0] * (len(self.layers) - 1)
+        self.terms: list[torch.Tensor] = []
+        self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+
+    def _hook(self, module: nn.Module, inputs, output) -> None:
+        x = inputs[0].float()
+        dims = [0] + list(range(2, x.ndim))
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=False)
+        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean.float())
+                          + torch.linalg.vector_norm(var - module.running_var.float()))
+
+    def pop(self) -> torch.Tensor:
+        """The weighted sum over layers for the last forward pass, and reset."""
+        if len(self.terms) != len(self.layers):
+            raise RuntimeError(f"expected {len(self.layers)} BN terms, got {len(self.terms)}")
+        loss = sum(w * t for w, t in zip(self.weights, self.terms))
+        self.terms = []
+        return loss
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+# --- one unit ---------------------------------------------------------------------------------
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    return 0.5 * base * (1.0 + math.cos(math.pi * step / total))
+
+
+def augment(x: torch.Tensor, config: RecoverConfig, generator: torch.Generator) -> torch.Tensor:
+    """Per-step augmentation, one draw for the whole batch: random roll (jitter), random
+    resized crop back to the current resolution, horizontal flip."""
+    size = x.shape[-1]
+    if config.jitter > 0:
+        dy, dx = torch.randint(-config.jitter, config.jitter + 1, (2,), generator=generator).tolist()
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    box = sample_crop_box(size, size, config.crop_scale, generator)
+    x = resized_crop(x, box, size)
+    if torch.rand(1, generator=generator).item() < 0.5:
+        x = x.flip(3)
+    return x
+
+
+@dataclass
+class UnitResult:
+    images: torch.Tensor  # uint8 (n, C, H, W)
+    ce: float
+    bn: float
+    seconds: float
+    peak_memory_mb: float
+    losses: list[float] = field(default_factory=list)
+
+
+def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: torch.Tensor,
+                 preset: Preset, config: RecoverConfig, seed: int,
+                 device: torch.device = torch.device("cpu")) -> UnitResult:
+    """Synthesise one image per label, starting from ``patches`` (uint8, one per label)."""
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    generator = torch.Generator().manual_seed(seed)  # CPU draws: identical on every device
+    precision = Precision(config.amp, device)
+    losses_bn = [BNStatisticsLoss(t, config.first_bn_multiplier) for t in teachers]
+    low, high = pixel_bounds(preset, device)
+    labels = labels.to(device)
+
+    real = normalize(patches.to(device), preset)
+    if config.init == "gaussian":
+        real = torch.randn(real.shape, generator=generator).to(device)
+    x = resample(real, config.stages[0][0])
+
+    total, step, history = config.total_iterations, 0, []
+    try:
+        for index, (resolution, iterations) in enumerate(config.stages):
+            if index > 0:
+                x = resample(x, resolution)  # MRO
+                if config.arc:
+                    x = arc_merge(x, real, config.alpha)
+            x = x.detach().clamp(low, high).requires_grad_(True)
+            optimizer = torch.optim.Adam([x], lr=config.lr, betas=config.adam_betas)  # reset per stage
+            for _ in range(iterations):
+                for group in optimizer.param_groups:
+                    group["lr"] = cosine_lr(config.lr, step, total)
+                teacher_index = step % len(teachers)  # FADRM+: round-robin
+                with precision.autocast():
+                    logits = teachers[teacher_index](augment(x, config, generator))
+                ce = F.cross_entropy(logits.float(), labels)
+                bn = losses_bn[teacher_index].pop()
+                loss = ce + config.r_bn * bn
+                optimizer.zero_grad(set_to_none=True)
+                precision.step(loss, optimizer)
+                with torch.no_grad():
+                    x.clamp_(low, high)
+                history.append(loss.item())
+                step += 1
+    finally:
+        for hooks in losses_bn:
+            hooks.remove()
+
+    images = to_uint8(resample(x.detach(), config.output_size), preset).cpu()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # the process's high-water mark: an upper bound for this unit
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return UnitResult(images, ce.item(), bn.item(), time.perf_counter() - start, peak, history)
+
+
+# --- the set: units, files, resume ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    ipc_id: int
+    block: int
+    classes: tuple[int, ...]
+
+    def seed(self, run_seed: int) -> int:
+        return derive_seed(run_seed, "recover", self.ipc_id, self.block)
+
+
+def plan_units(preset: Preset, ipc: int) -> list[Unit]:
+    blocks = [tuple(range(start, min(start + preset.class_block, preset.num_classes)))
+              for start in range(0, preset.num_classes, preset.class_block)]
+    return [Unit(ipc_id, b, classes) for ipc_id in range(ipc) for b, classes in enumerate(blocks)]
+
+
+def image_path(images_dir: Path, label: int, ipc_id: int) -> Path:
+    return Path(images_dir) / f"{label:05d}" / f"{ipc_id:05d}.png"
+
+
+def unit_done(images_dir: Path, unit: Unit) -> bool:
+    return all(image_path(images_dir, c, unit.ipc_id).is_file() for c in unit.classes)
+
+
+def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Preset,
+                config: RecoverConfig, images_dir: Path, ipc: int, seed: int,
+                device: torch.device = torch.device("cpu"), rank: int = 0, world_size: int = 1,
+                units: Sequence[Unit] | None = None) -> dict:
+    """Run every unfinished unit of this rank's share; returns per-unit statistics.
+
+    ``patches`` is uint8 (num_classes, ipc, C, H, W). Units are sharded round-robin by rank, so
+    ``torchrun`` processes split the work and write disjoint files.
+    """
+    units = list(units if units is not None else plan_units(preset, ipc))[rank::world_size]
+    todo = [u for u in units if not unit_done(images_dir, u)]
+    log.info("recover: %d units (%d already done), %d iterations each over stages %s",
+             len(units), len(units) - len(todo), config.total_iterations, list(config.stages))
+    stats = {}
+    for unit in tqdm(todo, desc="recover", unit="unit"):
+        labels = torch.tensor(unit.classes)
+        result = recover_unit(teachers, labels, patches[labels, unit.ipc_id], preset, config,
+                              unit.seed(seed), device)
+        for label, image in zip(unit.classes, result.images):
+            save_png(image_path(images_dir, label, unit.ipc_id), image)
+        stats[f"{unit.ipc_id}/{unit.block}"] = {
+            "ce": round(result.ce, 4), "bn": round(result.bn, 4),
+            "seconds": round(result.seconds, 2), "peak_memory_mb": round(result.peak_memory_mb, 1),
+        }
+        log.info("unit ipc_id=%d block=%d: ce %.3f bn %.3f, %.1f s, peak %.0f MB", unit.ipc_id,
+                 unit.block, result.ce, result.bn, result.seconds, result.peak_memory_mb)
+    return stats

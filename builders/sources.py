@@ -1,0 +1,252 @@
+"""Original (real) data for each preset, as datasets of ``(uint8 CxHxW tensor, label)``.
+
+Every source returns :class:`LabeledImages`-like datasets with ``targets`` and ``classes`` so
+the teacher trainer, the patch selector and the evaluator stay dataset-agnostic. Small sets live
+in memory as one uint8 tensor; large ones decode files on demand.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .presets import Preset
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The original dataset is not where we looked; the message says what to do."""
+
+
+class TensorImages(Dataset):
+    """A whole split in memory: ``images`` uint8 (N, C, H, W), ``targets`` int64 (N,)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str]):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
+        self.images = images
+        self.targets = targets.long()
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+
+class FileImages(Dataset):
+    """Images decoded from files on demand, resized to a square ``size``."""
+
+    def __init__(self, files: list[str], targets: list[int], classes: list[str], size: int):
+        self.files = files
+        self.targets = torch.tensor(targets, dtype=torch.long)
+        self.classes = list(classes)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.files[index]) as img:
+            img = _resize_center_crop(img.convert("RGB"), self.size)
+            array = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1), int(self.targets[index])
+
+
+def _resize_center_crop(img, size: int):
+    from PIL import Image
+
+    # The standard eval transform: shorter side to size/0.875, then a centre crop.
+    short = round(size / 0.875) if min(img.size) > size else size
+    scale = short / min(img.size)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                     Image.BILINEAR)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST: Debian's dataset-fashion-mnist, a torchvision-style raw folder, or a download.
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped): images (N, H, W) or labels (N,), uint8."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, count = struct.unpack(">II", data[:8])
+    if magic == 2049:  # labels
+        return np.frombuffer(data, dtype=np.uint8, count=count, offset=8)
+    if magic == 2051:  # images
+        rows, cols = struct.unpack(">II", data[8:16])
+        return np.frombuffer(data, dtype=np.uint8, count=count * rows * cols, offset=16).reshape(
+            count, rows, cols
+        )
+    raise ValueError(f"{path} is not an idx file (magic number {magic})")
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def fashion_mnist_dirs(root: Path) -> list[Path]:
+    return [root / "FashionMNIST" / "raw", root, DEBIAN_FASHION_MNIST]
+
+
+def load_fashion_mnist(root: Path, split: str, download: bool) -> TensorImages:
+    image_stem, label_stem = _FMNIST_FILES[split]
+    for directory in fashion_mnist_dirs(root):
+        images, labels = _find_idx(directory, image_stem), _find_idx(directory, label_stem)
+        if images and labels:
+            break
+    else:
+        if not download:
+            raise DataNotFoundError(
+                f"Fashion-MNIST not found in {root}/FashionMNIST/raw or {DEBIAN_FASHION_MNIST}; "
+                "install Debian's dataset-fashion-mnist package or pass --download"
+            )
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(root), train=split == "train", download=True)
+        return load_fashion_mnist(root, split, download=False)
+    x = torch.from_numpy(read_idx(images).copy()).unsqueeze(1)
+    y = torch.from_numpy(read_idx(labels).astype(np.int64))
+    return TensorImages(x, y, FASHION_MNIST_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100 through torchvision (its archive is a pickle made by the dataset's authors, the one
+# format torchvision knows; we read it only from the official, checksummed download).
+
+def load_cifar100(root: Path, split: str, download: bool) -> TensorImages:
+    from torchvision.datasets import CIFAR100
+
+    try:
+        data = CIFAR100(str(root), train=split == "train", download=download)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
+        raise DataNotFoundError(
+            f"CIFAR-100 not found under {root}; pass --download to fetch it ({error})"
+        ) from None
+    images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
+    return TensorImages(images, torch.tensor(data.targets), data.classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny-ImageNet: the standard zip layout (tiny-imagenet-200/{wnids.txt,train,val}).
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+
+
+def load_tiny_imagenet(root: Path, split: str, download: bool) -> FileImages:
+    base = root / "tiny-imagenet-200"
+    if not (base / "wnids.txt").is_file():
+        archive = root / "tiny-imagenet-200.zip"
+        if archive.is_file() or download:
+            from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+
+            if archive.is_file():
+                extract_archive(str(archive), str(root))
+            else:
+                download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+        else:
+            raise DataNotFoundError(
+                f"Tiny-ImageNet not found: put tiny-imagenet-200.zip or its extracted folder "
+                f"tiny-imagenet-200/ in {root}, or pass --download"
+            )
+    wnids = (base / "wnids.txt").read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    files, targets = [], []
+    if split == "train":
+        for wnid in wnids:
+            folder = base / "train" / wnid / "images"
+            for name in sorted(os.listdir(folder)):
+                files.append(str(folder / name))
+                targets.append(index[wnid])
+    else:
+        for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+            name, wnid = line.split("\t")[:2]
+            files.append(str(base / "val" / "images" / name))
+            targets.append(index[wnid])
+    return FileImages(files, targets, wnids, size=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet-1K: an ImageFolder tree (root/train, root/val) or a Hugging Face dataset id.
+
+def load_imagenet(root: Path | str, split: str, download: bool) -> Dataset:
+    root_str = str(root)
+    if root_str.startswith("hf:"):
+        return HFImages(root_str[3:], "train" if split == "train" else "validation", size=224)
+    folder = Path(root) / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            f"ImageNet-1K not found: expected an ImageFolder tree at {folder} (one folder per "
+            "wnid), or pass --data-root hf:<dataset id> to read it from the Hugging Face Hub"
+        )
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    files, targets = [], []
+    for label, wnid in enumerate(classes):
+        for name in sorted(os.listdir(folder / wnid)):
+            files.append(str(folder / wnid / name))
+            targets.append(label)
+    return FileImages(files, targets, classes, size=224)
+
+
+class HFImages(Dataset):
+    """A Hugging Face image-classification dataset (``image``, ``label`` columns)."""
+
+    def __init__(self, repo_id: str, split: str, size: int):
+        import datasets
+
+        self.data = datasets.load_dataset(repo_id, split=split)
+        self.targets = torch.tensor(self.data["label"], dtype=torch.long)
+        self.classes = self.data.features["label"].names
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.data[int(index)]
+        img = _resize_center_crop(row["image"].convert("RGB"), self.size)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), row["label"]
+
+
+Loader = Callable[[Path, str, bool], Dataset]
+SOURCES: dict[str, Loader] = {
+    "fashion-mnist": load_fashion_mnist,
+    "cifar100": load_cifar100,
+    "tiny-imagenet": load_tiny_imagenet,
+    "imagenet": load_imagenet,
+}
+
+
+def load_split(preset: Preset, root: Path | str, split: str, download: bool = False) -> Dataset:
+    """The ``train`` or ``test`` split of the preset's original dataset."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = root if str(root).startswith("hf:") else Path(root)
+    return SOURCES[preset.source](root, split, download)

@@ -1,0 +1,174 @@
+"""Teachers: pretrained torchvision weights, a user's weights file, or trained here and cached.
+
+Weights are stored as safetensors with the architecture, dataset and test accuracy in the
+file's metadata, so a cached teacher explains itself and never needs unpickling.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from fadrm_datasets._io import atomic_write_bytes
+
+from .imaging import normalize, random_flip, random_pad_crop
+from .models import build_model
+from .presets import Preset
+
+log = logging.getLogger(__name__)
+
+
+class TeacherError(RuntimeError):
+    """A teacher cannot be had; the message says how to provide one."""
+
+
+def teacher_path(teachers_dir: Path, name: str) -> Path:
+    return Path(teachers_dir) / f"{name}.safetensors"
+
+
+def save_teacher(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(state, metadata={k: str(v) for k, v in metadata.items()}))
+
+
+def read_teacher_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # A user's own .pth: the restricted loader accepts tensors only, never arbitrary objects.
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
+    import torchvision.models
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        raise TeacherError(f"torchvision has no pretrained weights for {name!r}") from None
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as error:  # URLError, HTTPError, hash mismatch: all mean "not here"
+        raise TeacherError(
+            f"could not download torchvision's {weights} for {name!r} ({error.__class__.__name__}: "
+            f"{error}); download it elsewhere and pass --teacher-weights PATH (.safetensors or .pth)"
+        ) from None
+
+
+def load_teacher(preset: Preset, name: str, teachers_dir: Path, weights: Path | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """The teacher ``name`` in eval mode with frozen parameters.
+
+    Looks, in order, at ``weights`` (an explicit file), the cache in ``teachers_dir``, and
+    (for presets without a training recipe) torchvision's pretrained ImageNet weights.
+    """
+    model = build_model(name, preset.num_classes, preset.channels, preset.image_size)
+    cached = teacher_path(teachers_dir, name)
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise TeacherError(f"teacher weights file {weights} does not exist")
+        state = _load_state(Path(weights))
+    elif cached.is_file():
+        state = _load_state(cached)
+    elif preset.teacher_recipe is None:
+        state = _pretrained_state(name)
+    else:
+        raise TeacherError(
+            f"no trained teacher {name!r} for {preset.name} in {teachers_dir}; "
+            f"run `fadrm-build teacher {preset.name}` or pass --teacher-weights PATH"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise TeacherError(f"weights do not fit {name!r} for {preset.name}: {first}") from None
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, dataset: Dataset, preset: Preset, device="cpu",
+                      batch_size: int = 512, topk: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy (percent) on a real split, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = {k: 0 for k in topk}
+    total = 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        logits = model(normalize(images.to(device), preset))
+        ranked = logits.topk(max(topk), dim=1).indices.cpu()
+        for k in topk:
+            correct[k] += (ranked[:, :k] == labels[:, None]).any(dim=1).sum().item()
+        total += len(labels)
+    model.train(was_training)
+    return {f"top{k}": 100.0 * correct[k] / total for k in topk}
+
+
+def _optimizer(recipe, params):
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay, nesterov=True)
+    if recipe.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed: int = 0,
+                  device: str | torch.device = "cpu", epochs: int | None = None) -> tuple[nn.Module, dict]:
+    """Train ``name`` from scratch with the preset's recipe; returns (model, metrics)."""
+    recipe = preset.teacher_recipe
+    if recipe is None:
+        raise TeacherError(f"{preset.name} teachers come pretrained; nothing to train")
+    epochs = recipe.epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(name, preset.num_classes, preset.channels, preset.image_size).to(device)
+    optimizer = _optimizer(recipe, model.parameters())
+    loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, generator=generator,
+                        drop_last=True)
+    total_steps = max(1, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    )
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        bar = tqdm(loader, desc=f"teacher {name} epoch {epoch + 1}/{epochs}", leave=False)
+        for images, labels in bar:
+            x = normalize(images.to(device), preset)
+            x = random_pad_crop(x, recipe.crop_padding, generator)
+            if recipe.flip:
+                x = random_flip(x, generator)
+            loss = F.cross_entropy(model(x), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        log.info("teacher %s: epoch %d/%d done, last loss %.3f", name, epoch + 1, epochs, loss.item())
+    metrics = evaluate_accuracy(model, test, preset, device)
+    metrics.update(epochs=epochs, seconds=round(time.perf_counter() - start, 1), seed=seed)
+    log.info("teacher %s: test top-1 %.2f %% after %d epochs (%.0f s)", name, metrics["top1"],
+             epochs, metrics["seconds"])
+    model.eval().requires_grad_(False)
+    return model, metrics
