@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from fadrm_datasets._io import atomic_write_bytes
+from fadrm_datasets._io import atomic_write_bytes, safetensors_bytes
 from fadrm_datasets.augment import resized_crop, sample_crop_box
 
 from .imaging import normalize
 from .presets import Preset
+from .progress import progress
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,9 @@ class Patches:
         return self.images.shape[1]
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
-        from safetensors.torch import save
-
         tensors = {"images": self.images, "source_index": self.source_index, "box": self.box,
                    "cross_entropy": self.cross_entropy}
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()},
-                                      metadata={k: str(v) for k, v in metadata.items()}))
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
     @classmethod
     def load(cls, path: Path) -> "Patches":
@@ -88,7 +85,7 @@ def select_patches(preset: Preset, train: Dataset, teacher: nn.Module | None, ip
     per_patch = 1 if difficulty == "random" else (candidates or preset.patch_candidates)
     size = preset.image_size
     images, sources, boxes, scores = [], [], [], []
-    for label in tqdm(range(preset.num_classes), desc="patches", leave=False):
+    for label in progress(range(preset.num_classes), "patches", leave=False):
         generator = torch.Generator().manual_seed(derive_seed(seed, "patches", label))
         pool = class_indices(train.targets, label)
         if len(pool) == 0:

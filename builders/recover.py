@@ -34,12 +34,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from fadrm_datasets.augment import resized_crop, sample_crop_box
 
 from .imaging import normalize, pixel_bounds, save_png, to_uint8
 from .presets import Preset
+from .progress import progress
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
     log.info("recover: %d units (%d already done), %d iterations each over stages %s",
              len(units), len(units) - len(todo), config.total_iterations, list(config.stages))
     stats = {}
-    for unit in tqdm(todo, desc="recover", unit="unit"):
+    for unit in progress(todo, "recover", unit="unit"):
         labels = torch.tensor(unit.classes)
         result = recover_unit(teachers, labels, patches[labels, unit.ipc_id], preset, config,
                               unit.seed(seed), device)

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from fadrm_datasets._io import atomic_write_bytes
+from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, safetensors_bytes
 
 from .imaging import normalize, random_flip, random_pad_crop
 from .models import build_model
 from .presets import Preset
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,12 @@ def teacher_path(teachers_dir: Path, name: str) -> Path:
 
 
 def save_teacher(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={k: str(v) for k, v in metadata.items()}))
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, safetensors_bytes(state, {k: str(v) for k, v in metadata.items()}))
 
 
 def read_teacher_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    return read_safetensors_metadata(path)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -144,8 +139,9 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
     generator = torch.Generator().manual_seed(seed)
     model = build_model(name, preset.num_classes, preset.channels, preset.image_size).to(device)
     optimizer = _optimizer(recipe, model.parameters())
+    # Dropping the ragged last batch keeps BN statistics sound, unless it is the only batch.
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, generator=generator,
-                        drop_last=True)
+                        drop_last=len(train) > recipe.batch_size)
     total_steps = max(1, epochs * len(loader))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
@@ -153,7 +149,7 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        bar = tqdm(loader, desc=f"teacher {name} epoch {epoch + 1}/{epochs}", leave=False)
+        bar = progress(loader, f"teacher {name} epoch {epoch + 1}/{epochs}", leave=False)
         for images, labels in bar:
             x = normalize(images.to(device), preset)
             x = random_pad_crop(x, recipe.crop_padding, generator)

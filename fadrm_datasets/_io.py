@@ -35,3 +35,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# safetensors stores metadata in a hash map whose order changes from run to run; one JSON
+# value under one key keeps a file's bytes reproducible.
+SAFETENSORS_METADATA_KEY = "fadrm"
+
+
+def safetensors_bytes(tensors: dict, metadata: dict) -> bytes:
+    from safetensors.torch import save
+
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    return save(tensors, metadata={SAFETENSORS_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict:
+    """The metadata written by :func:`safetensors_bytes` (empty for other files)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[SAFETENSORS_METADATA_KEY]) if SAFETENSORS_METADATA_KEY in meta else {}
