@@ -1,0 +1,329 @@
+"""``fadrm-build``: build distilled datasets with FADRM.
+
+``fadrm-build DATASET --ipc N`` runs every stage; ``fadrm-build STAGE DATASET ...`` reruns one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from .presets import PRESETS, UnknownDatasetError, get_preset
+
+STAGES_HELP = """Build distilled image datasets with FADRM.
+
+\b
+Run the whole pipeline for a dataset:
+  fadrm-build fashion-mnist --ipc 10
+  fadrm-build imagenet --ipc 50 --data-root /data/imagenet --device cuda
+Or one stage at a time (each reads what the previous one wrote):
+  fadrm-build teacher fashion-mnist
+  fadrm-build patches fashion-mnist --ipc 10
+  fadrm-build recover fashion-mnist --ipc 10
+  fadrm-build relabel fashion-mnist --ipc 10
+  fadrm-build evaluate build/fashion-mnist/ipc10
+  fadrm-build push build/fashion-mnist/ipc10 --repo ORG/fadrm-fashion-mnist --version v1.0.0
+
+Datasets: """ + ", ".join(sorted(PRESETS))
+
+
+class DatasetGroup(click.Group):
+    """A group whose unknown first word is a dataset name: ``fadrm-build X`` = ``build X``."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["build", *args]
+        return super().resolve_command(ctx, args)
+
+
+def _dataset(ctx, param, value):
+    try:
+        return get_preset(value)
+    except UnknownDatasetError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be a positive integer, got {value}")
+    return value
+
+
+def _iterations(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        counts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give one count per stage, e.g. 100,100,100,100") from None
+    if any(c <= 0 for c in counts):
+        raise click.BadParameter("iteration counts must be positive")
+    return counts
+
+
+def dataset_argument(f):
+    return click.argument("dataset", metavar="DATASET", callback=_dataset)(f)
+
+
+def common_options(f):
+    """Options every stage understands."""
+    options = [
+        click.option("--build-root", default="build", show_default=True, type=click.Path(file_okay=False),
+                     help="Where build directories go: BUILD_ROOT/<dataset>/ipc<N>."),
+        click.option("--build-dir", default=None, type=click.Path(file_okay=False),
+                     help="Use exactly this build directory instead."),
+        click.option("--data-root", default="data", show_default=True,
+                     help="Where the original dataset lives (ImageNet: an ImageFolder tree or hf:<dataset id>)."),
+        click.option("--download/--no-download", default=False, show_default=True,
+                     help="Download the original dataset when it is missing."),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every unit derives its own."),
+        click.option("--method", type=click.Choice(["fadrm", "fadrm+", "sre2l", "random-real"]), default="fadrm",
+                     show_default=True, help="fadrm+ cycles several teachers; sre2l = Gaussian init, no ARC, "
+                     "one resolution; random-real = a random real subset."),
+        click.option("--teacher", default=None, help="Override the preset's FADRM teacher architecture."),
+        click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
+                     help="Teacher weights file (.safetensors, or a .pth state dict) instead of the cache/download."),
+        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def recover_options(f):
+    options = [
+        click.option("--ipc", required=True, type=int, callback=_positive, help="Images per class."),
+        click.option("--arc/--no-arc", default=None, help="ARC: merge the real patches back in between stages."),
+        click.option("--mro/--no-mro", default=None, help="MRO: follow the preset's per-stage resolutions."),
+        click.option("--amp/--no-amp", default=None,
+                     help="fp16 mixed precision (CUDA only). [default: on with CUDA, off on the CPU]"),
+        click.option("--init", type=click.Choice(["patches", "gaussian"]), default=None,
+                     help="Start from real patches (FADRM) or Gaussian noise (SRe2L)."),
+        click.option("--difficulty", type=click.Choice(["easy", "medium", "hard"]), default="medium",
+                     show_default=True, help="Which real patches seed the images, by teacher cross-entropy."),
+        click.option("--iterations", default=None, callback=_iterations, metavar="N,N,...",
+                     help="Iterations per stage (overrides the preset)."),
+        click.option("--lr", type=float, default=None, help="Recover learning rate (overrides the preset)."),
+        click.option("--alpha", type=float, default=None, help="ARC weight of the optimised image (overrides the preset)."),
+        click.option("--r-bn", type=float, default=None, help="BN-statistics loss weight (overrides the preset)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def handle_errors(f):
+    """Turn expected failures into one clear line and exit status 1, not a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args, verbose=False, **kwargs):
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        from .build import BuildError
+        from .models import UnknownModelError
+        from .sources import DataNotFoundError
+        from .teachers import TeacherError
+
+        try:
+            return f(*args, **kwargs)
+        except (BuildError, DataNotFoundError, TeacherError, UnknownModelError, ValueError) as error:
+            if verbose:
+                raise
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished units are kept; run the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def make_options(preset, ipc, method, arc, mro, amp, init, difficulty, **common):
+    """BuildOptions from CLI values: the method's defaults, then the explicit switches."""
+    from .build import METHODS, BuildOptions, resolve_device
+
+    defaults = METHODS[method]
+    device = resolve_device(common["device"])
+    return BuildOptions(
+        dataset=preset.name, ipc=ipc, method=method,
+        plus=defaults["plus"],
+        arc=defaults["arc"] if arc is None else arc,
+        mro=defaults["mro"] if mro is None else mro,
+        amp=(device.type == "cuda") if amp is None else amp,
+        init=defaults["init"] if init is None else init,
+        difficulty=difficulty,
+        seed=common["seed"], build_root=common["build_root"], build_dir=common["build_dir"],
+        data_root=common["data_root"], download=common["download"], device=str(device),
+        teacher=common["teacher"], teacher_weights=common["teacher_weights"],
+    )
+
+
+@click.group(cls=DatasetGroup, help=STAGES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fadrm-datasets")
+def cli():
+    pass
+
+
+@cli.command("build", help="Run every stage for DATASET: teacher (if missing) -> patches -> recover "
+             "-> relabel -> evaluate (where the preset evaluates by default).")
+@dataset_argument
+@recover_options
+@click.option("--evaluate/--no-evaluate", default=None,
+              help="Train and test a student on the set after relabel. [default: the preset's choice]")
+@click.option("--epochs", type=int, default=None, callback=_positive,
+              help="Soft-label epochs and student epochs (overrides the preset's relabel/eval epochs).")
+@common_options
+@handle_errors
+def build_command(dataset, iterations, lr, alpha, r_bn, evaluate=None, epochs=None, **kwargs):
+    import dataclasses
+
+    from .build import BuildDirectory, effective_preset, run_build
+
+    preset = effective_preset(dataset, stage_iterations=iterations, lr=lr, alpha=alpha, r_bn=r_bn,
+                              relabel_epochs=epochs, eval_epochs=epochs)
+    options = dataclasses.replace(make_options(preset, **kwargs), evaluate=evaluate)
+    build = run_build(preset, options)
+    click.echo(f"built {options.ipc * preset.num_classes} images in {build.root}")
+    manifest = BuildDirectory(build.root).read_manifest()
+    if manifest.get("evaluations"):
+        from .evaluate import teacher_accuracy
+
+        last, teacher = manifest["evaluations"][-1], teacher_accuracy(manifest)
+        click.echo(f"test top-1: set {last['top1_best']:.2f} % (best; final {last['top1_final']:.2f} %, "
+                   f"{last['student']}, {last['epochs']} epochs)"
+                   + (f", teacher {teacher} %" if teacher else ""))
+
+
+@cli.command("teacher", help="Train (or fetch) DATASET's teachers and cache them as safetensors.")
+@dataset_argument
+@click.option("--retrain", is_flag=True, help="Train again even when a cached teacher exists.")
+@common_options
+@handle_errors
+def teacher_command(dataset, retrain, **kwargs):
+    from .build import resolve_device, stage_teacher
+
+    options = make_options(dataset, ipc=1, arc=None, mro=None, amp=None, init=None, difficulty="medium", **kwargs)
+    records = stage_teacher(dataset, options, resolve_device(options.device), retrain=retrain)
+    for name, record in records.items():
+        accuracy = record.get("test_top1")
+        click.echo(f"{name}: {record['source']}" + (f" (test top-1 {accuracy} %)" if accuracy else ""))
+
+
+@cli.command("patches", help="Select the real patches that seed each synthetic image.")
+@dataset_argument
+@recover_options
+@common_options
+@handle_errors
+def patches_command(dataset, iterations, lr, alpha, r_bn, **kwargs):
+    from .build import BuildDirectory, resolve_device, stage_patches
+
+    options = make_options(dataset, **kwargs)
+    BuildDirectory(options.directory).patches.unlink(missing_ok=True)  # an explicit rerun reselects
+    patches = stage_patches(dataset, options, resolve_device(options.device))
+    click.echo(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {options.directory}")
+
+
+@cli.command("recover", help="Synthesise the images (resumes: finished units are kept).")
+@dataset_argument
+@recover_options
+@common_options
+@handle_errors
+def recover_command(dataset, iterations, lr, alpha, r_bn, **kwargs):
+    from .build import effective_preset, resolve_device, stage_recover
+
+    preset = effective_preset(dataset, stage_iterations=iterations, lr=lr, alpha=alpha, r_bn=r_bn)
+    options = make_options(preset, **kwargs)
+    record = stage_recover(preset, options, resolve_device(options.device))
+    click.echo(f"recover {'complete' if record['complete'] else 'partial'}: {options.directory / 'images'}")
+
+
+@cli.command("relabel", help="Record soft labels for DATASET's set: per-epoch crops, flips, CutMix and the "
+             "teachers' outputs, as safetensors shards (resumes: finished shards are kept).")
+@dataset_argument
+@click.option("--ipc", required=True, type=int, callback=_positive, help="Images per class.")
+@click.option("--epochs", type=int, default=None, callback=_positive,
+              help="Soft-label epochs (overrides the preset's relabel_epochs).")
+@click.option("--teacher-mode", type=click.Choice(["train", "eval"]), default="train", show_default=True,
+              help="train: BatchNorm uses batch statistics (FKD); eval: running statistics.")
+@click.option("--epochs-per-shard", type=int, default=None, callback=_positive,
+              help="Epochs per shard file. [default: up to 100, about 1 GiB a file at most]")
+@common_options
+@handle_errors
+def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwargs):
+    from .build import resolve_device
+    from .relabel import stage_relabel
+
+    options = make_options(dataset, ipc=ipc, arc=None, mro=None, amp=None, init=None, difficulty="medium", **kwargs)
+    record = stage_relabel(dataset, options, resolve_device(options.device), epochs=epochs,
+                           teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
+    click.echo(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
+               f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {options.directory / 'soft_labels'}")
+
+
+@cli.command("evaluate", help="Train a student on the built set in BUILD_DIR with its soft labels, and test it "
+             "on the real test split; the result is appended to the manifest.")
+@click.argument("build_dir", metavar="BUILD_DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--student", default=None, help="Student architecture. [default: the preset's]")
+@click.option("--epochs", type=int, default=None, callback=_positive,
+              help="Student epochs (at most the stored soft-label epochs). [default: the preset's]")
+@click.option("--data-root", default=None, help="Where the original dataset lives. [default: the build's]")
+@click.option("--download/--no-download", default=False, show_default=True,
+              help="Download the original test split when it is missing.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the student's initialisation.")
+@click.option("--num-workers", default=0, show_default=True, type=int, help="DataLoader workers for the replay.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@handle_errors
+def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers):
+    from .build import BuildDirectory, resolve_device
+    from .evaluate import evaluate_build, teacher_accuracy
+
+    record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
+                            device=resolve_device(device), seed=seed, num_workers=num_workers)
+    teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
+    click.echo(f"{record['student']}, {record['epochs']} epochs: test top-1 {record['top1_best']:.2f} % best, "
+               f"{record['top1_final']:.2f} % final, top-5 {record['top5']:.2f} %"
+               + (f" (teacher {teacher} %)" if teacher else ""))
+
+
+@cli.command("push", help="Publish the set in BUILD_DIR to the Hugging Face Hub as config ipc<N> of dataset repo "
+             "REPO, and tag the commit with VERSION. Stages parquet shards, soft labels, teachers, manifests and "
+             "the dataset card (from cards/dataset_card.md), then uploads them in one commit.")
+@click.argument("build_dir", metavar="BUILD_DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="The dataset repo on the Hub.")
+@click.option("--version", "version", required=True, metavar="vX.Y.Z", help="The release tag to create.")
+@click.option("--force", is_flag=True, help="Move the tag when VERSION already exists (otherwise refused).")
+@click.option("--private", is_flag=True, help="Create the repo private (when it does not exist yet).")
+@click.option("--staging-dir", default=None, type=click.Path(file_okay=False),
+              help="Stage the repo layout here and keep it (default: a temporary folder).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@handle_errors
+def push_command(build_dir, repo_id, version, force, private, staging_dir):
+    from .publish import push
+
+    result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir)
+    click.echo(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"
+               + (", tag moved" if result.moved_tag else "") + ")")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors print one line (``fadrm-build: error: ...``), not a usage dump."""
+    try:
+        result = cli.main(args=argv, prog_name="fadrm-build", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        hint = "" if not isinstance(error, click.UsageError) else " (see fadrm-build --help)"
+        click.echo(f"fadrm-build: error: {error.format_message()}{hint}", err=True)
+        sys.exit(error.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)  # --help and --version return 0
+
+
+if __name__ == "__main__":
+    main()

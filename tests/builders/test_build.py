@@ -1,0 +1,172 @@
+"""The whole build on fake Fashion-MNIST files: CLI, manifest, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builders.cli import main
+from tests.fakedata import make_fashion_mnist
+
+FAST = ["--iterations", "3,3,3,3", "--device", "cpu", "--epochs", "1", "--no-evaluate"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("data"), per_class=30, test_per_class=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """A build root whose Fashion-MNIST teacher is already trained (shared by the tests)."""
+    root = tmp_path_factory.mktemp("build")
+    run_cli(["teacher", "fashion-mnist", "--data-root", str(data_root), "--build-root", str(root)])
+    return root
+
+
+def run_cli(args: list[str]) -> None:
+    try:
+        main(args)
+    except SystemExit as exit_:
+        assert exit_.code in (0, None), f"fadrm-build {' '.join(args)} exited with {exit_.code}"
+
+
+def cli_error(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err
+
+
+def pngs(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*.png"))}
+
+
+def test_teacher_is_cached_with_its_accuracy(trained):
+    from builders.teachers import read_teacher_metadata
+
+    path = trained / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    meta = read_teacher_metadata(path)
+    assert meta["arch"] == "convnet-bn" and meta["dataset"] == "fashion-mnist"
+    assert 0.0 <= float(meta["test_top1"]) <= 100.0
+
+
+def test_build_writes_images_and_a_manifest(trained, data_root):
+    run_cli(["fashion-mnist", "--ipc", "2", "--data-root", str(data_root), "--build-root", str(trained), *FAST])
+    build = trained / "fashion-mnist" / "ipc2"
+    images = pngs(build / "images")
+    assert len(images) == 20
+    assert set(images) == {f"{c:05d}/{i:05d}.png" for c in range(10) for i in range(2)}
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["dataset"] == "fashion-mnist" and manifest["ipc"] == 2
+    assert manifest["preset"]["stage_iterations"] == [3, 3, 3, 3]
+    assert manifest["options"]["arc"] is True and manifest["options"]["seed"] == 0
+    assert manifest["stages"]["recover"]["complete"] is True
+    assert {"teacher", "patches", "recover"} <= set(manifest["timings"])
+    assert manifest["code_version"]["package"]
+    import hashlib
+
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((build / name).read_bytes()).hexdigest() == digest
+    assert "images/00000/00000.png" in manifest["files"] and "patches.safetensors" in manifest["files"]
+
+
+def test_other_settings_in_the_same_directory_are_refused(trained, data_root, capsys):
+    args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained)]
+    run_cli([*args, *FAST])
+    err = cli_error([*args, "--iterations", "4,4,4,4", "--device", "cpu"], capsys)
+    assert "other recover settings" in err
+
+
+def test_sre2l_and_random_real_methods(trained, data_root):
+    common = ["--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained), *FAST]
+    run_cli(["fashion-mnist", "--method", "sre2l", *common])
+    manifest = json.loads((trained / "fashion-mnist" / "ipc1-sre2l" / "manifest.json").read_text())
+    assert manifest["options"]["init"] == "gaussian" and manifest["options"]["arc"] is False
+    assert manifest["stages"]["recover"]["settings"]["config"]["stages"] == [[28, 12]]
+    run_cli(["fashion-mnist", "--method", "random-real", *common])
+    assert len(pngs(trained / "fashion-mnist" / "ipc1-random-real" / "images")) == 10
+
+
+def _build_command(data_root: Path, root: Path, build_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "builders.cli", "fashion-mnist", "--ipc", "3", "--data-root", str(data_root),
+            "--build-root", str(root), "--build-dir", str(build_dir), "--iterations", "15,15,15,15",
+            "--device", "cpu", "--epochs", "1", "--no-evaluate"]
+
+
+def test_killed_build_resumes_and_matches_an_uninterrupted_one(trained, data_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    subprocess.run(_build_command(data_root, trained, whole), check=True, env=env, capture_output=True)
+
+    process = subprocess.Popen(_build_command(data_root, trained, resumed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if resumed.exists() and len(pngs(resumed / "images")) >= 10:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # A unit (one ipc_id, all 10 classes) is finished when all its images exist.
+    present = list(pngs(resumed / "images"))
+    finished = {name: (resumed / "images" / name).stat().st_ino for name in present
+                if sum(other.endswith(name[-9:]) for other in present) == 10}
+    assert 10 <= len(finished) < 30, "the kill should land after the first unit and before the last"
+
+    result = subprocess.run(_build_command(data_root, trained, resumed), env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "already done" in result.stderr
+    # Finished units were not redone: their files are the very same inodes.
+    for name, inode in finished.items():
+        assert (resumed / "images" / name).stat().st_ino == inode
+    assert pngs(resumed / "images") == pngs(whole / "images")
+    assert (resumed / "patches.safetensors").read_bytes() == (whole / "patches.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["imagenette", "--ipc", "10"], "unknown dataset 'imagenette'"),
+    (["fashion-mnist", "--ipc", "0"], "must be a positive integer"),
+    (["fashion-mnist", "--ipc", "-3"], "must be a positive integer"),
+    (["cifar100", "--ipc", "1", "--data-root", "{missing}"], "pass --download"),
+    (["tiny-imagenet", "--ipc", "1", "--data-root", "{missing}"], "tiny-imagenet-200.zip"),
+    (["imagenet", "--ipc", "1", "--data-root", "{missing}", "--teacher-weights", "{weights}"], "ImageFolder"),
+    (["fashion-mnist", "--ipc", "1", "--teacher", "resnet99"], "unknown model 'resnet99'"),
+    (["fashion-mnist", "--ipc", "1", "--iterations", "5,5"], "4 stage resolutions but 2 iteration counts"),
+    (["fashion-mnist", "--ipc", "1", "--teacher-weights", "{missing}/w.safetensors"], "does not exist"),
+])
+def test_bad_input_gets_one_clear_line(args, message, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from builders.models import build_model
+
+    weights = tmp_path / "resnet18.safetensors"
+    if "{weights}" in args:
+        save_file(build_model("resnet18", 1000).state_dict(), str(weights))
+    args = [a.format(missing=tmp_path / "nowhere", weights=weights) for a in args]
+    err = cli_error([*args, "--build-root", str(tmp_path / "build"), "--device", "cpu"], capsys)
+    assert message in err
+    assert len(err.splitlines()) == 1 or err.splitlines()[-1].startswith("fadrm-build: error")
+    assert err.splitlines()[-1].startswith("fadrm-build: error:")
+
+
+@pytest.mark.parametrize("command", [[], ["build"], ["teacher"], ["patches"], ["recover"]])
+def test_help_reads_well(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: fadrm-build")
+    if command and command != ["teacher"]:
+        assert "--ipc" in out and "--arc / --no-arc" in out and "--mro / --no-mro" in out
+    if not command:
+        assert "fashion-mnist" in out and "recover" in out
