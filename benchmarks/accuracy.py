@@ -1,0 +1,117 @@
+"""Accuracy of distilled Fashion-MNIST sets: IPC x method x seeds, through the CLI code paths.
+
+Each (ipc, method, seed) gets its own build directory under ``--build-root`` and runs, exactly as a
+user would, ``fadrm-build fashion-mnist --ipc N --method M --seed S`` (teacher, patches, recover,
+relabel), then ``fadrm-build relabel ...`` (resumes; nothing to redo when the build finished it),
+then ``fadrm-build evaluate BUILD_DIR``. Per (ipc, method) one record {dataset, ipc, method,
+student, seeds, top1_mean, top1_std, command, ...} is appended to ``--output``.
+
+    python benchmarks/accuracy.py --ipc 1,10,50 --methods random-real,sre2l,fadrm,fadrm+ --seeds 0,1,2
+    python benchmarks/accuracy.py --ipc 10 --methods fadrm --seeds 0 --epochs 2 --iterations 2,2,2,2  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from builders.build import BuildDirectory  # noqa: E402
+from builders.cli import main as fadrm_build  # noqa: E402
+from fadrm_datasets._io import atomic_write_json  # noqa: E402
+
+DATASET = "fashion-mnist"
+METHODS = ("random-real", "sre2l", "fadrm", "fadrm+")
+
+
+def _csv(kind):
+    def parse(text: str):
+        return [kind(v) for v in text.split(",") if v.strip()]
+    return parse
+
+
+def run_cli(argv: list[str]) -> None:
+    """One ``fadrm-build`` invocation in this process; a failure stops the benchmark."""
+    print("$ fadrm-build " + shlex.join(argv), flush=True)
+    try:
+        fadrm_build(argv)
+    except SystemExit as done:
+        if done.code not in (0, None):
+            raise RuntimeError(f"fadrm-build {shlex.join(argv)} failed (exit status {done.code})") from None
+
+
+def run_one(args, ipc: int, method: str, seed: int) -> dict:
+    build_dir = Path(args.build_root) / DATASET / f"ipc{ipc}-{method}-seed{seed}"
+    common = ["--ipc", str(ipc), "--method", method, "--seed", str(seed), "--build-root", args.build_root,
+              "--build-dir", str(build_dir), "--data-root", args.data_root, "--device", args.device]
+    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    build = [DATASET, *common, "--no-evaluate", *epochs]
+    if args.iterations:
+        build += ["--iterations", args.iterations]
+    run_cli(build)
+    run_cli(["relabel", DATASET, *common, *epochs, "--teacher-mode", args.teacher_mode])
+    evaluate = ["evaluate", str(build_dir), "--seed", str(seed), "--device", args.device,
+                "--data-root", args.data_root, *epochs]
+    if args.student:
+        evaluate += ["--student", args.student]
+    run_cli(evaluate)
+    return BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
+
+
+def append_record(path: Path, record: dict) -> None:
+    records = json.loads(path.read_text()) if path.is_file() else []
+    records.append(record)
+    atomic_write_json(path, records)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ipc", type=_csv(int), default=[1, 10, 50], help="IPC list, e.g. 1,10,50")
+    parser.add_argument("--methods", type=_csv(str), default=list(METHODS), help="from " + ",".join(METHODS))
+    parser.add_argument("--seeds", type=_csv(int), default=[0], help="seed list, e.g. 0,1,2")
+    parser.add_argument("--epochs", type=int, default=None, help="soft-label and student epochs (preset: 300)")
+    parser.add_argument("--iterations", default=None, help="recover iterations per stage, e.g. 100,100,100,100")
+    parser.add_argument("--student", default=None, help="student architecture (preset: convnet-bn)")
+    parser.add_argument("--teacher-mode", choices=("train", "eval"), default="train")
+    parser.add_argument("--build-root", default="build/benchmarks")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
+    for ipc in args.ipc:
+        for method in args.methods:
+            start = time.perf_counter()
+            runs = [run_one(args, ipc, method, seed) for seed in args.seeds]
+            best = [r["top1_best"] for r in runs]
+            final = [r["top1_final"] for r in runs]
+            record = {
+                "dataset": DATASET, "ipc": ipc, "method": method, "student": runs[0]["student"],
+                "seeds": args.seeds, "top1_mean": round(statistics.fmean(best), 2),
+                "top1_std": round(statistics.stdev(best), 2) if len(best) > 1 else 0.0,
+                "top1_per_seed": best, "top1_final_mean": round(statistics.fmean(final), 2),
+                "top5_mean": round(statistics.fmean(r["top5"] for r in runs), 2),
+                "epochs": runs[0]["epochs"], "iterations": args.iterations, "teacher_mode": args.teacher_mode,
+                "device": runs[0]["device"], "seconds": round(time.perf_counter() - start, 1),
+                "command": command,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            append_record(Path(args.output), record)
+            print(f"{DATASET} ipc {ipc} {method}: top-1 {record['top1_mean']:.2f} +- {record['top1_std']:.2f} % "
+                  f"({len(args.seeds)} seeds) -> {args.output}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

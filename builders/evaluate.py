@@ -1,0 +1,173 @@
+"""The student protocol on a built set: train on the replayed soft labels, test on the real split.
+
+A fresh student (``preset.student`` or any model ``builders.models.build_model`` knows) is trained
+with AdamW (``preset.eval_lr``, ``preset.eval_weight_decay``) and a cosine schedule over all steps,
+on epoch ``e`` of the soft-label store in training epoch ``e`` (the exact recorded crops, flips and
+CutMix), with loss KL(student/T || teacher/T) * T^2 at ``T = preset.temperature`` and gradient
+accumulation over ``preset.eval_grad_accumulation`` recorded batches. Top-1/top-5 on the real test
+split are measured every few epochs and at the end; best and final top-1 go into the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from fadrm_datasets.softlabels import SoftLabelStore, replay_loader
+
+from .models import build_model
+from .presets import Preset, get_preset
+from .relabel import load_set_images
+from .seeding import derive_seed
+from .sources import load_split
+from .teachers import evaluate_accuracy
+
+log = logging.getLogger(__name__)
+
+# Fields of the manifest's (effective) preset that the evaluation follows.
+EVAL_FIELDS = ("student", "eval_epochs", "eval_lr", "eval_weight_decay", "eval_batch_size",
+               "eval_grad_accumulation", "temperature")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)) * T^2, averaged over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def check_epochs(epochs: int, every: int | None = None) -> set[int]:
+    """The (1-based) epochs after which the test split is measured: every few, and the last."""
+    every = every or max(1, epochs // 10)
+    return {e for e in range(every, epochs + 1, every)} | {epochs}
+
+
+def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
+                  test_set, student: str | None = None, epochs: int | None = None, device="cpu", seed: int = 0,
+                  num_workers: int = 0, check_every: int | None = None, progress: bool = True) -> dict:
+    """Train a student on the replayed store; returns metrics (top-1 best/final, top-5, checks)."""
+    student = student or preset.student
+    epochs = epochs or preset.eval_epochs
+    if epochs > store.epochs:
+        raise ValueError(f"{epochs} evaluation epochs asked for, but the soft-label store holds only "
+                         f"{store.epochs}; pass --epochs {store.epochs} or less, or relabel with "
+                         f"--epochs {epochs}")
+    if store.batch_size != preset.eval_batch_size:
+        log.warning("evaluate: the store's recorded batches hold %d images (preset eval batch %d); the "
+                    "replay follows the store", store.batch_size, preset.eval_batch_size)
+    device = torch.device(device)
+    torch.manual_seed(derive_seed(seed, "evaluate", "init"))
+    model: nn.Module = build_model(student, preset.num_classes, preset.channels, preset.image_size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.eval_lr, weight_decay=preset.eval_weight_decay)
+    accumulation = max(1, preset.eval_grad_accumulation)
+    batches = store.num_batches
+    steps_per_epoch = math.ceil(batches / accumulation)
+    total_steps = max(1, epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    checks_at = check_epochs(epochs, check_every)
+    checks, best = [], None
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc=f"evaluate {student}", disable=not progress)
+    for epoch in bar:
+        model.train()
+        loader = replay_loader(images, labels, store, epoch, preset.mean, preset.std, num_workers=num_workers)
+        optimizer.zero_grad(set_to_none=True)
+        running, seen = 0.0, 0
+        for i, (x, soft, _) in enumerate(loader):
+            group = i // accumulation
+            group_size = min(accumulation, batches - group * accumulation)
+            loss = kd_loss(model(x.to(device)), soft.to(device), preset.temperature)
+            (loss / group_size).backward()
+            running, seen = running + loss.item() * len(x), seen + len(x)
+            if (i + 1) % accumulation == 0 or i + 1 == batches:
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+        if epoch + 1 in checks_at:
+            metrics = evaluate_accuracy(model, test_set, preset, device)
+            best = metrics["top1"] if best is None else max(best, metrics["top1"])
+            checks.append({"epoch": epoch + 1, "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
+                           "loss": round(running / max(1, seen), 4)})
+            log.info("evaluate %s: epoch %d/%d loss %.4f, test top-1 %.2f %% top-5 %.2f %% (best %.2f %%)",
+                     student, epoch + 1, epochs, running / max(1, seen), metrics["top1"], metrics["top5"], best)
+            bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{best:.2f}")
+    final = checks[-1]
+    return {"student": student, "epochs": epochs, "top1_best": round(best, 2), "top1_final": final["top1"],
+            "top5": final["top5"], "seconds": round(time.perf_counter() - start, 2), "seed": seed,
+            "checks": checks, "lr": preset.eval_lr, "weight_decay": preset.eval_weight_decay,
+            "temperature": preset.temperature, "batch_size": store.batch_size,
+            "grad_accumulation": accumulation, "soft_label_epochs": store.epochs,
+            "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device)}
+
+
+def manifest_preset(manifest: dict) -> Preset:
+    """The dataset's preset with the evaluation fields the build recorded (e.g. overridden epochs)."""
+    if "dataset" not in manifest:
+        raise ValueError("the build directory has no manifest.json with a dataset; is it a build directory?")
+    preset = get_preset(manifest["dataset"])
+    recorded = manifest.get("preset") or {}
+    changes = {k: recorded[k] for k in EVAL_FIELDS if k in recorded and recorded[k] is not None}
+    return preset.replace(**changes) if changes else preset
+
+
+def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student: str | None = None,
+                   epochs: int | None = None, data_root: str | None = None, download: bool = False,
+                   device="cpu", seed: int = 0, num_workers: int = 0, command: str | None = None,
+                   progress: bool = True) -> dict:
+    """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``."""
+    from .build import BuildDirectory, BuildError
+
+    build = BuildDirectory(Path(build_dir))
+    manifest = build.read_manifest()
+    if not manifest:
+        raise BuildError(f"{build.root} has no {build.manifest_path.name}; build the set first")
+    preset = preset or manifest_preset(manifest)
+    if not (build.soft_labels / "index.json").is_file():
+        raise BuildError(f"{build.root} has no soft labels; run `fadrm-build relabel {preset.name} "
+                         f"--ipc {manifest.get('ipc', 'N')}` first")
+    store = SoftLabelStore.open(build.soft_labels)
+    images, labels, _ = load_set_images(build.images, preset.channels)
+    if data_root is None:
+        data_root = (manifest.get("options") or {}).get("data_root", "data")
+    test_set = load_split(preset, data_root, "test", download)
+    record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
+                           progress=progress)
+    record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
+    record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    evaluations = build.read_manifest().get("evaluations", [])
+    evaluations.append(record)
+    build.update_manifest(evaluations=evaluations)
+    log.info("evaluate: %s on %s: best top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
+             build.root, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
+    return record
+
+
+def stage_evaluate(preset: Preset, options, device: torch.device, epochs: int | None = None,
+                   student: str | None = None) -> dict:
+    """The build's evaluation stage (``run_build``): the effective preset, the build's data root and seed."""
+    return evaluate_build(options.directory, preset=preset, student=student, epochs=epochs,
+                          data_root=options.data_root, download=options.download, device=device,
+                          seed=options.seed)
+
+
+def teacher_accuracy(manifest: dict) -> str | None:
+    """The (first) teacher's recorded test top-1, for printing next to the set's."""
+    for record in (manifest.get("teachers") or {}).values():
+        if isinstance(record, dict) and record.get("test_top1") is not None:
+            return str(record["test_top1"])
+    return None
+
+
+__all__ = ["check_epochs", "evaluate_build", "kd_loss", "manifest_preset", "stage_evaluate", "teacher_accuracy",
+           "train_student"]

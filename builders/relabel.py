@@ -1,0 +1,348 @@
+"""FKD relabel: per-epoch augmentation plans and the teacher's outputs on them, as safetensors shards.
+
+For every epoch ``e`` a plan is drawn from ``derive_seed(seed, "relabel", e)`` (so it depends on
+neither the shard size nor the order in which epochs are computed): the sample order, batches of
+``preset.relabel_batch_size``, a RandomResizedCrop box and a flip bit per sample, and per batch a
+CutMix partner permutation, lam ~ Beta(1, 1) and a box. The teachers see each batch exactly as the
+student will see it (``fadrm_datasets.softlabels.apply_plan`` builds both), and the average of
+their logits is stored, dense fp16 or top-k + the mean of the rest. The layout is described in
+``fadrm_datasets/softlabels.py``.
+
+Shards hold many epochs each and are written atomically; a shard already on disk that was made
+with the same settings is skipped, so an interrupted relabel resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, read_safetensors_metadata,
+                                safetensors_bytes, sha256_file)
+from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan, num_batches,
+                                       shard_name)
+
+from .imaging import load_png
+from .presets import Preset
+from .seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+TEACHER_MODES = ("train", "eval")
+MAX_EPOCHS_PER_SHARD = 100
+TARGET_SHARD_BYTES = 1 << 30  # keep a shard (built in memory) near 1 GiB at most
+EVAL_CHUNK = 256  # eval-mode teachers see several recorded batches in one forward
+_SHARD_FILE = re.compile(r"^epochs-\d{5}-\d{5}\.safetensors$")
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    epochs: int
+    batch_size: int
+    crop_scale: tuple[float, float]
+    topk: int | None = None
+    teacher_mode: str = "train"  # "train": BN layers use batch statistics (FKD); "eval": running stats
+    seed: int = 0
+    epochs_per_shard: int | None = None  # None: chosen from the size of one epoch
+
+    def __post_init__(self) -> None:
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ValueError("epochs and batch size must be positive")
+        if self.epochs_per_shard is not None and self.epochs_per_shard <= 0:
+            raise ValueError("epochs per shard must be positive")
+
+    @classmethod
+    def from_preset(cls, preset: Preset, epochs: int | None = None, teacher_mode: str = "train", seed: int = 0,
+                    epochs_per_shard: int | None = None) -> "RelabelConfig":
+        return cls(epochs=epochs or preset.relabel_epochs, batch_size=preset.relabel_batch_size,
+                   crop_scale=tuple(preset.relabel_crop_scale), topk=preset.soft_label_topk,
+                   teacher_mode=teacher_mode, seed=seed, epochs_per_shard=epochs_per_shard)
+
+
+# --- the set's images -------------------------------------------------------------------------
+
+def load_set_images(images_dir: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """A build's images in canonical order (sorted by (label, ipc_id)): uint8 (N, C, H, W), labels, ids."""
+    images_dir = Path(images_dir)
+    entries = []
+    if images_dir.is_dir():
+        for class_dir in images_dir.iterdir():
+            if class_dir.is_dir() and class_dir.name.isdigit():
+                for png in class_dir.glob("*.png"):
+                    if png.stem.isdigit():
+                        entries.append((int(class_dir.name), int(png.stem), png))
+    if not entries:
+        raise FileNotFoundError(f"no images in {images_dir}; run the recover stage first")
+    entries.sort(key=lambda e: (e[0], e[1]))
+    images = torch.stack([load_png(path, channels) for _, _, path in entries])
+    labels = torch.tensor([label for label, _, _ in entries], dtype=torch.long)
+    return images, labels, [(label, ipc_id) for label, ipc_id, _ in entries]
+
+
+# --- plans and teachers -----------------------------------------------------------------------
+
+def epoch_plan(num_samples: int, image_size: int, config: RelabelConfig, epoch: int) -> EpochPlan:
+    """Epoch ``epoch``'s plan: a function of (seed, epoch, sizes, batch size, crop scale) only."""
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "relabel", epoch))
+    return make_epoch_plan(num_samples, image_size, config.batch_size, config.crop_scale, generator)
+
+
+def _batchnorms(models: Sequence[nn.Module]) -> Iterator[nn.modules.batchnorm._BatchNorm]:
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                yield module
+
+
+@contextlib.contextmanager
+def teacher_mode(models: Sequence[nn.Module], mode: str):
+    """Put teachers in relabel mode for the duration, then restore them exactly.
+
+    ``train``: only the BatchNorm layers switch to batch statistics (dropout and the like stay
+    off, so outputs are reproducible), with momentum 0 so the running statistics stay put; every
+    buffer is restored afterwards anyway. ``eval``: plain eval mode.
+    """
+    if mode not in TEACHER_MODES:
+        raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
+    saved_training = [(m, m.training) for model in models for m in model.modules()]
+    saved_buffers = [{k: v.detach().clone() for k, v in model.named_buffers()} for model in models]
+    bns = list(_batchnorms(models))
+    saved_momentum = [bn.momentum for bn in bns]
+    try:
+        for model in models:
+            model.eval()
+        if mode == "train":
+            for bn in bns:
+                bn.train()
+                bn.momentum = 0.0
+        yield models
+    finally:
+        for bn, momentum in zip(bns, saved_momentum):
+            bn.momentum = momentum
+        for module, training in saved_training:
+            module.training = training
+        with torch.no_grad():
+            for model, buffers in zip(models, saved_buffers):
+                for name, value in model.named_buffers():
+                    value.copy_(buffers[name])
+
+
+@torch.no_grad()
+def teacher_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The average of the teachers' logits (float32)."""
+    total = None
+    for model in models:
+        out = model(x).float()
+        total = out if total is None else total + out
+    return total / len(models)
+
+
+@torch.no_grad()
+def relabel_epoch(models: Sequence[nn.Module], images: torch.Tensor, plan: EpochPlan, preset: Preset,
+                  mode: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32 (N, K) teacher logits at every position of ``plan`` (teachers already in ``mode``).
+
+    Train mode: one forward per recorded batch, since the batch statistics depend on it. Eval
+    mode: outputs are per image, so several recorded batches share one forward.
+    """
+    images = images.to(device)
+    size = preset.image_size
+    outputs = []
+    step = 1 if mode == "train" else max(1, EVAL_CHUNK // plan.batch_size)
+    for first in range(0, plan.num_batches, step):
+        xs = [plan.build_batch(images, b, preset.mean, preset.std, size=size)
+              for b in range(first, min(plan.num_batches, first + step))]
+        outputs.append(teacher_logits(models, torch.cat(xs) if len(xs) > 1 else xs[0]).cpu())
+    return torch.cat(outputs)
+
+
+# --- shards -------------------------------------------------------------------------------------
+
+def epoch_bytes(num_samples: int, num_classes: int, topk: int | None, batch_size: int) -> int:
+    """Bytes one epoch takes in a shard (plan + soft labels, no header)."""
+    if topk is None or topk >= num_classes:
+        per_sample_labels = 2 * num_classes
+    else:
+        per_sample_labels = topk * (2 + (2 if num_classes <= 32767 else 4)) + 2
+    per_sample = 4 + 8 + 1 + 4 + per_sample_labels  # order, crop box, flip, partner
+    return num_samples * per_sample + num_batches(num_samples, batch_size) * (4 + 8)  # lam, cutmix box
+
+
+def choose_epochs_per_shard(num_samples: int, num_classes: int, topk: int | None, batch_size: int) -> int:
+    per_epoch = epoch_bytes(num_samples, num_classes, topk, batch_size)
+    return max(1, min(MAX_EPOCHS_PER_SHARD, TARGET_SHARD_BYTES // max(1, per_epoch)))
+
+
+def shard_ranges(epochs: int, per_shard: int) -> list[tuple[int, int]]:
+    return [(first, min(epochs, first + per_shard) - 1) for first in range(0, epochs, per_shard)]
+
+
+def _shard_is_current(path: Path, first: int, last: int, fingerprint: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        meta = read_safetensors_metadata(path)
+    except Exception:  # unreadable: rewrite it
+        return False
+    return (meta.get("fingerprint") == fingerprint and meta.get("first_epoch") == first
+            and meta.get("last_epoch") == last)
+
+
+def build_shard(models: Sequence[nn.Module], images: torch.Tensor, preset: Preset, config: RelabelConfig,
+                first: int, last: int, fingerprint: str, device, progress: bool = True) -> bytes:
+    """The bytes of the shard holding epochs ``first..last``."""
+    stacked: dict[str, list[torch.Tensor]] = {}
+    epochs = range(first, last + 1)
+    for epoch in tqdm(epochs, desc=f"relabel epochs {first}-{last}", leave=False, disable=not progress):
+        plan = epoch_plan(images.shape[0], preset.image_size, config, epoch)
+        logits = relabel_epoch(models, images, plan, preset, config.teacher_mode, device)
+        for name, tensor in {**plan.to_tensors(), **compress_logits(logits, config.topk)}.items():
+            stacked.setdefault(name, []).append(tensor)
+    tensors = {name: torch.stack(parts).contiguous() for name, parts in stacked.items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "first_epoch": first, "last_epoch": last,
+            "fingerprint": fingerprint}
+    return safetensors_bytes(tensors, meta)
+
+
+def fingerprint_of(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], images: torch.Tensor,
+                      preset: Preset, out_dir: Path, config: RelabelConfig, device="cpu", rank: int = 0,
+                      world_size: int = 1, progress: bool = True) -> dict:
+    """Relabel ``images`` (uint8, canonical order) into ``out_dir``; returns the index written.
+
+    ``teacher_ids`` name the teachers (and their weights, e.g. ``name@sha256``) in the index and
+    the shard fingerprint. With several ranks each writes the shards ``i % world_size == rank``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, channels, height, width = images.shape
+    if height != preset.image_size or width != preset.image_size or channels != preset.channels:
+        raise ValueError(f"images are {channels}x{height}x{width}, the preset expects "
+                         f"{preset.channels}x{preset.image_size}x{preset.image_size}")
+    per_shard = config.epochs_per_shard or choose_epochs_per_shard(n, preset.num_classes, config.topk,
+                                                                   config.batch_size)
+    ranges = shard_ranges(config.epochs, per_shard)
+    topk = config.topk if config.topk is not None and config.topk < preset.num_classes else None
+    settings = {
+        "format_version": FORMAT_VERSION, "seed": config.seed, "batch_size": config.batch_size,
+        "crop_scale": list(config.crop_scale), "topk": topk, "teacher_mode": config.teacher_mode,
+        "teachers": list(teacher_ids), "num_samples": n, "num_classes": preset.num_classes,
+        "image_size": preset.image_size, "mean": list(preset.mean), "std": list(preset.std),
+        "images_sha256": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(),
+    }
+    fingerprint = fingerprint_of(settings)
+    index = {
+        "format": FORMAT, **settings, "fingerprint": fingerprint, "epochs": config.epochs,
+        "epochs_per_shard": per_shard, "num_batches": num_batches(n, config.batch_size),
+        "channels": channels, "crop_ratio": [3 / 4, 4 / 3], "cutmix": {"beta": [1.0, 1.0], "prob": 1.0},
+        "layout": "dense" if topk is None else "topk",
+        "sample_order": "sorted by (label, ipc_id)",
+        "shards": [{"file": shard_name(a, b), "first_epoch": a, "last_epoch": b} for a, b in ranges],
+        "complete": False,
+    }
+    if rank == 0:
+        atomic_write_json(out_dir / INDEX, index)
+    todo = []
+    for i, (first, last) in enumerate(ranges):
+        if i % world_size != rank:
+            continue
+        if _shard_is_current(out_dir / shard_name(first, last), first, last, fingerprint):
+            log.info("relabel: %s is done, skipping", shard_name(first, last))
+        else:
+            todo.append((first, last))
+    config = dataclasses.replace(config, topk=topk)
+    with teacher_mode(models, config.teacher_mode), _deterministic():
+        for first, last in tqdm(todo, desc="relabel shards", disable=not progress or len(todo) < 2):
+            start = time.perf_counter()
+            data = build_shard(models, images, preset, config, first, last, fingerprint, device, progress)
+            atomic_write_bytes(out_dir / shard_name(first, last), data)
+            log.info("relabel: wrote %s (%.1f MB, %.1f s)", shard_name(first, last), len(data) / 1e6,
+                     time.perf_counter() - start)
+    if rank == 0:
+        keep = {s["file"] for s in index["shards"]}
+        for stale in out_dir.iterdir():
+            if _SHARD_FILE.match(stale.name) and stale.name not in keep:
+                log.info("relabel: removing %s (another shard layout)", stale.name)
+                stale.unlink()
+        done = all(_shard_is_current(out_dir / s["file"], s["first_epoch"], s["last_epoch"], fingerprint)
+                   for s in index["shards"])
+        if done:
+            for shard in index["shards"]:
+                shard["sha256"] = sha256_file(out_dir / shard["file"])
+                shard["bytes"] = (out_dir / shard["file"]).stat().st_size
+        index["complete"] = done
+        atomic_write_json(out_dir / INDEX, index)
+    return index
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """cuDNN picks deterministic kernels while relabelling (reruns give the same shards)."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+# --- the build stage ----------------------------------------------------------------------------
+
+def stage_relabel(preset: Preset, options, device: torch.device, epochs: int | None = None,
+                  teacher_mode_name: str = "train", epochs_per_shard: int | None = None) -> dict:
+    """Relabel a build's images with its teachers into ``<build>/soft_labels`` (resumable)."""
+    from .build import BuildDirectory, BuildError, load_teachers, stage_teacher
+
+    build = BuildDirectory(options.directory)
+    expected = preset.num_classes * options.ipc
+    found = sum(1 for _ in build.images.glob("*/*.png")) if build.images.is_dir() else 0
+    if found != expected:
+        raise BuildError(f"{build.images} holds {found} of {expected} images; finish the recover stage "
+                         f"(`fadrm-build recover {preset.name} --ipc {options.ipc}`) before relabelling")
+    start = time.perf_counter()
+    records = stage_teacher(preset, options, device)  # the random-real baseline has none yet
+    models = load_teachers(preset, options, device)
+    names = list(options.teacher_names(preset))
+    teacher_ids = [f"{name}@{records.get(name, {}).get('sha256') or records.get(name, {}).get('source')}"
+                   for name in names]
+    images, labels, _ = load_set_images(build.images, preset.channels)
+    config = RelabelConfig.from_preset(preset, epochs=epochs, teacher_mode=teacher_mode_name, seed=options.seed,
+                                       epochs_per_shard=epochs_per_shard)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    index = write_soft_labels(models, teacher_ids, images, preset, build.soft_labels, config, device, rank, world)
+    seconds = round(time.perf_counter() - start, 2)
+    total = sum(s.get("bytes", 0) for s in index["shards"])
+    record = {"epochs": config.epochs, "teacher_mode": config.teacher_mode, "teachers": names,
+              "batch_size": config.batch_size, "crop_scale": list(config.crop_scale), "topk": index["topk"],
+              "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
+              "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
+              "complete": index["complete"], "seconds": seconds}
+    build.record_stage("relabel", record)
+    if "teachers" not in build.read_manifest():
+        build.update_manifest(teachers=records, teachers_dir=str(options.teachers_dir))
+    log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),
+             total / 1e6, seconds, build.soft_labels)
+    return record
+
+
+__all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "choose_epochs_per_shard", "epoch_bytes", "epoch_plan",
+           "load_set_images", "relabel_epoch", "shard_ranges", "stage_relabel", "teacher_logits", "teacher_mode",
+           "write_soft_labels"]

@@ -1,0 +1,526 @@
+"""The soft-label store (read side) and the exact replay of a recorded relabel epoch.
+
+A relabel run (``builders/relabel.py``) records, for every epoch ``e``, a *plan* (the sample order,
+the batches, per-sample RandomResizedCrop boxes and flip bits, per-batch CutMix partners, lam and
+box) and the teacher's logits on the exact augmented, mixed images. This module reads that store
+and rebuilds the same batches, so a student sees exactly what the teacher saw.
+
+Layout of a store directory (``<build>/soft_labels/``)::
+
+    index.json                              # format, sizes, settings, list of shards
+    epochs-00000-00099.safetensors          # epochs 0..99, every tensor stacked over them
+    epochs-00100-00199.safetensors
+
+Tensors in a shard (``E`` epochs in the shard, ``N`` samples, ``NB`` batches per epoch,
+``K`` classes, ``k`` top-k); everything per sample is indexed by *position* in the epoch's order:
+
+    order         int32   (E, N)      sample index at each position (a permutation of 0..N-1)
+    crop_boxes    int16   (E, N, 4)   RandomResizedCrop box (top, left, height, width), source pixels
+    flips         uint8   (E, N)      1: flipped horizontally after the crop
+    partners      int32   (E, N)      CutMix partner, as a position *within the same batch*
+    lams          float32 (E, NB)     CutMix lam, adjusted to the real box area (share of own image)
+    cutmix_boxes  int16   (E, NB, 4)  CutMix box (top, left, height, width) in output pixels
+    logits        float16 (E, N, K)   dense layout: the teacher's logits
+    topk_values   float16 (E, N, k)   top-k layout: the k largest logits,
+    topk_indices  int16/32 (E, N, k)  their classes,
+    rest_mean     float16 (E, N)      and the mean of the K - k other logits
+
+Sample index ``n`` refers to the set's canonical order: images sorted by (label, ipc_id).
+Batch ``b`` of an epoch holds positions ``b * batch_size ... min(N, (b + 1) * batch_size) - 1``.
+
+Only torch, safetensors, numpy and json are imported here: the library stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+FORMAT = "fadrm-soft-labels"
+FORMAT_VERSION = 1
+INDEX = "index.json"
+CROP_RATIO = (3 / 4, 4 / 3)
+
+PLAN_TENSORS = ("order", "crop_boxes", "flips", "partners", "lams", "cutmix_boxes")
+DENSE_TENSORS = ("logits",)
+TOPK_TENSORS = ("topk_values", "topk_indices", "rest_mean")
+
+
+class SoftLabelStoreError(ValueError):
+    """A store is missing, incomplete or malformed; the message says what is wrong."""
+
+
+def shard_name(first_epoch: int, last_epoch: int) -> str:
+    return f"epochs-{first_epoch:05d}-{last_epoch:05d}.safetensors"
+
+
+def num_batches(num_samples: int, batch_size: int) -> int:
+    return math.ceil(num_samples / batch_size)
+
+
+# --- the plan and its application (shared by the writer and the reader) ----------------------
+
+@dataclass
+class EpochPlan:
+    """One epoch's augmentation plan (CPU tensors, positions in the epoch's order)."""
+
+    order: torch.Tensor         # (N,) sample index per position
+    crop_boxes: torch.Tensor    # (N, 4) top, left, height, width
+    flips: torch.Tensor         # (N,) bool
+    partners: torch.Tensor      # (N,) within-batch partner position
+    lams: torch.Tensor          # (NB,) float32
+    cutmix_boxes: torch.Tensor  # (NB, 4) top, left, height, width
+    batch_size: int
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.order.numel())
+
+    @property
+    def num_batches(self) -> int:
+        return num_batches(self.num_samples, self.batch_size)
+
+    def batch_slice(self, b: int) -> slice:
+        if not 0 <= b < self.num_batches:
+            raise IndexError(f"batch {b} out of range (the epoch has {self.num_batches} batches)")
+        return slice(b * self.batch_size, min(self.num_samples, (b + 1) * self.batch_size))
+
+    def batches(self) -> list[list[int]]:
+        """The recorded batches as lists of sample indices, in order."""
+        order = self.order.tolist()
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def build_batch(self, images: torch.Tensor, b: int, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None, size: int | None = None) -> torch.Tensor:
+        """Batch ``b`` of the epoch from the whole set's images (N, C, H, W), as recorded."""
+        sl = self.batch_slice(b)
+        index = self.order[sl].to(images.device)
+        return apply_plan(images.index_select(0, index), self.crop_boxes[sl], self.flips[sl],
+                          self.partners[sl], self.cutmix_boxes[b], size=size, mean=mean, std=std)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The compact stored form (dtypes of the store)."""
+        return {
+            "order": self.order.to(torch.int32),
+            "crop_boxes": self.crop_boxes.to(torch.int16),
+            "flips": self.flips.to(torch.uint8),
+            "partners": self.partners.to(torch.int32),
+            "lams": self.lams.to(torch.float32),
+            "cutmix_boxes": self.cutmix_boxes.to(torch.int16),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], batch_size: int) -> "EpochPlan":
+        return cls(order=tensors["order"].long(), crop_boxes=tensors["crop_boxes"].long(),
+                   flips=tensors["flips"].bool(), partners=tensors["partners"].long(),
+                   lams=tensors["lams"].float(), cutmix_boxes=tensors["cutmix_boxes"].long(),
+                   batch_size=batch_size)
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator,
+                      ratio: tuple[float, float] = CROP_RATIO, tries: int = 10) -> torch.Tensor:
+    """``n`` RandomResizedCrop boxes (top, left, height, width) as int64 (n, 4), vectorised.
+
+    The distribution of torchvision's RandomResizedCrop: area share uniform in ``scale``, aspect
+    ratio log-uniform in ``ratio``, the first of ``tries`` draws that fits, else the largest
+    centred crop whose aspect ratio lies in range.
+    """
+    area = height * width
+    draws = torch.rand(n, tries, 2, generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[..., 1])
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(1), ok.long().argmax(1), torch.full((n,), -1, dtype=torch.long))
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    pick = first.clamp(min=0)
+    rows = torch.arange(n)
+    bh = torch.where(first >= 0, h[rows, pick], torch.full((n,), fh, dtype=torch.long))
+    bw = torch.where(first >= 0, w[rows, pick], torch.full((n,), fw, dtype=torch.long))
+    place = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = torch.floor(place[:, 0] * (height - bh + 1)).long().clamp(max=height - bh)
+    left = torch.floor(place[:, 1] * (width - bw + 1)).long().clamp(max=width - bw)
+    top = torch.where(first >= 0, top, (height - bh) // 2)
+    left = torch.where(first >= 0, left, (width - bw) // 2)
+    return torch.stack([top, left, bh, bw], dim=1)
+
+
+def cutmix_box(size: int, lam: float, generator: torch.Generator) -> tuple[tuple[int, int, int, int], float]:
+    """Standard CutMix box for a ``size`` x ``size`` image: area share ``1 - lam``, centre uniform,
+    clipped at the border. Returns the box (top, left, height, width) and lam adjusted to its area."""
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(size * cut), int(size * cut)
+    cy, cx = (int(v) for v in torch.randint(0, size, (2,), generator=generator))
+    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, size)
+    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, size)
+    box = (y1, x1, y2 - y1, x2 - x1)
+    return box, 1.0 - (box[2] * box[3]) / (size * size)
+
+
+def make_epoch_plan(num_samples: int, image_size: int, batch_size: int, crop_scale: tuple[float, float],
+                    generator: torch.Generator) -> EpochPlan:
+    """Draw one epoch's plan from ``generator`` (seed it from the run seed and the epoch).
+
+    Draw order: the permutation, every crop box, every flip bit, then per batch the partner
+    permutation, lam ~ Beta(1, 1) (uniform) and the CutMix box.
+    """
+    order = torch.randperm(num_samples, generator=generator)
+    boxes = sample_crop_boxes(num_samples, image_size, image_size, tuple(crop_scale), generator)
+    flips = torch.rand(num_samples, generator=generator) < 0.5
+    partners, lams, cut_boxes = [], [], []
+    for start in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - start)
+        partners.append(torch.randperm(count, generator=generator))
+        lam = float(torch.rand((), generator=generator, dtype=torch.float64))
+        box, lam = cutmix_box(image_size, lam, generator)
+        lams.append(lam)
+        cut_boxes.append(box)
+    return EpochPlan(order=order, crop_boxes=boxes, flips=flips, partners=torch.cat(partners),
+                     lams=torch.tensor(lams, dtype=torch.float32),
+                     cutmix_boxes=torch.tensor(cut_boxes, dtype=torch.long).view(-1, 4),
+                     batch_size=batch_size)
+
+
+def apply_plan(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.Tensor, partners: torch.Tensor,
+               cutmix_box: torch.Tensor | Sequence[int], size: int | None = None,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+    """Build one recorded batch: crop + resize, flip, CutMix, then normalise.
+
+    ``images`` (B, C, H, W) holds the batch's source images in position order (uint8, or float in
+    [0, 1]); ``crop_boxes`` (B, 4), ``flips`` (B,), ``partners`` (B,) and ``cutmix_box`` (4,) come
+    from the plan. Returns float32 (B, C, size, size) on the images' device. This one function is
+    what both the relabel (teacher side) and the replay (student side) call.
+    """
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    else:
+        images = images.float()
+    b, c, h, w = images.shape
+    size = size or h
+    boxes = crop_boxes.tolist() if torch.is_tensor(crop_boxes) else list(crop_boxes)
+    out = torch.empty(b, c, size, size, device=images.device)
+    for i, (top, left, bh, bw) in enumerate(boxes):
+        crop = images[i:i + 1, :, top:top + bh, left:left + bw]
+        out[i:i + 1] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                                     antialias=True)
+    flip = torch.as_tensor(flips, device=images.device).bool().view(-1, 1, 1, 1)
+    out = torch.where(flip, out.flip(3), out)
+    top, left, bh, bw = (int(v) for v in (cutmix_box.tolist() if torch.is_tensor(cutmix_box) else cutmix_box))
+    if bh > 0 and bw > 0:
+        partner = torch.as_tensor(partners, device=images.device).long()
+        mixed = out.clone()
+        mixed[:, :, top:top + bh, left:left + bw] = out[partner][:, :, top:top + bh, left:left + bw]
+        out = mixed
+    if mean is not None:
+        m = torch.tensor(mean, dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
+        out = (out - m) / s
+    return out
+
+
+# --- soft labels: dense or top-k ---------------------------------------------------------------
+
+def compress_logits(logits: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
+    """float logits (..., K) -> stored tensors: dense fp16, or top-k values/indices + rest mean."""
+    logits = logits.float()
+    num_classes = logits.shape[-1]
+    if topk is None or topk >= num_classes:
+        return {"logits": logits.half()}
+    values, indices = logits.topk(topk, dim=-1)
+    rest = (logits.sum(-1) - values.sum(-1)) / (num_classes - topk)
+    index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
+    return {"topk_values": values.half(), "topk_indices": indices.to(index_dtype), "rest_mean": rest.half()}
+
+
+def expand_logits(stored: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Stored soft labels -> float32 logits (..., K): top-k classes get their values, all other
+    classes the stored mean of the rest."""
+    if "logits" in stored:
+        return stored["logits"].float()
+    values = stored["topk_values"].float()
+    full = stored["rest_mean"].float().unsqueeze(-1).expand(*values.shape[:-1], num_classes).clone()
+    return full.scatter_(-1, stored["topk_indices"].long(), values)
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+@dataclass
+class EpochRecord:
+    """One stored epoch: its plan and its (compact) soft labels, positions in the epoch's order."""
+
+    epoch: int
+    plan: EpochPlan
+    stored_logits: dict[str, torch.Tensor]
+    num_classes: int
+
+    # Plan fields, for convenience.
+    @property
+    def order(self) -> torch.Tensor:
+        return self.plan.order
+
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
+
+    @property
+    def num_batches(self) -> int:
+        return self.plan.num_batches
+
+    def batches(self) -> list[list[int]]:
+        return self.plan.batches()
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """float32 (N, K): the teacher's logits at each position (top-k expanded)."""
+        return expand_logits(self.stored_logits, self.num_classes)
+
+    def logits_at(self, positions: torch.Tensor | slice) -> torch.Tensor:
+        """float32 (len, K) logits of some positions only (no full expansion)."""
+        return expand_logits({k: v[positions] for k, v in self.stored_logits.items()}, self.num_classes)
+
+    def positions(self) -> torch.Tensor:
+        """Inverse of ``order``: the position of each sample index."""
+        inverse = torch.empty_like(self.plan.order)
+        inverse[self.plan.order] = torch.arange(self.plan.num_samples)
+        return inverse
+
+
+class SoftLabelStore:
+    """A relabel run's soft labels; open with :meth:`SoftLabelStore.open`.
+
+    ``epochs``, ``num_classes``, ``num_samples``, ``batch_size``, ``topk`` (None: dense),
+    ``image_size``, ``teachers`` and ``teacher_mode`` come from ``index.json``; :meth:`epoch`
+    reads one epoch (plan + soft labels) from its shard.
+    """
+
+    def __init__(self, directory: Path, index: dict):
+        self.directory = Path(directory)
+        self.index = index
+        self.epochs = int(index["epochs"])
+        self.num_classes = int(index["num_classes"])
+        self.num_samples = int(index["num_samples"])
+        self.batch_size = int(index["batch_size"])
+        self.topk = index.get("topk")
+        self.image_size = int(index["image_size"])
+        self.teachers = list(index.get("teachers", []))
+        self.teacher_mode = index.get("teacher_mode")
+        self.shards = [dict(s) for s in index["shards"]]
+        self._cache: tuple[int, EpochRecord] | None = None
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "SoftLabelStore":
+        """Open a store: ``directory`` is the ``soft_labels`` folder or a build directory holding one."""
+        directory = Path(directory)
+        if not (directory / INDEX).is_file() and (directory / "soft_labels" / INDEX).is_file():
+            directory = directory / "soft_labels"
+        path = directory / INDEX
+        if not path.is_file():
+            raise SoftLabelStoreError(f"no soft-label store in {directory}: {INDEX} is missing "
+                                      "(run `fadrm-build relabel DATASET --ipc N` first)")
+        try:
+            index = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise SoftLabelStoreError(f"{path} is not valid JSON: {error}") from None
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise SoftLabelStoreError(f"{path} is not a {FORMAT} index")
+        if int(index.get("format_version", -1)) > FORMAT_VERSION:
+            raise SoftLabelStoreError(f"{path} has format version {index.get('format_version')}; this "
+                                      f"fadrm_datasets reads up to {FORMAT_VERSION}: upgrade it")
+        required = ("epochs", "num_classes", "num_samples", "batch_size", "image_size", "shards")
+        missing = [key for key in required if key not in index]
+        if missing:
+            raise SoftLabelStoreError(f"{path} lacks {', '.join(missing)}")
+        if not index.get("complete", False):
+            raise SoftLabelStoreError(f"the soft-label store in {directory} is incomplete (an interrupted "
+                                      "relabel); run the same relabel command again to finish it")
+        covered = sorted(e for s in index["shards"] for e in range(s["first_epoch"], s["last_epoch"] + 1))
+        if covered != list(range(int(index["epochs"]))):
+            raise SoftLabelStoreError(f"{path}: its shards do not cover epochs 0..{index['epochs'] - 1} once each")
+        absent = [s["file"] for s in index["shards"] if not (directory / s["file"]).is_file()]
+        if absent:
+            raise SoftLabelStoreError(f"soft-label shards missing from {directory}: {', '.join(absent)}")
+        return cls(directory, index)
+
+    def __repr__(self) -> str:
+        layout = "dense" if self.topk is None else f"top-{self.topk}"
+        return (f"SoftLabelStore({str(self.directory)!r}, epochs={self.epochs}, samples={self.num_samples}, "
+                f"classes={self.num_classes}, batch_size={self.batch_size}, {layout})")
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch."""
+        return num_batches(self.num_samples, self.batch_size)
+
+    def check_epoch(self, epoch: int) -> int:
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch >= self.epochs:
+            raise ValueError(f"epoch {epoch} asked for, but the soft-label store in {self.directory} holds "
+                             f"only {self.epochs} epochs (0..{self.epochs - 1}); train for at most "
+                             f"{self.epochs} epochs or relabel with more (`fadrm-build relabel ... --epochs E`)")
+        return epoch
+
+    def _shard_of(self, epoch: int) -> dict:
+        for shard in self.shards:
+            if shard["first_epoch"] <= epoch <= shard["last_epoch"]:
+                return shard
+        raise SoftLabelStoreError(f"no shard holds epoch {epoch}")  # open() rules this out
+
+    def epoch(self, epoch: int) -> EpochRecord:
+        """Epoch ``epoch``'s plan and soft labels (the last one read is cached)."""
+        epoch = self.check_epoch(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        from safetensors import safe_open
+
+        shard = self._shard_of(epoch)
+        row = epoch - shard["first_epoch"]
+        path = self.directory / shard["file"]
+        names = PLAN_TENSORS + (DENSE_TENSORS if self.topk is None else TOPK_TENSORS)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {name: f.get_slice(name)[row:row + 1][0] for name in names}
+        except Exception as error:  # safetensors raises several types for a broken file
+            raise SoftLabelStoreError(f"cannot read epoch {epoch} from {path}: {error}") from None
+        if tensors["order"].numel() != self.num_samples:
+            raise SoftLabelStoreError(f"{path}: epoch {epoch} holds {tensors['order'].numel()} samples, "
+                                      f"the index says {self.num_samples}")
+        plan = EpochPlan.from_tensors(tensors, self.batch_size)
+        stored = {name: tensors[name] for name in names if name not in PLAN_TENSORS}
+        record = EpochRecord(epoch, plan, stored, self.num_classes)
+        self._cache = (epoch, record)
+        return record
+
+    def __getstate__(self):  # workers get the index, not the cached epoch
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+
+# --- replay: sampler, dataset, loader ----------------------------------------------------------
+
+class ReplayBatchSampler(Sampler[list[int]]):
+    """Yields epoch ``epoch``'s recorded batches (lists of sample indices), in recorded order."""
+
+    def __init__(self, store: SoftLabelStore, epoch: int):
+        self.store = store
+        self.epoch = store.check_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.store.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.store.epoch(self.epoch).batches())
+
+
+class ReplayDataset(Dataset):
+    """The distilled set replayed through epoch ``epoch`` of a soft-label store.
+
+    ``images`` uint8 (N, C, H, W) and ``labels`` (N,) in the set's canonical order (sorted by
+    (label, ipc_id)). ``__getitems__(indices)`` takes one recorded batch (as
+    :class:`ReplayBatchSampler` yields it) and returns ``(images float32 (B, C, H, W),
+    soft_logits float32 (B, K), labels int64 (B,))``, the images cropped, flipped, CutMix-ed and
+    normalised with ``mean``/``std`` exactly as the teacher saw them. The stock DataLoader fetcher
+    calls ``__getitems__``; collate with :func:`passthrough_collate` (``replay_loader`` does).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int], store: SoftLabelStore,
+                 epoch: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+        if images.shape[0] != store.num_samples:
+            raise ValueError(f"{images.shape[0]} images given, but the soft-label store was made for "
+                             f"{store.num_samples}")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        self.images = images
+        self.labels = labels
+        self.store = store
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.epoch = store.check_epoch(epoch)
+        self._positions: tuple[int, torch.Tensor] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = self.store.check_epoch(epoch)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def _record(self) -> tuple[EpochRecord, torch.Tensor]:
+        record = self.store.epoch(self.epoch)
+        if self._positions is None or self._positions[0] != self.epoch:
+            self._positions = (self.epoch, record.positions())
+        return record, self._positions[1]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        record, positions = self._record()
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if index.numel() == 0:
+            raise ValueError("empty batch")
+        pos = positions[index]
+        b = int(pos[0]) // record.batch_size
+        sl = record.plan.batch_slice(b)
+        if sorted(pos.tolist()) != list(range(sl.start, sl.stop)):
+            raise ValueError(f"indices {list(indices)[:8]}... are not one recorded batch of epoch {self.epoch}; "
+                             "draw batches with ReplayBatchSampler(store, epoch)")
+        x = record.plan.build_batch(self.images, b, self.mean, self.std, size=self.store.image_size)
+        logits = record.logits_at(sl)
+        labels = self.labels[record.order[sl]]
+        if not torch.equal(record.order[sl], index):  # asked in another order: follow it
+            rows = pos - sl.start
+            x, logits, labels = x[rows], logits[rows], labels[rows]
+        return x, logits, labels
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One sample as it appears in its recorded batch (the whole batch is built for CutMix)."""
+        record, positions = self._record()
+        pos = int(positions[int(index)])
+        sl = record.plan.batch_slice(pos // record.batch_size)
+        x, logits, labels = self.__getitems__(record.order[sl].tolist())
+        row = pos - sl.start
+        return x[row], logits[row], int(labels[row])
+
+
+def passthrough_collate(batch):
+    """``__getitems__`` already returns a collated batch: hand it on unchanged."""
+    return batch
+
+
+def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epoch: int,
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                  num_workers: int = 0, **loader_kwargs) -> DataLoader:
+    """A DataLoader over epoch ``epoch``'s recorded batches; yields (images, soft_logits, labels)."""
+    for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "collate_fn"):
+        if key in loader_kwargs:
+            raise TypeError(f"replay_loader fixes {key}: the batches are the recorded ones")
+    dataset = ReplayDataset(images, labels, store, epoch, mean, std)
+    return DataLoader(dataset, batch_sampler=ReplayBatchSampler(store, epoch), collate_fn=passthrough_collate,
+                      num_workers=num_workers, **loader_kwargs)
+
+
+__all__ = [
+    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "ReplayBatchSampler", "ReplayDataset",
+    "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "compress_logits", "cutmix_box", "expand_logits",
+    "make_epoch_plan", "passthrough_collate", "replay_loader", "sample_crop_boxes",
+    "shard_name",
+]

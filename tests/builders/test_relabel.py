@@ -1,0 +1,165 @@
+"""FKD relabel: shards, resumption, plan determinism, teacher modes, and the evaluate stage end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import builders.relabel as relabel
+from builders.build import BuildDirectory
+from builders.cli import cli
+from builders.relabel import RelabelConfig, choose_epochs_per_shard, epoch_bytes, shard_ranges, teacher_mode
+from builders.teachers import save_teacher
+from fadrm_datasets.softlabels import SoftLabelStore
+from tests.fakedata import make_fashion_mnist
+from tests.test_softlabels import PRESET, tiny_set, tiny_teacher, write_store
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and the 2 shared cores stay usable for others)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shards_are_few_and_a_deleted_one_is_rewritten_alone_with_the_same_bytes(tmp_path, monkeypatch):
+    directory = tmp_path / "sl"
+    store = write_store(directory, epochs=7, epochs_per_shard=3)
+    files = sorted(p.name for p in directory.glob("*.safetensors"))
+    assert files == ["epochs-00000-00002.safetensors", "epochs-00003-00005.safetensors",
+                     "epochs-00006-00006.safetensors"]
+    assert store.epochs == 7 and len(store.shards) == 3
+    before = {name: (directory / name).read_bytes() for name in files}
+    mtimes = {name: (directory / name).stat().st_mtime_ns for name in files}
+    built = []
+    original = relabel.build_shard
+    monkeypatch.setattr(relabel, "build_shard", lambda *a, **k: built.append(a[4:6]) or original(*a, **k))
+    (directory / files[1]).unlink()
+    write_store(directory, epochs=7, epochs_per_shard=3)
+    assert built == [(3, 5)]
+    for name in files:
+        assert (directory / name).read_bytes() == before[name]
+    assert all((directory / n).stat().st_mtime_ns == mtimes[n] for n in (files[0], files[2]))
+    # A finished store is left alone entirely; other settings rewrite every shard.
+    built.clear()
+    write_store(directory, epochs=7, epochs_per_shard=3)
+    assert built == []
+    write_store(directory, epochs=7, epochs_per_shard=3, seed=1)
+    assert len(built) == 3
+
+
+def test_default_shard_size_keeps_the_file_count_small():
+    assert choose_epochs_per_shard(100, 10, None, 16) == 100
+    assert len(shard_ranges(300, choose_epochs_per_shard(100, 10, None, 16))) == 3
+    # ImageNet-1K at IPC 50 with top-100 labels: a few hundred MB to 1 GiB per shard.
+    per_shard = choose_epochs_per_shard(50_000, 1000, 100, 16)
+    assert 1 <= per_shard <= 100 and per_shard * epoch_bytes(50_000, 1000, 100, 16) <= 1 << 30
+    assert len(shard_ranges(300, per_shard)) <= 20
+    assert shard_ranges(5, 2) == [(0, 1), (2, 3), (4, 4)]
+
+
+def test_plan_depends_on_the_seed_not_on_the_shard_size(tmp_path):
+    teacher = tiny_teacher()
+    images, _ = tiny_set()
+    a = write_store(tmp_path / "a", [teacher], images, epochs=5, epochs_per_shard=2)
+    b = write_store(tmp_path / "b", [teacher], images, epochs=5, epochs_per_shard=5)
+    c = write_store(tmp_path / "c", [teacher], images, epochs=5, epochs_per_shard=5, seed=3)
+    assert len(a.shards) == 3 and len(b.shards) == 1
+    for epoch in range(5):
+        ea, eb = a.epoch(epoch), b.epoch(epoch)
+        for name in ("order", "crop_boxes", "flips", "partners", "lams", "cutmix_boxes"):
+            assert torch.equal(getattr(ea.plan, name), getattr(eb.plan, name)), name
+        assert torch.equal(ea.logits, eb.logits)
+        assert not torch.equal(ea.order, c.epoch(epoch).order)
+    assert not torch.equal(a.epoch(0).order, a.epoch(1).order)  # epochs differ from each other
+
+
+def test_store_layout_and_size(tmp_path):
+    images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
+    store = write_store(tmp_path / "sl", images=images, epochs=4, preset=PRESET.replace(relabel_batch_size=16))
+    index = json.loads((tmp_path / "sl" / "index.json").read_text())
+    assert index["complete"] and index["layout"] == "dense" and index["num_samples"] == 100
+    assert index["batch_size"] == 16 and index["num_batches"] == 7 and index["teacher_mode"] == "train"
+    assert index["crop_scale"] == list(PRESET.relabel_crop_scale) and index["teachers"] == ["t0"]
+    assert all(len(s["sha256"]) == 64 for s in index["shards"])
+    total = sum((tmp_path / "sl" / s["file"]).stat().st_size for s in index["shards"])
+    per_image_epoch = total / (100 * 4)
+    assert epoch_bytes(100, 10, None, 16) / 100 <= per_image_epoch < 45  # 37.84 B of data + the header
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "sl" / index["shards"][0]["file"]), framework="pt") as f:
+        dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+    assert dtypes == {"order": "I32", "crop_boxes": "I16", "flips": "U8", "partners": "I32", "lams": "F32",
+                      "cutmix_boxes": "I16", "logits": "F16"}
+    assert store.epoch(3).logits.shape == (100, 10)
+
+
+def test_teacher_mode_keeps_running_statistics_and_restores_flags():
+    teacher = tiny_teacher()
+    teacher.classifier.train()  # an odd flag, to see it restored
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = torch.randn(8, 1, 28, 28)
+    with teacher_mode([teacher], "train"):
+        bn = teacher.features[1]
+        assert bn.training and not teacher.training and not teacher.classifier.training
+        first = teacher(x)
+        second = teacher(x)
+        assert torch.equal(first, second)  # no drift from updated running stats
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert teacher.classifier.training and not teacher.features[1].training
+    assert teacher.features[1].momentum == 0.1
+    with pytest.raises(ValueError, match="teacher mode"):
+        RelabelConfig(epochs=1, batch_size=4, crop_scale=(0.5, 1.0), teacher_mode="bogus")
+
+
+def test_several_teachers_average_their_logits(tmp_path):
+    teachers = [tiny_teacher(0), tiny_teacher(1)]
+    images, _ = tiny_set()
+    both = write_store(tmp_path / "both", teachers, images, epochs=1, teacher_mode="eval").epoch(0).logits
+    one = write_store(tmp_path / "one", teachers[:1], images, epochs=1, teacher_mode="eval").epoch(0).logits
+    two = write_store(tmp_path / "two", teachers[1:], images, epochs=1, teacher_mode="eval").epoch(0).logits
+    assert torch.allclose(both, (one + two) / 2, atol=2e-2)
+
+
+def test_build_relabel_evaluate_through_the_cli(tmp_path):
+    data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=5)
+    root = tmp_path / "build"
+    teacher = tiny_teacher()
+    save_teacher(root / "fashion-mnist" / "teachers" / "convnet-bn-w8-d2.safetensors", teacher,
+                 {"arch": "convnet-bn-w8-d2", "test_top1": "12.34"})
+    common = ["--build-root", str(root), "--data-root", str(data), "--device", "cpu",
+              "--teacher", "convnet-bn-w8-d2"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["fashion-mnist", "--ipc", "2", "--method", "random-real", "--epochs", "2",
+                                 "--evaluate", *common], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "test top-1: set" in result.output and "teacher 12.34 %" in result.output
+    build_dir = root / "fashion-mnist" / "ipc2-random-real"
+    manifest = BuildDirectory(build_dir).read_manifest()
+    assert manifest["stages"]["relabel"]["epochs"] == 2 and manifest["stages"]["relabel"]["complete"]
+    (record,) = manifest["evaluations"]
+    assert 0 <= record["top1_best"] <= 100 and 0 <= record["top1_final"] <= record["top1_best"]
+    assert record["epochs"] == 2 and record["student"] == "convnet-bn" and record["seed"] == 0
+    assert {"top5", "seconds", "command"} <= set(record)
+    assert any(name.startswith("soft_labels/") for name in manifest["files"])
+    assert SoftLabelStore.open(build_dir).epochs == 2
+
+    # The standalone commands: relabel again (nothing to redo), evaluate another student.
+    result = runner.invoke(cli, ["relabel", "fashion-mnist", "--ipc", "2", "--method", "random-real",
+                                 "--epochs", "2", *common], catch_exceptions=False)
+    assert result.exit_code == 0 and "relabel complete: 2 epochs in 1 shards" in result.output
+    result = runner.invoke(cli, ["evaluate", str(build_dir), "--student", "convnet-bn-w8-d2", "--epochs", "1",
+                                 "--device", "cpu", "--seed", "3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    evaluations = BuildDirectory(build_dir).read_manifest()["evaluations"]
+    assert len(evaluations) == 2 and evaluations[1]["student"] == "convnet-bn-w8-d2"
+    assert evaluations[1]["seed"] == 3 and evaluations[1]["command"].startswith("fadrm-build")
+    # More student epochs than stored soft-label epochs: a clear error, no traceback.
+    result = runner.invoke(cli, ["evaluate", str(build_dir), "--epochs", "5", "--device", "cpu"])
+    assert result.exit_code == 1 and "holds only 2" in result.output
