@@ -1,0 +1,359 @@
+"""The distilled sets as torchvision datasets.
+
+``FADRMCIFAR100(root, ipc=10, download=True)`` fetches the pinned version of the set from the Hub
+(see :mod:`fadrm_datasets.hub`), checks it, and yields ``(PIL image, label)`` like any torchvision
+dataset. ``FADRMDataset(root, repo_id=...)`` does the same for any repo in the published layout,
+and ``FADRMDataset.from_build(path)`` reads a local build directory with no download at all.
+
+Samples are always in the canonical order: sorted by (label, ipc_id). Published sets are read from
+their parquet shards (needs ``pyarrow``); build directories from their PNG files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from PIL import Image
+from torchvision.datasets import VisionDataset
+
+from . import hub
+from ._io import sha256_file
+from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
+                  RepoNotFoundError, VersionNotFoundError)
+from .registry import SetInfo, find_by_repo, get_set
+
+SOFT_LABELS = "soft_labels"
+
+
+class SetNotFoundError(HubError, FileNotFoundError):
+    """A set is neither on disk nor asked to be downloaded."""
+
+
+def _pyarrow():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("reading a published set needs pyarrow: `pip install pyarrow` "
+                          "(or load a local build directory with build_dir=, which needs only PNG files)") from None
+    return pq
+
+
+def _read_parquet(paths: list[Path]) -> list[tuple[int, int, bytes]]:
+    pq = _pyarrow()
+    rows = []
+    for path in paths:
+        table = pq.read_table(path, columns=["image", "label", "ipc_id"])
+        images = table.column("image").combine_chunks()
+        data = images.field("bytes").to_pylist()
+        rows += zip(table.column("label").to_pylist(), table.column("ipc_id").to_pylist(), data)
+    return rows
+
+
+class FADRMDataset(VisionDataset):
+    """A FADRM-distilled image set: published on the Hub (``repo_id``) or a local build (``build_dir``).
+
+    Args:
+        root: where downloaded versions are kept (``<root>/<org>--<name>/<version>/``).
+        repo_id: the Hub dataset repo; the flat subclasses (``FADRMCIFAR100``...) fill it in.
+        ipc: images per class of the published set to use.
+        version: a release tag such as ``"v1.0.0"``; None: the set's pinned default, or else the
+            newest release on the Hub (the newest downloaded one with ``download=False``).
+        transform, target_transform: applied to the PIL image and to the integer label.
+        download: fetch the files when they are missing or corrupted.
+        soft_labels: also open the soft-label store; see :meth:`soft_label_loader`.
+        build_dir: read this build directory (``images/<class>/<ipc_id>.png`` + ``manifest.json``)
+            instead of the Hub.
+    """
+
+    set_name: ClassVar[str | None] = None  # registry key of the flat subclasses
+
+    def __init__(self, root: str | os.PathLike | None, repo_id: str | None = None, ipc: int = 10,
+                 version: str | None = None, transform: Callable | None = None,
+                 target_transform: Callable | None = None, download: bool = False, soft_labels: bool = False,
+                 build_dir: str | os.PathLike | None = None) -> None:
+        super().__init__(root, transform=transform, target_transform=target_transform)
+        if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc <= 0:
+            raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+        self.info: SetInfo | None = get_set(self.set_name) if self.set_name else None
+        self.ipc = ipc
+        self.build_dir = Path(build_dir) if build_dir is not None else None
+        self.soft_label_store = None
+        self._png: list[bytes] | None = None
+        self._files: list[Path] | None = None
+        if self.build_dir is not None:
+            self.repo_id, self.version = repo_id, None
+            self._open_build()
+        else:
+            self._open_hub(repo_id, version, download)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        if soft_labels:
+            self._open_soft_labels()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_build(cls, path: str | os.PathLike, **kwargs: Any) -> "FADRMDataset":
+        """The set in a local build directory (no Hub, no download); ``ipc`` comes from its manifest."""
+        manifest_path = Path(path) / hub.MANIFEST
+        ipc = kwargs.pop("ipc", None)
+        if ipc is None and manifest_path.is_file():
+            ipc = json.loads(manifest_path.read_text()).get("ipc")
+        kwargs.setdefault("root", None)
+        if cls.set_name is None:
+            kwargs.setdefault("repo_id", None)
+        return cls(ipc=ipc or 10, build_dir=path, **kwargs)
+
+    def _open_hub(self, repo_id: str | None, version: str | None, download: bool) -> None:
+        if repo_id is None:
+            if self.info is None:
+                raise ValueError("give repo_id= (a Hub dataset repo such as 'fadrm/fadrm-cifar100'), build_dir=, "
+                                 "or use one of FADRMCIFAR100, FADRMTinyImageNet, FADRMImageNet, FADRMFashionMNIST")
+            repo_id = self.info.repo_id
+        if self.root is None:
+            raise ValueError("root is required for a published set (downloaded versions are kept under it)")
+        self.info = self.info or find_by_repo(repo_id)
+        self.repo_id = repo_id
+        pinned = self.info.default_version if self.info is not None else None
+        try:
+            self.version = hub.resolve_version(repo_id, version, pinned, self.root, online=download)
+            directory = hub.fetch(repo_id, self.ipc, self.version, self.root, download=download)
+        except NotDownloadedError as error:
+            raise SetNotFoundError(f"{error}. {self._how_to_get()}") from None
+        self.data_dir = directory
+        manifest = hub.read_manifest(directory)
+        self.manifest = manifest
+        self._verify_files = hub.ipc_files(manifest, self.ipc)
+        self._shards = sorted(p for p in self._verify_files
+                              if p.startswith(f"ipc{self.ipc}/train-") and p.endswith(".parquet"))
+        if not self._shards:
+            raise IntegrityError(f"{repo_id} {self.version} lists no ipc{self.ipc}/train-*.parquet in its manifest")
+        ipc_info = manifest.get("ipcs", {}).get(str(self.ipc), {})
+        self._configure(manifest, ipc_info.get("preset", {}))
+        self._load()
+
+    def _how_to_get(self) -> str:
+        name = self.info.name if self.info is not None else "<dataset>"
+        return (f"Pass download=True to fetch it from the Hugging Face Hub, or build it locally with "
+                f"`fadrm-build {name} --ipc {self.ipc}` and pass build_dir=<the build directory>.")
+
+    def _open_build(self) -> None:
+        manifest_path = self.build_dir / hub.MANIFEST
+        if not manifest_path.is_file():
+            raise SetNotFoundError(f"no build directory at {self.build_dir} (no {hub.MANIFEST}); "
+                                   f"{self._how_to_get()}")
+        manifest = json.loads(manifest_path.read_text())
+        self.manifest = manifest
+        if manifest.get("ipc") is not None and int(manifest["ipc"]) != self.ipc:
+            raise ValueError(f"{self.build_dir} holds ipc={manifest['ipc']}, not ipc={self.ipc}; pass "
+                             f"ipc={manifest['ipc']} or use FADRMDataset.from_build(path)")
+        if self.info is None and manifest.get("dataset"):
+            try:
+                self.info = get_set(manifest["dataset"])
+            except KeyError:
+                self.info = None
+        self.data_dir = self.build_dir
+        self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith("images/")}
+        self._configure(manifest, manifest.get("preset", {}))
+        self._load()
+
+    def _configure(self, manifest: dict, preset: dict) -> None:
+        info = self.info
+        num_classes = preset.get("num_classes") or (info.num_classes if info else None)
+        classes = manifest.get("classes") or (info.classes if info else None)
+        if classes is None:
+            if num_classes is None:
+                raise IntegrityError("the manifest names neither the classes nor their number")
+            classes = [str(i) for i in range(num_classes)]
+        self.classes = list(classes)
+        self.channels = int(preset.get("channels") or (info.channels if info else 3))
+        self.image_size = int(preset.get("image_size") or (info.image_size if info else 0)) or None
+        self.mean = tuple(preset.get("mean") or (info.mean if info else (0.5,) * self.channels))
+        self.std = tuple(preset.get("std") or (info.std if info else (0.5,) * self.channels))
+
+    def _load(self) -> None:
+        """Read labels, ipc ids and the encoded images, sorted by (label, ipc_id)."""
+        if self.build_dir is not None:
+            rows = []
+            images = self.build_dir / "images"
+            for class_dir in sorted(images.iterdir()) if images.is_dir() else ():
+                if class_dir.is_dir() and class_dir.name.isdigit():
+                    for png in sorted(class_dir.glob("*.png")):
+                        if png.stem.isdigit():
+                            rows.append((int(class_dir.name), int(png.stem), png))
+            if not rows:
+                raise SetNotFoundError(f"{images} holds no images; run the build (`fadrm-build ...`) first")
+            rows.sort(key=lambda r: (r[0], r[1]))
+            self._files = [r[2] for r in rows]
+        else:
+            rows = _read_parquet([self.data_dir / p for p in self._shards])
+            rows.sort(key=lambda r: (r[0], r[1]))
+            self._png = [r[2] for r in rows]
+        self.targets = [int(r[0]) for r in rows]
+        self.ipc_ids = [int(r[1]) for r in rows]
+        if self.targets and max(self.targets) >= len(self.classes):
+            raise IntegrityError(f"label {max(self.targets)} found but only {len(self.classes)} classes are named")
+
+    def _open_soft_labels(self) -> None:
+        from .softlabels import SoftLabelStore
+
+        if self.build_dir is not None:
+            directory = self.build_dir / SOFT_LABELS
+        else:
+            directory = self.data_dir / f"ipc{self.ipc}" / SOFT_LABELS
+        if not directory.is_dir():
+            where = f"{self.repo_id} {self.version}" if self.build_dir is None else str(self.build_dir)
+            raise SetNotFoundError(f"{where} ipc{self.ipc} has no soft labels ({directory} is missing); "
+                                   "run the relabel stage, or use soft_labels=False")
+        store = SoftLabelStore.open(directory)
+        if store.num_samples != len(self) or store.num_classes != len(self.classes):
+            raise IntegrityError(f"the soft labels in {directory} are for {store.num_samples} samples of "
+                                 f"{store.num_classes} classes, the set has {len(self)} of {len(self.classes)}")
+        self.soft_label_store = store
+
+    # -- the Dataset protocol --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _encoded(self, index: int):
+        if self.build_dir is not None:
+            return self._files[index]
+        if self._png is None:  # dropped when pickled (see __getstate__): read the shards again
+            self._load()
+        return io.BytesIO(self._png[index])
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        with Image.open(self._encoded(index)) as img:
+            image = img.convert("L" if self.channels == 1 else "RGB")
+        target = self.targets[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    def __getstate__(self) -> dict:
+        # Workers re-read the (already verified) shards instead of receiving every image by pickle.
+        state = self.__dict__.copy()
+        state["_png"] = None
+        state.pop("_uint8", None)
+        return state
+
+    def images_uint8(self):
+        """Every image as one uint8 tensor (N, C, H, W) in the canonical order."""
+        import numpy as np
+        import torch
+
+        if getattr(self, "_uint8", None) is None:
+            arrays = []
+            for index in range(len(self)):
+                with Image.open(self._encoded(index)) as img:
+                    array = np.asarray(img.convert("L" if self.channels == 1 else "RGB"), dtype=np.uint8)
+                arrays.append(array[:, :, None] if array.ndim == 2 else array)
+            self._uint8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return self._uint8
+
+    def soft_label_loader(self, epoch: int, num_workers: int = 0, **kwargs: Any):
+        """A DataLoader replaying relabel epoch ``epoch``: (normalised images, soft logits, labels) batches."""
+        import torch
+
+        from .softlabels import replay_loader
+
+        if self.soft_label_store is None:
+            raise RuntimeError("this dataset was opened without soft labels; pass soft_labels=True")
+        labels = torch.tensor(self.targets, dtype=torch.long)
+        return replay_loader(self.images_uint8(), labels, self.soft_label_store, epoch, self.mean, self.std,
+                             num_workers=num_workers, **kwargs)
+
+    @property
+    def soft_label_epochs(self) -> int | None:
+        store = self.soft_label_store
+        if store is None:
+            return None
+        for name in ("epochs", "num_epochs"):
+            value = getattr(store, name, None)
+            if value is not None:
+                return value if isinstance(value, int) else len(value)
+        return None
+
+    def _check_integrity(self) -> bool:
+        """Hash every file of this set again and compare with the manifest's sha256."""
+        for rel, expected in self._verify_files.items():
+            path = self.data_dir / rel
+            if not path.is_file() or sha256_file(path) != expected:
+                return False
+        return True
+
+    def extra_repr(self) -> str:
+        lines = [f"IPC: {self.ipc}"]
+        if self.build_dir is not None:
+            lines.append(f"Version: local build at {self.build_dir}")
+        else:
+            lines.append(f"Repo: {self.repo_id}")
+            lines.append(f"Version: {self.version}")
+        epochs = self.soft_label_epochs
+        lines.append(f"Soft-label epochs: {epochs if epochs is not None else 'not loaded'}")
+        return "\n".join(lines)
+
+
+class FADRMCIFAR100(FADRMDataset):
+    """FADRM-distilled CIFAR-100: 100 classes of 32x32 RGB images."""
+
+    set_name = "cifar100"
+    repo_name = "fadrm-cifar100"
+    classes = get_set("cifar100").classes
+    num_classes, channels, image_size = 100, 3, 32
+    mean, std = get_set("cifar100").mean, get_set("cifar100").std
+
+    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
+                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
+        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
+
+
+class FADRMTinyImageNet(FADRMDataset):
+    """FADRM-distilled Tiny-ImageNet: 200 classes (WordNet ids) of 64x64 RGB images."""
+
+    set_name = "tiny-imagenet"
+    repo_name = "fadrm-tiny-imagenet"
+    num_classes, channels, image_size = 200, 3, 64
+    mean, std = get_set("tiny-imagenet").mean, get_set("tiny-imagenet").std
+
+    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
+                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
+        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
+
+
+class FADRMImageNet(FADRMDataset):
+    """FADRM-distilled ImageNet-1K: 1000 classes of 224x224 RGB images."""
+
+    set_name = "imagenet"
+    repo_name = "fadrm-imagenet"
+    num_classes, channels, image_size = 1000, 3, 224
+    mean, std = get_set("imagenet").mean, get_set("imagenet").std
+
+    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
+                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
+        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
+
+
+class FADRMFashionMNIST(FADRMDataset):
+    """FADRM-distilled Fashion-MNIST: 10 classes of 28x28 grayscale images."""
+
+    set_name = "fashion-mnist"
+    repo_name = "fadrm-fashion-mnist"
+    classes = get_set("fashion-mnist").classes
+    num_classes, channels, image_size = 10, 1, 28
+    mean, std = get_set("fashion-mnist").mean, get_set("fashion-mnist").std
+
+    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
+                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
+        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
+
+
+__all__ = ["FADRMCIFAR100", "FADRMDataset", "FADRMFashionMNIST", "FADRMImageNet", "FADRMTinyImageNet",
+           "HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
+           "RepoNotFoundError", "SetNotFoundError", "VersionNotFoundError"]
