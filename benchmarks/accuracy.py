@@ -50,17 +50,19 @@ def run_cli(argv: list[str]) -> None:
 
 
 def run_one(args, ipc: int, method: str, seed: int) -> dict:
-    build_dir = Path(args.build_root) / DATASET / f"ipc{ipc}-{method}-seed{seed}"
+    label = f"-{args.label}" if args.label else ""
+    build_dir = Path(args.build_root) / DATASET / f"ipc{ipc}-{method}{label}-seed{seed}"
     common = ["--ipc", str(ipc), "--method", method, "--seed", str(seed), "--build-root", args.build_root,
               "--build-dir", str(build_dir), "--data-root", args.data_root, "--device", args.device]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
     build = [DATASET, *common, "--no-evaluate", *epochs]
     if args.iterations:
         build += ["--iterations", args.iterations]
+    build += shlex.split(args.extra)
     run_cli(build)
     run_cli(["relabel", DATASET, *common, *epochs, "--teacher-mode", args.teacher_mode])
     evaluate = ["evaluate", str(build_dir), "--seed", str(seed), "--device", args.device,
-                "--data-root", args.data_root, *epochs]
+                "--data-root", args.data_root, "--split", args.split, *epochs]
     if args.student:
         evaluate += ["--student", args.student]
     run_cli(evaluate)
@@ -82,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", default=None, help="recover iterations per stage, e.g. 100,100,100,100")
     parser.add_argument("--student", default=None, help="student architecture (preset: convnet-bn)")
     parser.add_argument("--teacher-mode", choices=("train", "eval"), default="train")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="val: the held-out training images, for choosing settings")
+    parser.add_argument("--extra", default="", help="more build flags, e.g. '--alpha 0.7 --lr 0.05'")
+    parser.add_argument("--label", default=None, help="a name for this configuration in the records")
     parser.add_argument("--build-root", default="build/benchmarks")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--device", default="auto")
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                 "top1_std": round(statistics.stdev(best), 2) if len(best) > 1 else 0.0,
                 "top1_per_seed": best, "top1_final_mean": round(statistics.fmean(final), 2),
                 "top5_mean": round(statistics.fmean(r["top5"] for r in runs), 2),
+                "split": args.split, "label": args.label, "extra": args.extra,
                 "epochs": runs[0]["epochs"], "iterations": args.iterations, "teacher_mode": args.teacher_mode,
                 "device": runs[0]["device"], "seconds": round(time.perf_counter() - start, 1),
                 "command": command,

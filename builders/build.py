@@ -198,7 +198,7 @@ def stage_patches(preset: Preset, options: BuildOptions, device: torch.device) -
         log.info("patches: reusing %s", build.patches)
         return Patches.load(build.patches)
     start = time.perf_counter()
-    train = load_split(preset, options.data_root, "train", options.download)
+    train = load_split(preset, options.data_root, "distill", options.download)
     build.update_manifest(classes=list(train.classes))
     if options.method == "random-real":
         # Whole random images: the baseline is a random real subset, not crops of it.

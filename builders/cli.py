@@ -275,16 +275,19 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the student's initialisation.")
 @click.option("--num-workers", default=0, show_default=True, type=int, help="DataLoader workers for the replay.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="Real images to test on: the test split, or the validation images held out of the "
+              "training split (for choosing settings).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
-def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers):
+def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers, split):
     from .build import BuildDirectory, resolve_device
     from .evaluate import evaluate_build, teacher_accuracy
 
     record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
-                            device=resolve_device(device), seed=seed, num_workers=num_workers)
+                            device=resolve_device(device), seed=seed, num_workers=num_workers, split=split)
     teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
-    click.echo(f"{record['student']}, {record['epochs']} epochs: test top-1 {record['top1_best']:.2f} % best, "
+    click.echo(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_best']:.2f} % best, "
                f"{record['top1_final']:.2f} % final, top-5 {record['top5']:.2f} %"
                + (f" (teacher {teacher} %)" if teacher else ""))
 

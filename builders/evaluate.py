@@ -5,7 +5,7 @@ with AdamW (``preset.eval_lr``, ``preset.eval_weight_decay``) and a cosine sched
 on epoch ``e`` of the soft-label store in training epoch ``e`` (the exact recorded crops, flips and
 CutMix), with loss KL(student/T || teacher/T) * T^2 at ``T = preset.temperature`` and gradient
 accumulation over ``preset.eval_grad_accumulation`` recorded batches. Top-1/top-5 on the real test
-split are measured every few epochs and at the end; best and final top-1 go into the manifest.
+split (or the held-out validation split) are measured every few epochs and at the end; best and final top-1 go into the manifest.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def manifest_preset(manifest: dict) -> Preset:
 def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student: str | None = None,
                    epochs: int | None = None, data_root: str | None = None, download: bool = False,
                    device="cpu", seed: int = 0, num_workers: int = 0, command: str | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, split: str = "test") -> dict:
     """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``."""
     from .build import BuildDirectory, BuildError
 
@@ -140,9 +140,11 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     images, labels, _ = load_set_images(build.images, preset.channels)
     if data_root is None:
         data_root = (manifest.get("options") or {}).get("data_root", "data")
-    test_set = load_split(preset, data_root, "test", download)
+    # "val" (held-out training images) is for choosing settings; "test" is for reporting.
+    test_set = load_split(preset, data_root, split, download)
     record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
                            progress=progress)
+    record["split"] = split
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     evaluations = build.read_manifest().get("evaluations", [])

@@ -61,6 +61,9 @@ class Preset:
     # Patch selection: real crops scored by the teacher; candidates drawn per kept patch.
     patch_candidates: int = 4
     patch_crop_scale: tuple[float, float] = (0.5, 1.0)
+    # Training images held out as a validation split for choosing settings (never the test
+    # split); patches and random-real subsets are drawn from the rest.
+    validation_size: int = 0
 
     # Soft labels (FKD relabel) and the student protocol.
     relabel_epochs: int = 300
@@ -186,7 +189,7 @@ FASHION_MNIST = Preset(
     mean=(0.2860,),
     std=(0.3530,),
     teacher="convnet-bn",
-    teachers_plus=("convnet-bn", "convnet-bn-w128", "convnet-bn-d2"),
+    teachers_plus=("convnet-bn", "convnet-bn-d2", "convnet-bn-w32-d4"),  # cheap, different depths
     # Flips only: padded crops cost ~2 points at this short budget (89.5 vs 91.6 % seen here).
     teacher_recipe=TeacherRecipe(
         optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=4, batch_size=128, crop_padding=0
@@ -202,6 +205,7 @@ FASHION_MNIST = Preset(
     crop_scale=(0.5, 1.0),
     class_block=10,
     patch_candidates=4,
+    validation_size=5000,
     relabel_epochs=300,
     relabel_crop_scale=(0.5, 1.0),
     student="convnet-bn",

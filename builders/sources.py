@@ -244,9 +244,51 @@ SOURCES: dict[str, Loader] = {
 }
 
 
+class SplitView(Dataset):
+    """Some of a dataset's samples, keeping ``targets`` and ``classes``."""
+
+    def __init__(self, base: Dataset, indices: torch.Tensor):
+        self.base = base
+        self.indices = indices
+        self.targets = torch.as_tensor(base.targets)[indices]
+        self.classes = base.classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.base[int(self.indices[index])]
+
+
+VALIDATION_SEED = 20250630  # fixed: the held-out images never change between runs
+
+
+def validation_indices(num_train: int, size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    return torch.randperm(num_train, generator=generator)[:size].sort().values
+
+
+SPLITS = ("train", "test", "val", "distill")
+
+
 def load_split(preset: Preset, root: Path | str, split: str, download: bool = False) -> Dataset:
-    """The ``train`` or ``test`` split of the preset's original dataset."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """A split of the preset's original dataset.
+
+    ``train`` and ``test`` are the dataset's own; ``val`` is ``preset.validation_size`` training
+    images held out for choosing settings, and ``distill`` the training images without them (the
+    pool that patches and random-real subsets are drawn from).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "val" and preset.validation_size <= 0:
+        raise ValueError(f"the {preset.name} preset holds out no validation split; use the test split")
     root = root if str(root).startswith("hf:") else Path(root)
-    return SOURCES[preset.source](root, split, download)
+    data = SOURCES[preset.source](root, "test" if split == "test" else "train", download)
+    if split in ("train", "test") or preset.validation_size <= 0:
+        return data
+    held_out = validation_indices(len(data), min(preset.validation_size, len(data) // 2))
+    if split == "val":
+        return SplitView(data, held_out)
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[held_out] = False
+    return SplitView(data, torch.nonzero(keep).flatten())

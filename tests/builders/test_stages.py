@@ -181,3 +181,18 @@ def test_patch_crops_match_their_recorded_boxes():
             box = tuple(patches.box[label, i].tolist())
             expected = resized_crop(source, box, 28).round().clamp(0, 255).to(torch.uint8)
             assert torch.equal(patches.images[label, i], expected)
+
+
+def test_validation_split_is_held_out_of_the_distillation_pool(tmp_path):
+    make_fashion_mnist(tmp_path, per_class=4, test_per_class=1)
+    train = load_split(FASHION_MNIST, tmp_path, "train")
+    val = load_split(FASHION_MNIST, tmp_path, "val")
+    pool = load_split(FASHION_MNIST, tmp_path, "distill")
+    assert len(val) == 20 and len(pool) == 20  # at most half of a small train split is held out
+    assert set(val.indices.tolist()).isdisjoint(pool.indices.tolist())
+    assert sorted(val.indices.tolist() + pool.indices.tolist()) == list(range(len(train)))
+    assert torch.equal(val[3][0], train[int(val.indices[3])][0])
+    assert torch.equal(val.targets, train.targets[val.indices])
+    assert torch.equal(load_split(FASHION_MNIST, tmp_path, "val").indices, val.indices)  # fixed
+    with pytest.raises(ValueError, match="no validation split"):
+        load_split(CIFAR100, tmp_path, "val")
