@@ -300,7 +300,15 @@ class FADRMDataset(VisionDataset):
         return "\n".join(lines)
 
 
-class FADRMCIFAR100(FADRMDataset):
+class _RegisteredSet(FADRMDataset):
+    """A set from the registry: torchvision's signature, ``root`` then ``ipc``, no repo id."""
+
+    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
+                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
+        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
+
+
+class FADRMCIFAR100(_RegisteredSet):
     """FADRM-distilled CIFAR-100: 100 classes of 32x32 RGB images."""
 
     set_name = "cifar100"
@@ -309,12 +317,8 @@ class FADRMCIFAR100(FADRMDataset):
     num_classes, channels, image_size = 100, 3, 32
     mean, std = get_set("cifar100").mean, get_set("cifar100").std
 
-    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
-                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
-        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
 
-
-class FADRMTinyImageNet(FADRMDataset):
+class FADRMTinyImageNet(_RegisteredSet):
     """FADRM-distilled Tiny-ImageNet: 200 classes (WordNet ids) of 64x64 RGB images."""
 
     set_name = "tiny-imagenet"
@@ -322,12 +326,8 @@ class FADRMTinyImageNet(FADRMDataset):
     num_classes, channels, image_size = 200, 3, 64
     mean, std = get_set("tiny-imagenet").mean, get_set("tiny-imagenet").std
 
-    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
-                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
-        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
 
-
-class FADRMImageNet(FADRMDataset):
+class FADRMImageNet(_RegisteredSet):
     """FADRM-distilled ImageNet-1K: 1000 classes of 224x224 RGB images."""
 
     set_name = "imagenet"
@@ -335,12 +335,8 @@ class FADRMImageNet(FADRMDataset):
     num_classes, channels, image_size = 1000, 3, 224
     mean, std = get_set("imagenet").mean, get_set("imagenet").std
 
-    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
-                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
-        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
 
-
-class FADRMFashionMNIST(FADRMDataset):
+class FADRMFashionMNIST(_RegisteredSet):
     """FADRM-distilled Fashion-MNIST: 10 classes of 28x28 grayscale images."""
 
     set_name = "fashion-mnist"
@@ -348,10 +344,6 @@ class FADRMFashionMNIST(FADRMDataset):
     classes = get_set("fashion-mnist").classes
     num_classes, channels, image_size = 10, 1, 28
     mean, std = get_set("fashion-mnist").mean, get_set("fashion-mnist").std
-
-    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
-                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
-        super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
 
 
 __all__ = ["FADRMCIFAR100", "FADRMDataset", "FADRMFashionMNIST", "FADRMImageNet", "FADRMTinyImageNet",
