@@ -64,6 +64,31 @@ def _iterations(ctx, param, value):
     return counts
 
 
+def _scale(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give two numbers, e.g. 0.5,1.0") from None
+    if not 0 < low <= high <= 1:
+        raise click.BadParameter("need 0 < MIN <= MAX <= 1")
+    return low, high
+
+
+# CLI option -> preset field, for the options that override the preset.
+PRESET_OVERRIDES = {"iterations": "stage_iterations", "lr": "lr", "alpha": "alpha", "r_bn": "r_bn",
+                    "patch_scale": "patch_crop_scale"}
+
+
+def apply_overrides(preset, kwargs: dict, **more):
+    """The preset with the overriding options (popped from ``kwargs``) and ``more`` applied."""
+    from .build import effective_preset
+
+    changes = {field: kwargs.pop(option) for option, field in PRESET_OVERRIDES.items() if option in kwargs}
+    return effective_preset(preset, **changes, **more)
+
+
 def dataset_argument(f):
     return click.argument("dataset", metavar="DATASET", callback=_dataset)(f)
 
@@ -110,6 +135,8 @@ def recover_options(f):
         click.option("--lr", type=float, default=None, help="Recover learning rate (overrides the preset)."),
         click.option("--alpha", type=float, default=None, help="ARC weight of the optimised image (overrides the preset)."),
         click.option("--r-bn", type=float, default=None, help="BN-statistics loss weight (overrides the preset)."),
+        click.option("--patch-scale", default=None, callback=_scale, metavar="MIN,MAX",
+                     help="Area range of the real crops that become patches; 1,1 = whole images."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -177,13 +204,12 @@ def cli():
               help="Soft-label epochs and student epochs (overrides the preset's relabel/eval epochs).")
 @common_options
 @handle_errors
-def build_command(dataset, iterations, lr, alpha, r_bn, evaluate=None, epochs=None, **kwargs):
+def build_command(dataset, evaluate=None, epochs=None, **kwargs):
     import dataclasses
 
-    from .build import BuildDirectory, effective_preset, run_build
+    from .build import BuildDirectory, run_build
 
-    preset = effective_preset(dataset, stage_iterations=iterations, lr=lr, alpha=alpha, r_bn=r_bn,
-                              relabel_epochs=epochs, eval_epochs=epochs)
+    preset = apply_overrides(dataset, kwargs, relabel_epochs=epochs, eval_epochs=epochs)
     options = dataclasses.replace(make_options(preset, **kwargs), evaluate=evaluate)
     build = run_build(preset, options)
     click.echo(f"built {options.ipc * preset.num_classes} images in {build.root}")
@@ -217,12 +243,13 @@ def teacher_command(dataset, retrain, **kwargs):
 @recover_options
 @common_options
 @handle_errors
-def patches_command(dataset, iterations, lr, alpha, r_bn, **kwargs):
+def patches_command(dataset, **kwargs):
     from .build import BuildDirectory, resolve_device, stage_patches
 
-    options = make_options(dataset, **kwargs)
+    preset = apply_overrides(dataset, kwargs)
+    options = make_options(preset, **kwargs)
     BuildDirectory(options.directory).patches.unlink(missing_ok=True)  # an explicit rerun reselects
-    patches = stage_patches(dataset, options, resolve_device(options.device))
+    patches = stage_patches(preset, options, resolve_device(options.device))
     click.echo(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {options.directory}")
 
 
@@ -231,10 +258,10 @@ def patches_command(dataset, iterations, lr, alpha, r_bn, **kwargs):
 @recover_options
 @common_options
 @handle_errors
-def recover_command(dataset, iterations, lr, alpha, r_bn, **kwargs):
-    from .build import effective_preset, resolve_device, stage_recover
+def recover_command(dataset, **kwargs):
+    from .build import resolve_device, stage_recover
 
-    preset = effective_preset(dataset, stage_iterations=iterations, lr=lr, alpha=alpha, r_bn=r_bn)
+    preset = apply_overrides(dataset, kwargs)
     options = make_options(preset, **kwargs)
     record = stage_recover(preset, options, resolve_device(options.device))
     click.echo(f"recover {'complete' if record['complete'] else 'partial'}: {options.directory / 'images'}")
