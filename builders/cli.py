@@ -52,15 +52,16 @@ def _positive(ctx, param, value):
     return value
 
 
-def _iterations(ctx, param, value):
+def _per_stage(ctx, param, value):
+    """``N,N,...``: one positive integer per recover stage."""
     if value is None:
         return None
     try:
         counts = tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter("give one count per stage, e.g. 100,100,100,100") from None
+        raise click.BadParameter("give one number per stage, e.g. 100,100,100,100") from None
     if any(c <= 0 for c in counts):
-        raise click.BadParameter("iteration counts must be positive")
+        raise click.BadParameter("every stage's number must be positive")
     return counts
 
 
@@ -77,8 +78,8 @@ def _scale(ctx, param, value):
 
 
 # CLI option -> preset field, for the options that override the preset.
-PRESET_OVERRIDES = {"iterations": "stage_iterations", "lr": "lr", "alpha": "alpha", "r_bn": "r_bn",
-                    "patch_scale": "patch_crop_scale"}
+PRESET_OVERRIDES = {"iterations": "stage_iterations", "resolutions": "stage_resolutions", "lr": "lr",
+                    "alpha": "alpha", "r_bn": "r_bn", "patch_scale": "patch_crop_scale"}
 
 
 def apply_overrides(preset, kwargs: dict, **more):
@@ -128,10 +129,12 @@ def recover_options(f):
                      help="fp16 mixed precision (CUDA only). [default: on with CUDA, off on the CPU]"),
         click.option("--init", type=click.Choice(["patches", "gaussian"]), default=None,
                      help="Start from real patches (FADRM) or Gaussian noise (SRe2L)."),
-        click.option("--difficulty", type=click.Choice(["easy", "medium", "hard"]), default="medium",
-                     show_default=True, help="Which real patches seed the images, by teacher cross-entropy."),
-        click.option("--iterations", default=None, callback=_iterations, metavar="N,N,...",
+        click.option("--difficulty", type=click.Choice(["easy", "medium", "hard", "random"]), default="medium",
+                     show_default=True, help="Which real patches seed the images: by teacher cross-entropy, or random."),
+        click.option("--iterations", default=None, callback=_per_stage, metavar="N,N,...",
                      help="Iterations per stage (overrides the preset)."),
+        click.option("--resolutions", default=None, callback=_per_stage, metavar="R,R,...",
+                     help="Resolution per stage (overrides the preset; as many as --iterations)."),
         click.option("--lr", type=float, default=None, help="Recover learning rate (overrides the preset)."),
         click.option("--alpha", type=float, default=None, help="ARC weight of the optimised image (overrides the preset)."),
         click.option("--r-bn", type=float, default=None, help="BN-statistics loss weight (overrides the preset)."),

@@ -85,6 +85,9 @@ class Preset:
                 f"preset {self.name!r}: {len(self.stage_resolutions)} stage resolutions but "
                 f"{len(self.stage_iterations)} iteration counts"
             )
+        if self.stage_resolutions[-1] != self.image_size:
+            raise ValueError(f"preset {self.name!r}: the last stage must run at the image size "
+                             f"{self.image_size}, got {self.stage_resolutions[-1]}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"preset {self.name!r}: alpha must lie in [0, 1], got {self.alpha}")
 

@@ -87,3 +87,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def hub(pytestconfig: pytest.Config) -> LoopbackHub:
     return pytestconfig.stash[_SESSION_KEY][0]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and the 2 shared cores stay usable for others)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

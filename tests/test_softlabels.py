@@ -18,15 +18,6 @@ from fadrm_datasets.softlabels import (EpochPlan, ReplayBatchSampler, ReplayData
 PRESET = FASHION_MNIST.replace(relabel_batch_size=8, relabel_crop_scale=(0.3, 1.0))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the 2 shared cores stay usable for others)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_teacher(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model("convnet-bn-w8-d2", 10, in_channels=1, image_size=28)

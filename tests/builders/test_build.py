@@ -170,3 +170,12 @@ def test_help_reads_well(command, capsys):
         assert "--ipc" in out and "--arc / --no-arc" in out and "--mro / --no-mro" in out
     if not command:
         assert "fashion-mnist" in out and "recover" in out
+
+
+def test_stage_overrides_change_the_number_of_residual_merges(trained, data_root):
+    run_cli(["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained),
+             "--build-dir", str(trained / "two-stages"), "--iterations", "2,2", "--resolutions", "24,28",
+             "--patch-scale", "1,1", "--device", "cpu", "--epochs", "1", "--no-evaluate"])
+    manifest = json.loads((trained / "two-stages" / "manifest.json").read_text())
+    assert manifest["stages"]["recover"]["settings"]["config"]["stages"] == [[24, 2], [28, 2]]
+    assert manifest["preset"]["patch_crop_scale"] == [1.0, 1.0]

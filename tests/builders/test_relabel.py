@@ -18,15 +18,6 @@ from tests.fakedata import make_fashion_mnist
 from tests.test_softlabels import PRESET, tiny_set, tiny_teacher, write_store
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the 2 shared cores stay usable for others)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shards_are_few_and_a_deleted_one_is_rewritten_alone_with_the_same_bytes(tmp_path, monkeypatch):
     directory = tmp_path / "sl"
     store = write_store(directory, epochs=7, epochs_per_shard=3)
