@@ -262,20 +262,19 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def evaluations_table(evaluations) -> str | None:
-    """Manifest "evaluations" (a dict of runs or a list of run dicts) as a table; None when empty."""
-    if not evaluations:
+# The columns a reader of a card wants from each evaluation record (builders.evaluate).
+EVALUATION_COLUMNS = [("student", "student"), ("split", "split"), ("epochs", "epochs"),
+                      ("top1_best", "top-1 % (best)"), ("top1_final", "top-1 % (final)"), ("top5", "top-5 %"),
+                      ("temperature", "T"), ("seed", "seed")]
+
+
+def evaluations_table(evaluations: list[dict] | None) -> str | None:
+    """The manifest's evaluation records as a table; None when there are none."""
+    runs = [run for run in evaluations or [] if isinstance(run, dict)]
+    if not runs:
         return None
-    if isinstance(evaluations, dict):
-        runs = [(name, v if isinstance(v, dict) else {"value": v}) for name, v in evaluations.items()]
-    else:
-        runs = [(str(run.get("name") or run.get("student") or i), run) for i, run in enumerate(evaluations)
-                if isinstance(run, dict)]
-    skip = {"name", "student", "command"}
-    keys: list[str] = []
-    for _, run in runs:
-        keys += [k for k, v in run.items() if k not in keys and k not in skip and not isinstance(v, (dict, list))]
-    return markdown_table(["run", *keys], [[name, *(run.get(k, "") for k in keys)] for name, run in runs])
+    return markdown_table([title for _, title in EVALUATION_COLUMNS],
+                          [[run.get(key, "") for key, _ in EVALUATION_COLUMNS] for run in runs])
 
 
 def ipc_section(ipc: int, info: dict) -> str:

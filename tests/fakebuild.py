@@ -68,7 +68,7 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
     manifest = dict(dataset=preset.name, ipc=ipc, method="fadrm", seed=seed, preset=preset.to_dict(),
                     options={"dataset": preset.name, "ipc": ipc, "method": "fadrm", "seed": seed, "device": "cpu"},
                     teachers=teachers, format_version=1,
-                    evaluations=[{"student": "convnet-bn", "epochs": 3, "top1_best": 55.5, "top1_final": 54.0,
+                    evaluations=[{"student": "convnet-bn", "split": "test", "epochs": 3, "top1_best": 55.5, "top1_final": 54.0,
                                   "top5": 90.25, "command": "fadrm-build evaluate x"}])
     if classes is not None:
         manifest["classes"] = list(classes)[:num_classes]

@@ -95,7 +95,7 @@ def test_card_front_matter_and_body(staged):
     assert front["task_categories"] == ["image-classification"] and front["license"] == "unknown"
     assert front["size_categories"] == ["n<1K"] and "tiny-test" in front["tags"]
     assert "${" not in card
-    assert "| convnet-bn | 3 | 55.5 | 54 | 90.25 |" in body  # the evaluation table
+    assert "| convnet-bn | test | 3 | 55.5 | 54 | 90.25 |" in body  # the evaluation table
     assert "| tiny-convnet | 91.50 | 99.90 | tiny-convnet.safetensors |" in body  # teachers
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
     assert 'load_dataset("org/fadrm-tiny", "ipc10", revision="v1.0.0"' in body
