@@ -179,3 +179,28 @@ def test_stage_overrides_change_the_number_of_residual_merges(trained, data_root
     manifest = json.loads((trained / "two-stages" / "manifest.json").read_text())
     assert manifest["stages"]["recover"]["settings"]["config"]["stages"] == [[24, 2], [28, 2]]
     assert manifest["preset"]["patch_crop_scale"] == [1.0, 1.0]
+
+
+def test_real_builds_round_trip_through_the_hub(trained, data_root, hub, tmp_path):
+    """fadrm-build twice (two seeds) -> push v1.0.0 and v1.1.0 -> the library gets each version's pixels."""
+    import numpy as np
+
+    from fadrm_datasets import FADRMDataset
+
+    repo = hub.repo_id("fashion-e2e")
+    builds = {}
+    for seed, version in ((0, "v1.0.0"), (1, "v1.1.0")):
+        build_dir = tmp_path / f"seed{seed}"
+        run_cli(["fashion-mnist", "--ipc", "2", "--seed", str(seed), "--data-root", str(data_root),
+                 "--build-root", str(trained), "--build-dir", str(build_dir), *FAST])
+        run_cli(["push", str(build_dir), "--repo", repo, "--version", version])
+        builds[version] = build_dir
+    for version, wanted in (("v1.0.0", "v1.0.0"), (None, "v1.1.0")):
+        data = FADRMDataset(tmp_path / "root", repo_id=repo, ipc=2, version=version, download=True)
+        assert data.version == wanted and len(data) == 20
+        local = FADRMDataset.from_build(builds[wanted])
+        for index in (0, 7, 19):
+            assert np.array_equal(np.asarray(data[index][0]), np.asarray(local[index][0]))
+            assert data[index][1] == local[index][1] == index // 2
+    first, second = (FADRMDataset.from_build(builds[v]) for v in ("v1.0.0", "v1.1.0"))
+    assert any(not np.array_equal(np.asarray(first[i][0]), np.asarray(second[i][0])) for i in range(20))
