@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from fadrm_datasets.softlabels import SoftLabelStore, replay_loader
 
 from .models import build_model
 from .presets import Preset, get_preset
+from .progress import progress as progress_bar
 from .relabel import load_set_images
 from .seeding import derive_seed
 from .sources import load_split
@@ -78,7 +78,7 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     checks_at = check_epochs(epochs, check_every)
     checks, best = [], None
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=f"evaluate {student}", disable=not progress)
+    bar = progress_bar(range(epochs), f"evaluate {student}", enabled=progress)
     for epoch in bar:
         model.train()
         loader = replay_loader(images, labels, store, epoch, preset.mean, preset.std, num_workers=num_workers)

@@ -28,7 +28,6 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, read_safetensors_metadata,
                                 safetensors_bytes, sha256_file)
@@ -37,6 +36,7 @@ from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan,
 
 from .imaging import load_png
 from .presets import Preset
+from .progress import progress as progress_bar
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def build_shard(models: Sequence[nn.Module], images: torch.Tensor, preset: Prese
     """The bytes of the shard holding epochs ``first..last``."""
     stacked: dict[str, list[torch.Tensor]] = {}
     epochs = range(first, last + 1)
-    for epoch in tqdm(epochs, desc=f"relabel epochs {first}-{last}", leave=False, disable=not progress):
+    for epoch in progress_bar(epochs, f"relabel epochs {first}-{last}", enabled=progress, leave=False):
         plan = epoch_plan(images.shape[0], preset.image_size, config, epoch)
         logits = relabel_epoch(models, images, plan, preset, config.teacher_mode, device)
         for name, tensor in {**plan.to_tensors(), **compress_logits(logits, config.topk)}.items():
@@ -270,7 +270,7 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
             todo.append((first, last))
     config = dataclasses.replace(config, topk=topk)
     with teacher_mode(models, config.teacher_mode), _deterministic():
-        for first, last in tqdm(todo, desc="relabel shards", disable=not progress or len(todo) < 2):
+        for first, last in progress_bar(todo, "relabel shards", enabled=progress and len(todo) > 1):
             start = time.perf_counter()
             data = build_shard(models, images, preset, config, first, last, fingerprint, device, progress)
             atomic_write_bytes(out_dir / shard_name(first, last), data)
