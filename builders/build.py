@@ -131,8 +131,20 @@ class BuildDirectory:
         hashes = {}
         for path in sorted(self.root.rglob("*")):
             if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
-                hashes[path.relative_to(self.root).as_posix()] = sha256_file(path)
+                hashes[path.relative_to(self.root).as_posix()] = _cached_sha256(path)
         return hashes
+
+
+# The manifest is rewritten after every stage; files that did not change are not hashed again.
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
 
 
 def resolve_device(name: str) -> torch.device:

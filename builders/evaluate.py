@@ -83,18 +83,19 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
         model.train()
         loader = replay_loader(images, labels, store, epoch, preset.mean, preset.std, num_workers=num_workers)
         optimizer.zero_grad(set_to_none=True)
-        running, seen = 0.0, 0
+        running, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per batch
         for i, (x, soft, _) in enumerate(loader):
             group = i // accumulation
             group_size = min(accumulation, batches - group * accumulation)
             loss = kd_loss(model(x.to(device)), soft.to(device), preset.temperature)
             (loss / group_size).backward()
-            running, seen = running + loss.item() * len(x), seen + len(x)
+            running, seen = running + loss.detach() * len(x), seen + len(x)
             if (i + 1) % accumulation == 0 or i + 1 == batches:
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
         if epoch + 1 in checks_at:
+            running = running.item()
             metrics = evaluate_accuracy(model, test_set, preset, device)
             best = metrics["top1"] if best is None else max(best, metrics["top1"])
             checks.append({"epoch": epoch + 1, "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),

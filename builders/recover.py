@@ -253,7 +253,7 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
                 precision.step(loss, optimizer)
                 with torch.no_grad():
                     x.clamp_(low, high)
-                history.append(loss.item())
+                history.append(loss.detach())  # no host sync per step; read once at the end
                 step += 1
     finally:
         for hooks in losses_bn:
@@ -264,7 +264,8 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:  # the process's high-water mark: an upper bound for this unit
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return UnitResult(images, ce.item(), bn.item(), time.perf_counter() - start, peak, history)
+    losses = torch.stack(history).float().cpu().tolist() if history else []
+    return UnitResult(images, ce.item(), bn.item(), time.perf_counter() - start, peak, losses)
 
 
 # --- the set: units, files, resume ------------------------------------------------------------

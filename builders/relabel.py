@@ -31,6 +31,7 @@ from torch import nn
 
 from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, read_safetensors_metadata,
                                 safetensors_bytes, sha256_file)
+from fadrm_datasets.augment import CROP_RATIO
 from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan, num_batches,
                                        shard_name)
 
@@ -252,7 +253,7 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
     index = {
         "format": FORMAT, **settings, "fingerprint": fingerprint, "epochs": config.epochs,
         "epochs_per_shard": per_shard, "num_batches": num_batches(n, config.batch_size),
-        "channels": channels, "crop_ratio": [3 / 4, 4 / 3], "cutmix": {"beta": [1.0, 1.0], "prob": 1.0},
+        "channels": channels, "crop_ratio": list(CROP_RATIO), "cutmix": {"beta": [1.0, 1.0], "prob": 1.0},
         "layout": "dense" if topk is None else "topk",
         "sample_order": "sorted by (label, ipc_id)",
         "shards": [{"file": shard_name(a, b), "first_epoch": a, "last_epoch": b} for a, b in ranges],

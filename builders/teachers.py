@@ -150,7 +150,7 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
     for epoch in range(epochs):
         model.train()
         bar = progress(loader, f"teacher {name} epoch {epoch + 1}/{epochs}", leave=False)
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
             x = normalize(images.to(device), preset)
             x = random_pad_crop(x, recipe.crop_padding, generator)
             if recipe.flip:
@@ -160,7 +160,8 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
             loss.backward()
             optimizer.step()
             schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % 50 == 0:  # reading the loss syncs with the device: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         log.info("teacher %s: epoch %d/%d done, last loss %.3f", name, epoch + 1, epochs, loss.item())
     metrics = evaluate_accuracy(model, test, preset, device)
     metrics.update(epochs=epochs, seconds=round(time.perf_counter() - start, 1), seed=seed)

@@ -2,7 +2,9 @@
 
 A box is ``(top, left, height, width)`` in pixels of the source image. Sampling follows
 torchvision's RandomResizedCrop (area scale and log-uniform aspect ratio, ten tries, then a
-centre crop), but draws from an explicit ``torch.Generator`` so every stage is reproducible.
+centre crop), but draws from an explicit ``torch.Generator`` so every stage is reproducible:
+:func:`sample_crop_box` one box at a time (patches, recover), :func:`sample_crop_boxes` a whole
+epoch at once (the soft-label plans).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 Box = tuple[int, int, int, int]
+CROP_RATIO = (3 / 4, 4 / 3)
 
 
 def sample_crop_box(height: int, width: int, scale: tuple[float, float],
-                    generator: torch.Generator, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Box:
+                    generator: torch.Generator, ratio: tuple[float, float] = CROP_RATIO) -> Box:
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -29,15 +32,48 @@ def sample_crop_box(height: int, width: int, scale: tuple[float, float],
             top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
             left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
             return top, left, h, w
-    # Fallback: the largest centred crop whose aspect ratio lies in range.
+    h, w = _fallback_size(height, width, ratio)
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _fallback_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """(height, width) of the largest crop whose aspect ratio lies in range (centred by callers)."""
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        h, w = height, round(height * ratio[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+        return round(width / ratio[0]), width
+    if in_ratio > ratio[1]:
+        return height, round(height * ratio[1])
+    return height, width
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator,
+                      ratio: tuple[float, float] = CROP_RATIO, tries: int = 10) -> torch.Tensor:
+    """``n`` RandomResizedCrop boxes (top, left, height, width) as int64 (n, 4), vectorised.
+
+    The distribution of torchvision's RandomResizedCrop: area share uniform in ``scale``, aspect
+    ratio log-uniform in ``ratio``, the first of ``tries`` draws that fits, else the largest
+    centred crop whose aspect ratio lies in range.
+    """
+    area = height * width
+    draws = torch.rand(n, tries, 2, generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[..., 1])
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(1), ok.long().argmax(1), torch.full((n,), -1, dtype=torch.long))
+    fh, fw = _fallback_size(height, width, ratio)
+    pick = first.clamp(min=0)
+    rows = torch.arange(n)
+    bh = torch.where(first >= 0, h[rows, pick], torch.full((n,), fh, dtype=torch.long))
+    bw = torch.where(first >= 0, w[rows, pick], torch.full((n,), fw, dtype=torch.long))
+    place = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = torch.floor(place[:, 0] * (height - bh + 1)).long().clamp(max=height - bh)
+    left = torch.floor(place[:, 1] * (width - bw + 1)).long().clamp(max=width - bw)
+    top = torch.where(first >= 0, top, (height - bh) // 2)
+    left = torch.where(first >= 0, left, (width - bw) // 2)
+    return torch.stack([top, left, bh, bw], dim=1)
 
 
 def resized_crop(x: torch.Tensor, box: Box, size: int) -> torch.Tensor:

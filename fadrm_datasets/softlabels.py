@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .augment import resized_crop, sample_crop_boxes
 
 FORMAT = "fadrm-soft-labels"
 FORMAT_VERSION = 1
 INDEX = "index.json"
-CROP_RATIO = (3 / 4, 4 / 3)
 
 PLAN_TENSORS = ("order", "crop_boxes", "flips", "partners", "lams", "cutmix_boxes")
 DENSE_TENSORS = ("logits",)
@@ -124,42 +124,6 @@ class EpochPlan:
                    batch_size=batch_size)
 
 
-def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator,
-                      ratio: tuple[float, float] = CROP_RATIO, tries: int = 10) -> torch.Tensor:
-    """``n`` RandomResizedCrop boxes (top, left, height, width) as int64 (n, 4), vectorised.
-
-    The distribution of torchvision's RandomResizedCrop: area share uniform in ``scale``, aspect
-    ratio log-uniform in ``ratio``, the first of ``tries`` draws that fits, else the largest
-    centred crop whose aspect ratio lies in range.
-    """
-    area = height * width
-    draws = torch.rand(n, tries, 2, generator=generator, dtype=torch.float64)
-    target = area * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[..., 1])
-    w = torch.round(torch.sqrt(target * aspect)).long()
-    h = torch.round(torch.sqrt(target / aspect)).long()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = torch.where(ok.any(1), ok.long().argmax(1), torch.full((n,), -1, dtype=torch.long))
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
-    else:
-        fw, fh = width, height
-    pick = first.clamp(min=0)
-    rows = torch.arange(n)
-    bh = torch.where(first >= 0, h[rows, pick], torch.full((n,), fh, dtype=torch.long))
-    bw = torch.where(first >= 0, w[rows, pick], torch.full((n,), fw, dtype=torch.long))
-    place = torch.rand(n, 2, generator=generator, dtype=torch.float64)
-    top = torch.floor(place[:, 0] * (height - bh + 1)).long().clamp(max=height - bh)
-    left = torch.floor(place[:, 1] * (width - bw + 1)).long().clamp(max=width - bw)
-    top = torch.where(first >= 0, top, (height - bh) // 2)
-    left = torch.where(first >= 0, left, (width - bw) // 2)
-    return torch.stack([top, left, bh, bw], dim=1)
-
-
 def cutmix_box(size: int, lam: float, generator: torch.Generator) -> tuple[tuple[int, int, int, int], float]:
     """Standard CutMix box for a ``size`` x ``size`` image: area share ``1 - lam``, centre uniform,
     clipped at the border. Returns the box (top, left, height, width) and lam adjusted to its area."""
@@ -214,10 +178,8 @@ def apply_plan(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.Tens
     size = size or h
     boxes = crop_boxes.tolist() if torch.is_tensor(crop_boxes) else list(crop_boxes)
     out = torch.empty(b, c, size, size, device=images.device)
-    for i, (top, left, bh, bw) in enumerate(boxes):
-        crop = images[i:i + 1, :, top:top + bh, left:left + bw]
-        out[i:i + 1] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
-                                     antialias=True)
+    for i, box in enumerate(boxes):
+        out[i:i + 1] = resized_crop(images[i:i + 1], tuple(box), size)
     flip = torch.as_tensor(flips, device=images.device).bool().view(-1, 1, 1, 1)
     out = torch.where(flip, out.flip(3), out)
     top, left, bh, bw = (int(v) for v in (cutmix_box.tolist() if torch.is_tensor(cutmix_box) else cutmix_box))
