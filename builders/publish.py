@@ -2,7 +2,7 @@
 
 Repo layout (one dataset repo per source dataset, every IPC a config, every release a tag)::
 
-    README.md                          # rendered from cards/dataset_card.md; `configs:` lists every IPC
+    README.md                          # rendered from builders/templates/dataset_card.md; `configs:` lists every IPC
     manifest.json                      # sha256 of every file in the repo (README.md included) + classes, IPCs
     ipc<N>/train-0000i-of-0000K.parquet  # image (Image), label (ClassLabel), ipc_id (int32); sorted (label, ipc_id)
     ipc<N>/grid.png                    # one row per class (at most 100), up to 10 images each
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
 README = "README.md"
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "cards" / "dataset_card.md"
+# Package data (pyproject), so an installed builder can render cards, not just a checkout.
+CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the Hub's parquet guidance: shards of a few hundred MB
 ROW_GROUP_SIZE = 100  # image rows per parquet row group (what `datasets` writes for image data)
 GRID_MAX_ROWS = 100

@@ -159,3 +159,27 @@ def test_render_card_without_a_previous_card(staged):
     _, manifest = staged
     card = render_card(manifest, "org/r", "v2.0.0", 10, ["v1.0.0", "v2.0.0"])
     assert card.startswith("---\n") and "this card was written for **v2.0.0**" in card.replace("\n", " ")
+
+
+def test_wheel_ships_the_card_template(tmp_path):
+    """An installed builder (not only a checkout) can render cards: the template is package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from builders.publish import CARD_TEMPLATE
+
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "src"  # a copy, so setuptools' own build/ folder stays out of the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for package in ("fadrm_datasets", "builders"):
+        shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    wheel, = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("builders/templates/dataset_card.md") == CARD_TEMPLATE.read_bytes()
