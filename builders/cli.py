@@ -214,10 +214,11 @@ def build_command(dataset, evaluate=None, epochs=None, **kwargs):
 
     preset = apply_overrides(dataset, kwargs, relabel_epochs=epochs, eval_epochs=epochs)
     options = dataclasses.replace(make_options(preset, **kwargs), evaluate=evaluate)
+    evaluated_before = len(BuildDirectory(options.directory).read_manifest().get("evaluations", []))
     build = run_build(preset, options)
     click.echo(f"built {options.ipc * preset.num_classes} images in {build.root}")
     manifest = BuildDirectory(build.root).read_manifest()
-    if manifest.get("evaluations"):
+    if len(manifest.get("evaluations", [])) > evaluated_before:  # an older evaluation is not this build's
         from .evaluate import teacher_accuracy
 
         last, teacher = manifest["evaluations"][-1], teacher_accuracy(manifest)
