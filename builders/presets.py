@@ -213,10 +213,13 @@ FASHION_MNIST = Preset(
     patch_candidates=4,
     patch_crop_scale=(1.0, 1.0),
     validation_size=5000,
-    relabel_epochs=300,
+    # Chosen on the validation split at IPC 10 (BENCHMARKS.md): the student was still improving at
+    # 300 epochs; 1000 (the paper's CIFAR-100 count) at lr 3e-3 gave 90.6 against 85.2 at 300 / 1e-3.
+    relabel_epochs=1000,
     relabel_crop_scale=(0.5, 1.0),
     student="convnet-bn",
-    eval_epochs=300,
+    eval_epochs=1000,
+    eval_lr=3e-3,
     temperature=4.0,
     evaluate_by_default=True,
 )
