@@ -61,12 +61,35 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
     build += shlex.split(args.extra)
     run_cli(build)
     run_cli(["relabel", DATASET, *common, *epochs, "--teacher-mode", args.teacher_mode])
+    done = None if args.fresh else matching_evaluation(build_dir, args, seed)
+    if done is not None:  # long tables resume: a finished run with the same protocol is not repeated
+        print(f"reusing the evaluation of {done['time']} in {build_dir} (top-1 {done['top1_best']})", flush=True)
+        return done
     evaluate = ["evaluate", str(build_dir), "--seed", str(seed), "--device", args.device,
                 "--data-root", args.data_root, "--split", args.split, *epochs]
     if args.student:
         evaluate += ["--student", args.student]
     run_cli(evaluate)
     return BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
+
+
+def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
+    """The newest evaluation in the build's manifest made with the protocol this run would use."""
+    from builders.evaluate import manifest_preset
+    from fadrm_datasets.softlabels import SoftLabelStore
+
+    manifest = BuildDirectory(build_dir).read_manifest()
+    preset = manifest_preset(manifest)
+    store = SoftLabelStore.open(BuildDirectory(build_dir).soft_labels)
+    wanted = {"split": args.split, "seed": seed, "student": args.student or preset.student,
+              "epochs": args.epochs or preset.eval_epochs, "lr": preset.eval_lr,
+              "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
+              "grad_accumulation": preset.eval_grad_accumulation, "teacher_mode": store.teacher_mode,
+              "teachers": store.teachers, "soft_label_epochs": store.epochs}
+    for record in reversed(manifest.get("evaluations", [])):
+        if all(record.get(key) == value for key, value in wanted.items()):
+            return record
+    return None
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -88,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="val: the held-out training images, for choosing settings")
     parser.add_argument("--extra", default="", help="more build flags, e.g. '--alpha 0.7 --lr 0.05'")
     parser.add_argument("--label", default=None, help="a name for this configuration in the records")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every student again, even where the build already holds an evaluation "
+                             "made with the same protocol (reused by default, so a long table resumes)")
     parser.add_argument("--build-root", default="build/benchmarks")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--device", default="auto")
