@@ -67,7 +67,10 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
                     "replay follows the store", store.batch_size, preset.eval_batch_size)
     device = torch.device(device)
     torch.manual_seed(derive_seed(seed, "evaluate", "init"))
-    model: nn.Module = build_model(student, preset.num_classes, preset.channels, preset.image_size).to(device)
+    model: nn.Module = build_model(student, preset.num_classes, preset.channels, preset.image_size)
+    # channels_last: the same maths, 1.35x faster steps for the ConvNet-BN student on this CPU
+    # (benchmarks/student_step.py) and the usual layout for convolutions on CUDA.
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.eval_lr, weight_decay=preset.eval_weight_decay)
     accumulation = max(1, preset.eval_grad_accumulation)
     batches = store.num_batches
@@ -87,7 +90,8 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
         for i, (x, soft, _) in enumerate(loader):
             group = i // accumulation
             group_size = min(accumulation, batches - group * accumulation)
-            loss = kd_loss(model(x.to(device)), soft.to(device), preset.temperature)
+            x = x.to(device, memory_format=torch.channels_last)
+            loss = kd_loss(model(x), soft.to(device), preset.temperature)
             (loss / group_size).backward()
             running, seen = running + loss.detach() * len(x), seen + len(x)
             if (i + 1) % accumulation == 0 or i + 1 == batches:
