@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.accuracy import append_record  # noqa: E402
 from builders.evaluate import train_student  # noqa: E402
 from builders.presets import get_preset  # noqa: E402
 from builders.relabel import RelabelConfig, load_set_images, write_soft_labels  # noqa: E402
 from builders.sources import load_split  # noqa: E402
 from builders.teachers import load_teacher  # noqa: E402
-from fadrm_datasets._io import atomic_write_json  # noqa: E402
 from fadrm_datasets.softlabels import SoftLabelStore  # noqa: E402
 
 
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
               "seconds": round(time.perf_counter() - start),
               "command": shlex.join(["python", "benchmarks/protocol_search.py",
                                      *(sys.argv[1:] if argv is None else argv)])}
-    output = Path(args.output)
-    records = json.loads(output.read_text()) if output.is_file() else []
-    atomic_write_json(output, [*records, record])
+    append_record(Path(args.output), record)
     print(json.dumps(record), flush=True)
 
 
