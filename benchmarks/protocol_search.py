@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         store = SoftLabelStore.open(Path(store_dir))
         split = load_split(preset, args.data_root, args.split)
         result = train_student(preset, images, labels, store, split, args.student, seed=args.seed,
-                               progress=False)
+                               progress=False, split=args.split)
     record = {"label": args.label, "build": args.build, "teachers": names, "mode": args.mode,
               "T": preset.temperature, "epochs": preset.eval_epochs, "lr": preset.eval_lr,
               "crop": ",".join(f"{v:g}" for v in preset.relabel_crop_scale), "split": args.split, "seed": args.seed,

@@ -54,8 +54,10 @@ def check_epochs(epochs: int, every: int | None = None) -> set[int]:
 
 def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
                   test_set, student: str | None = None, epochs: int | None = None, device="cpu", seed: int = 0,
-                  num_workers: int = 0, check_every: int | None = None, progress: bool = True) -> dict:
-    """Train a student on the replayed store; returns metrics (top-1 best/final, top-5, checks)."""
+                  num_workers: int = 0, check_every: int | None = None, progress: bool = True,
+                  split: str = "test") -> dict:
+    """Train a student on the replayed store; returns metrics on ``test_set`` (top-1 best/final, top-5,
+    checks). ``split`` names that set ("test" or "val") in the log and the record."""
     student = student or preset.student
     epochs = epochs or preset.eval_epochs
     if epochs > store.epochs:
@@ -104,13 +106,13 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             best = metrics["top1"] if best is None else max(best, metrics["top1"])
             checks.append({"epoch": epoch + 1, "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
                            "loss": round(running / max(1, seen), 4)})
-            log.info("evaluate %s: epoch %d/%d loss %.4f, test top-1 %.2f %% top-5 %.2f %% (best %.2f %%)",
-                     student, epoch + 1, epochs, running / max(1, seen), metrics["top1"], metrics["top5"], best)
+            log.info("evaluate %s: epoch %d/%d loss %.4f, %s top-1 %.2f %% top-5 %.2f %% (best %.2f %%)",
+                     student, epoch + 1, epochs, running / max(1, seen), split, metrics["top1"], metrics["top5"], best)
             bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{best:.2f}")
     final = checks[-1]
     return {"student": student, "epochs": epochs, "top1_best": round(best, 2), "top1_final": final["top1"],
             "top5": final["top5"], "seconds": round(time.perf_counter() - start, 2), "seed": seed,
-            "checks": checks, "lr": preset.eval_lr, "weight_decay": preset.eval_weight_decay,
+            "checks": checks, "split": split, "lr": preset.eval_lr, "weight_decay": preset.eval_weight_decay,
             "temperature": preset.temperature, "batch_size": store.batch_size,
             "grad_accumulation": accumulation, "soft_label_epochs": store.epochs,
             "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device)}
@@ -148,15 +150,14 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     # "val" (held-out training images) is for choosing settings; "test" is for reporting.
     test_set = load_split(preset, data_root, split, download)
     record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
-                           progress=progress)
-    record["split"] = split
+                           progress=progress, split=split)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     evaluations = build.read_manifest().get("evaluations", [])
     evaluations.append(record)
     build.update_manifest(evaluations=evaluations)
-    log.info("evaluate: %s on %s: best top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
-             build.root, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
+    log.info("evaluate: %s on %s: best %s top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
+             build.root, split, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
     return record
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 
@@ -12,7 +13,7 @@ from builders.teachers import save_teacher
 from tests.fakedata import make_fashion_mnist
 
 
-def test_accuracy_table_resumes_from_finished_evaluations(tmp_path, capsys):
+def test_accuracy_table_resumes_from_finished_evaluations(tmp_path, capsys, caplog):
     data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
     root = tmp_path / "build"
     torch.manual_seed(0)
@@ -28,8 +29,10 @@ def test_accuracy_table_resumes_from_finished_evaluations(tmp_path, capsys):
     accuracy.main(argv)  # same protocol: both students are reused, not trained again
     second = capsys.readouterr().out
     assert "$ fadrm-build evaluate" not in second and second.count("reusing the evaluation") == 2
-    accuracy.main([*argv, "--seeds", "1", "--split", "val"])  # another split is another protocol
+    with caplog.at_level(logging.INFO, logger="builders.evaluate"):
+        accuracy.main([*argv, "--seeds", "1", "--split", "val"])  # another split is another protocol
     assert capsys.readouterr().out.count("$ fadrm-build evaluate") == 1
+    assert "val top-1" in caplog.text and "test top-1" not in caplog.text  # the log names the split measured
     accuracy.main([*argv, "--fresh"])
     assert capsys.readouterr().out.count("$ fadrm-build evaluate") == 2
 
