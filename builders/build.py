@@ -27,8 +27,8 @@ from .patches import Patches, select_patches
 from .presets import Preset
 from .recover import RecoverConfig, plan_units, recover_set
 from .sources import load_split
-from .teachers import (TeacherError, load_teacher, read_teacher_metadata, save_teacher, teacher_path,
-                       train_teacher)
+from .teachers import (TeacherError, check_cached_recipe, load_teacher, read_teacher_metadata, recipe_metadata,
+                       save_teacher, teacher_path, train_teacher)
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,7 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
             continue
         if path.is_file() and not retrain:
             meta = read_teacher_metadata(path)
+            check_cached_recipe(path, meta, preset)
             log.info("teacher %s: cached at %s (test top-1 %s %%)", name, path, meta.get("test_top1"))
         else:
             log.info("teacher %s: training with the %s recipe", name, preset.name)
@@ -188,7 +189,8 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
             model, metrics = train_teacher(preset, name, train, test, seed=options.seed, device=device)
             meta = {"arch": name, "dataset": preset.name, "test_top1": f"{metrics['top1']:.2f}",
                     "test_top5": f"{metrics['top5']:.2f}", "epochs": metrics["epochs"],
-                    "seed": options.seed, "seconds": metrics["seconds"]}
+                    "seed": options.seed, "seconds": metrics["seconds"],
+                    "recipe": recipe_metadata(preset.teacher_recipe)}
             save_teacher(path, model, meta)
         records[name] = {"source": str(path), "sha256": sha256_file(path), **meta}
     return records

@@ -6,6 +6,8 @@ file's metadata, so a cached teacher explains itself and never needs unpickling.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -20,7 +22,7 @@ from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, sa
 
 from .imaging import normalize, random_flip, random_pad_crop
 from .models import build_model
-from .presets import Preset
+from .presets import Preset, TeacherRecipe
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,27 @@ class TeacherError(RuntimeError):
 
 def teacher_path(teachers_dir: Path, name: str) -> Path:
     return Path(teachers_dir) / f"{name}.safetensors"
+
+
+def recipe_metadata(recipe: TeacherRecipe) -> str:
+    """The recipe as it is recorded in a trained teacher's metadata."""
+    return json.dumps(dataclasses.asdict(recipe), sort_keys=True)
+
+
+def check_cached_recipe(path: Path, metadata: dict[str, str], preset: Preset) -> None:
+    """A cached teacher must come from the preset's recipe: a preset that changed its recipe would
+    otherwise keep distilling (and labelling) with the old teacher without saying so."""
+    recipe = preset.teacher_recipe
+    recorded = metadata.get("recipe")
+    if recorded is not None:
+        stale = json.loads(recorded) != json.loads(recipe_metadata(recipe))
+    else:  # teachers cached before the recipe was recorded carry only their epochs
+        stale = "epochs" in metadata and int(metadata["epochs"]) != recipe.epochs
+    if stale:
+        raise TeacherError(
+            f"the cached teacher {path} was trained with another recipe ({recorded or metadata['epochs'] + ' epochs'})"
+            f" than {preset.name}'s ({recipe_metadata(recipe)}); run `fadrm-build teacher {preset.name} --retrain` "
+            "to replace it, use another --build-root, or pass it with --teacher-weights to keep using it")
 
 
 def save_teacher(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:

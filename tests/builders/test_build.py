@@ -58,6 +58,42 @@ def test_teacher_is_cached_with_its_accuracy(trained):
     meta = read_teacher_metadata(path)
     assert meta["arch"] == "convnet-bn" and meta["dataset"] == "fashion-mnist"
     assert 0.0 <= float(meta["test_top1"]) <= 100.0
+    assert json.loads(meta["recipe"])["epochs"] == int(meta["epochs"])
+
+
+def test_teacher_cached_from_another_recipe_is_refused(trained, data_root, tmp_path, capsys):
+    """A preset whose teacher recipe changed must not keep using the old cached teacher unannounced."""
+    from safetensors.torch import load_file
+
+    from builders.teachers import read_teacher_metadata, save_teacher
+
+    cached = trained / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    state, meta = load_file(cached), read_teacher_metadata(cached)
+    stale_root = tmp_path / "build"
+    stale = stale_root / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    recipe = json.loads(meta["recipe"])
+    save_teacher(stale, _Weights(state), {**meta, "recipe": json.dumps({**recipe, "epochs": recipe["epochs"] + 1})})
+    args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(stale_root), *FAST]
+    err = cli_error(args, capsys)
+    assert "another recipe" in err and "fadrm-build teacher fashion-mnist --retrain" in err
+    assert not (stale_root / "fashion-mnist" / "ipc1" / "images").exists()
+    # Teachers cached before recipes were recorded are judged by their epochs alone.
+    legacy = {k: v for k, v in meta.items() if k != "recipe"}
+    save_teacher(stale, _Weights(state), {**legacy, "epochs": recipe["epochs"] + 1})
+    assert "another recipe" in cli_error(args, capsys)
+    save_teacher(stale, _Weights(state), legacy)
+    run_cli(args)  # the same epochs: the cache is used, nothing is retrained
+    assert read_teacher_metadata(stale) == legacy
+
+
+class _Weights:
+    """Just enough of a module for ``save_teacher``: a fixed state dict."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
 
 
 def test_build_writes_images_and_a_manifest(trained, data_root):
