@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         relabel_epochs=args.epochs or preset.relabel_epochs, eval_epochs=args.epochs or preset.eval_epochs,
         relabel_crop_scale=tuple(float(v) for v in args.crop.split(",")) if args.crop else preset.relabel_crop_scale)
     names = args.teachers.split(",")
-    teachers = [load_teacher(preset, name, Path(args.teachers_dir)) for name in names]
+    ipc = json.loads((Path(args.build) / "manifest.json").read_text())["ipc"]  # picks the preset's teacher
+    teachers = [load_teacher(preset, name, Path(args.teachers_dir), ipc=ipc) for name in names]
     images, labels, _ = load_set_images(Path(args.build) / "images", preset.channels)
     config = RelabelConfig.from_preset(preset, teacher_mode=args.mode, seed=args.seed)
     start = time.perf_counter()

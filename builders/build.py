@@ -172,7 +172,7 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
         build_model(name, preset.num_classes, preset.channels, preset.image_size)
     records = {}
     for name in names:
-        path = teacher_path(options.teachers_dir, name)
+        path = teacher_path(options.teachers_dir, name, preset, options.ipc)
         if options.teacher_weights or preset.teacher_recipe is None:
             load_teacher(preset, name, options.teachers_dir, _weights(options), device)  # check it loads
             source = options.teacher_weights or f"torchvision:{name}"
@@ -180,17 +180,19 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
             continue
         if path.is_file() and not retrain:
             meta = read_teacher_metadata(path)
-            check_cached_recipe(path, meta, preset)
+            check_cached_recipe(path, meta, preset, options.ipc)
             log.info("teacher %s: cached at %s (test top-1 %s %%)", name, path, meta.get("test_top1"))
         else:
-            log.info("teacher %s: training with the %s recipe", name, preset.name)
+            recipe_preset = preset.for_ipc(options.ipc)
+            log.info("teacher %s: training with the %s recipe (%d epochs)", name, preset.name,
+                     recipe_preset.teacher_recipe.epochs)
             train = load_split(preset, options.data_root, "train", options.download)
             test = load_split(preset, options.data_root, "test", options.download)
-            model, metrics = train_teacher(preset, name, train, test, seed=options.seed, device=device)
+            model, metrics = train_teacher(recipe_preset, name, train, test, seed=options.seed, device=device)
             meta = {"arch": name, "dataset": preset.name, "test_top1": f"{metrics['top1']:.2f}",
                     "test_top5": f"{metrics['top5']:.2f}", "epochs": metrics["epochs"],
                     "seed": options.seed, "seconds": metrics["seconds"],
-                    "recipe": recipe_metadata(preset.teacher_recipe)}
+                    "recipe": recipe_metadata(recipe_preset.teacher_recipe)}
             save_teacher(path, model, meta)
         records[name] = {"source": str(path), "sha256": sha256_file(path), **meta}
     return records
@@ -201,7 +203,7 @@ def _weights(options: BuildOptions) -> Path | None:
 
 
 def load_teachers(preset: Preset, options: BuildOptions, device: torch.device) -> list:
-    return [load_teacher(preset, name, options.teachers_dir, _weights(options), device)
+    return [load_teacher(preset, name, options.teachers_dir, _weights(options), device, options.ipc)
             for name in options.teacher_names(preset)]
 
 

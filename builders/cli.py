@@ -230,12 +230,15 @@ def build_command(dataset, evaluate=None, epochs=None, **kwargs):
 @cli.command("teacher", help="Train (or fetch) DATASET's teachers and cache them as safetensors.")
 @dataset_argument
 @click.option("--retrain", is_flag=True, help="Train again even when a cached teacher exists.")
+@click.option("--ipc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The teachers of sets with this many images per class (a preset may train those of "
+                   "larger sets longer).")
 @common_options
 @handle_errors
-def teacher_command(dataset, retrain, **kwargs):
+def teacher_command(dataset, retrain, ipc, **kwargs):
     from .build import resolve_device, stage_teacher
 
-    options = make_options(dataset, ipc=1, arc=None, mro=None, amp=None, init=None, difficulty="medium", **kwargs)
+    options = make_options(dataset, ipc=ipc, arc=None, mro=None, amp=None, init=None, difficulty="medium", **kwargs)
     records = stage_teacher(dataset, options, resolve_device(options.device), retrain=retrain)
     for name, record in records.items():
         accuracy = record.get("test_top1")

@@ -26,6 +26,26 @@ class TeacherRecipe:
     momentum: float = 0.9  # SGD only
     crop_padding: int = 4  # random crop with this padding, then horizontal flip
     flip: bool = True
+    # Larger sets are distilled and labelled best by a longer-trained teacher: (min_ipc, epochs)
+    # pairs, ascending; a set of at least min_ipc images per class uses that many epochs instead.
+    epochs_from_ipc: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        thresholds = [min_ipc for min_ipc, _ in self.epochs_from_ipc]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError(f"epochs_from_ipc must ascend in IPC without repeats, got {self.epochs_from_ipc}")
+
+    def epochs_for(self, ipc: int) -> int:
+        """How long the teacher of a set with ``ipc`` images per class trains."""
+        epochs = self.epochs
+        for min_ipc, longer in self.epochs_from_ipc:
+            if ipc >= min_ipc:
+                epochs = longer
+        return epochs
+
+    def for_ipc(self, ipc: int) -> "TeacherRecipe":
+        """The concrete recipe (one epoch count) a set of ``ipc`` images per class uses."""
+        return dataclasses.replace(self, epochs=self.epochs_for(ipc), epochs_from_ipc=())
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,12 @@ class Preset:
     def replace(self, **changes) -> "Preset":
         """A copy with some fields changed (e.g. from CLI flags); the result is validated."""
         return dataclasses.replace(self, **changes)
+
+    def for_ipc(self, ipc: int) -> "Preset":
+        """The preset with the concrete teacher recipe a set of ``ipc`` images per class uses."""
+        if self.teacher_recipe is None or not self.teacher_recipe.epochs_from_ipc:
+            return self
+        return self.replace(teacher_recipe=self.teacher_recipe.for_ipc(ipc))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

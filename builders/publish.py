@@ -369,7 +369,7 @@ def _teacher_files(contents: BuildContents) -> dict[str, Path]:
             continue
         candidates = [Path(source), contents.root / source]
         if contents.manifest.get("teachers_dir"):
-            candidates.append(Path(contents.manifest["teachers_dir"]) / f"{name}.safetensors")
+            candidates.append(Path(contents.manifest["teachers_dir"]) / Path(source).name)
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise PublishError(f"teacher {name}: {source} not found; rerun `fadrm-build teacher "

@@ -32,7 +32,13 @@ class TeacherError(RuntimeError):
     """A teacher cannot be had; the message says how to provide one."""
 
 
-def teacher_path(teachers_dir: Path, name: str) -> Path:
+def teacher_path(teachers_dir: Path, name: str, preset: Preset | None = None, ipc: int = 1) -> Path:
+    """Where the teacher ``name`` of a set with ``ipc`` images per class is cached. A teacher the
+    preset trains longer for larger sets (``epochs_from_ipc``) sits beside the default one as
+    ``<name>-<epochs>ep``."""
+    recipe = preset.teacher_recipe if preset is not None else None
+    if recipe is not None and recipe.epochs_for(ipc) != recipe.epochs:
+        name = f"{name}-{recipe.epochs_for(ipc)}ep"
     return Path(teachers_dir) / f"{name}.safetensors"
 
 
@@ -41,10 +47,11 @@ def recipe_metadata(recipe: TeacherRecipe) -> str:
     return json.dumps(dataclasses.asdict(recipe), sort_keys=True)
 
 
-def check_cached_recipe(path: Path, metadata: dict[str, str], preset: Preset) -> None:
-    """A cached teacher must come from the preset's recipe: a preset that changed its recipe would
-    otherwise keep distilling (and labelling) with the old teacher without saying so."""
-    recipe = preset.teacher_recipe
+def check_cached_recipe(path: Path, metadata: dict[str, str], preset: Preset, ipc: int = 1) -> None:
+    """A cached teacher must come from the preset's recipe (for sets of ``ipc`` images per class): a
+    preset that changed its recipe would otherwise keep distilling (and labelling) with the old
+    teacher without saying so."""
+    recipe = preset.teacher_recipe.for_ipc(ipc)
     recorded = metadata.get("recipe")
     if recorded is not None:
         stale = json.loads(recorded) != json.loads(recipe_metadata(recipe))
@@ -53,7 +60,8 @@ def check_cached_recipe(path: Path, metadata: dict[str, str], preset: Preset) ->
     if stale:
         raise TeacherError(
             f"the cached teacher {path} was trained with another recipe ({recorded or metadata['epochs'] + ' epochs'})"
-            f" than {preset.name}'s ({recipe_metadata(recipe)}); run `fadrm-build teacher {preset.name} --retrain` "
+            f" than {preset.name}'s ({recipe_metadata(recipe)}); run `fadrm-build teacher {preset.name} --ipc {ipc} "
+            "--retrain` "
             "to replace it, use another --build-root, or pass it with --teacher-weights to keep using it")
 
 
@@ -93,14 +101,14 @@ def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
 
 
 def load_teacher(preset: Preset, name: str, teachers_dir: Path, weights: Path | None = None,
-                 device: str | torch.device = "cpu") -> nn.Module:
-    """The teacher ``name`` in eval mode with frozen parameters.
+                 device: str | torch.device = "cpu", ipc: int = 1) -> nn.Module:
+    """The teacher ``name`` of a set with ``ipc`` images per class, in eval mode with frozen parameters.
 
     Looks, in order, at ``weights`` (an explicit file), the cache in ``teachers_dir``, and
     (for presets without a training recipe) torchvision's pretrained ImageNet weights.
     """
     model = build_model(name, preset.num_classes, preset.channels, preset.image_size)
-    cached = teacher_path(teachers_dir, name)
+    cached = teacher_path(teachers_dir, name, preset, ipc)
     if weights is not None:
         if not Path(weights).is_file():
             raise TeacherError(f"teacher weights file {weights} does not exist")
@@ -112,7 +120,7 @@ def load_teacher(preset: Preset, name: str, teachers_dir: Path, weights: Path | 
     else:
         raise TeacherError(
             f"no trained teacher {name!r} for {preset.name} in {teachers_dir}; "
-            f"run `fadrm-build teacher {preset.name}` or pass --teacher-weights PATH"
+            f"run `fadrm-build teacher {preset.name} --ipc {ipc}` or pass --teacher-weights PATH"
         )
     try:
         model.load_state_dict(state)

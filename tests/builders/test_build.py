@@ -75,7 +75,7 @@ def test_teacher_cached_from_another_recipe_is_refused(trained, data_root, tmp_p
     save_teacher(stale, _Weights(state), {**meta, "recipe": json.dumps({**recipe, "epochs": recipe["epochs"] + 1})})
     args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(stale_root), *FAST]
     err = cli_error(args, capsys)
-    assert "another recipe" in err and "fadrm-build teacher fashion-mnist --retrain" in err
+    assert "another recipe" in err and "fadrm-build teacher fashion-mnist --ipc 1 --retrain" in err
     assert not (stale_root / "fashion-mnist" / "ipc1" / "images").exists()
     # Teachers cached before recipes were recorded are judged by their epochs alone.
     legacy = {k: v for k, v in meta.items() if k != "recipe"}
@@ -84,6 +84,45 @@ def test_teacher_cached_from_another_recipe_is_refused(trained, data_root, tmp_p
     save_teacher(stale, _Weights(state), legacy)
     run_cli(args)  # the same epochs: the cache is used, nothing is retrained
     assert read_teacher_metadata(stale) == legacy
+
+
+def test_larger_sets_get_their_own_longer_trained_teacher(data_root, tmp_path, monkeypatch):
+    """``epochs_from_ipc``: a set of 3+ images per class trains and uses a 2-epoch teacher cached beside
+    the 1-epoch one, which smaller sets keep using."""
+    import dataclasses
+
+    from builders import presets
+    from builders.teachers import read_teacher_metadata
+
+    base = presets.FASHION_MNIST
+    recipe = dataclasses.replace(base.teacher_recipe, epochs=1, epochs_from_ipc=((3, 2),))
+    monkeypatch.setitem(presets.PRESETS, "fashion-mnist", base.replace(teacher_recipe=recipe))
+    root = tmp_path / "build"
+    common = ["--data-root", str(data_root), "--build-root", str(root)]
+    run_cli(["teacher", "fashion-mnist", *common])
+    teachers = root / "fashion-mnist" / "teachers"
+    assert sorted(p.name for p in teachers.iterdir()) == ["convnet-bn.safetensors"]
+    run_cli(["fashion-mnist", "--ipc", "3", *common, *FAST])
+    assert sorted(p.name for p in teachers.iterdir()) == ["convnet-bn-2ep.safetensors", "convnet-bn.safetensors"]
+    assert read_teacher_metadata(teachers / "convnet-bn.safetensors")["epochs"] == "1"
+    longer = read_teacher_metadata(teachers / "convnet-bn-2ep.safetensors")
+    assert longer["epochs"] == "2" and json.loads(longer["recipe"])["epochs_from_ipc"] == []
+    manifest = json.loads((root / "fashion-mnist" / "ipc3" / "manifest.json").read_text())
+    assert manifest["teachers"]["convnet-bn"]["source"].endswith("convnet-bn-2ep.safetensors")
+    assert manifest["stages"]["relabel"]["complete"]
+    run_cli(["fashion-mnist", "--ipc", "2", *common, *FAST])
+    manifest = json.loads((root / "fashion-mnist" / "ipc2" / "manifest.json").read_text())
+    assert manifest["teachers"]["convnet-bn"]["source"].endswith("teachers/convnet-bn.safetensors")
+
+
+def test_teacher_recipe_epochs_by_ipc():
+    from builders.presets import TeacherRecipe
+
+    recipe = TeacherRecipe("adam", 1e-3, 0.0, epochs=4, batch_size=8, epochs_from_ipc=((20, 6), (50, 8)))
+    assert [recipe.epochs_for(ipc) for ipc in (1, 19, 20, 49, 50, 100)] == [4, 4, 6, 6, 8, 8]
+    assert recipe.for_ipc(50) == TeacherRecipe("adam", 1e-3, 0.0, epochs=8, batch_size=8)
+    with pytest.raises(ValueError, match="ascend"):
+        TeacherRecipe("adam", 1e-3, 0.0, epochs=4, batch_size=8, epochs_from_ipc=((50, 8), (20, 6)))
 
 
 class _Weights:
