@@ -247,12 +247,19 @@ def stage_recover(preset: Preset, options: BuildOptions, device: torch.device) -
         return record
     config = RecoverConfig.from_preset(preset, arc=options.arc, mro=options.mro, amp=options.amp,
                                        init=options.init)
-    settings = {"config": dataclasses.asdict(config), "seed": options.seed,
-                "teachers": list(options.teacher_names(preset)), "patches_sha256": sha256_file(build.patches)}
+    names = options.teacher_names(preset)
+    records = stage_teacher(preset, options, device, names)
+    settings = {"config": dataclasses.asdict(config), "seed": options.seed, "teachers": list(names),
+                "teacher_weights": {n: records[n].get("sha256") or records[n]["source"] for n in names},
+                "patches_sha256": sha256_file(build.patches)}
     settings = json.loads(json.dumps(settings))  # as the manifest stores it: tuples become lists
     previous = build.read_manifest().get("stages", {}).get("recover", {}).get("settings")
+    if previous is not None and "teacher_weights" not in previous:  # recorded before the weights were
+        previous = {**previous, "teacher_weights": settings["teacher_weights"]}
     if previous is not None and previous != settings and build.images.exists():
-        raise BuildError(f"{build.root} holds images made with other recover settings; "
+        what = "other teacher weights" if previous["teacher_weights"] != settings["teacher_weights"] else \
+            "other recover settings"
+        raise BuildError(f"{build.root} holds images made with {what}; "
                          "pass --build-dir to build elsewhere, or delete its images/ to start over")
     build.record_stage("recover", {"settings": settings, "complete": False})
     teachers = load_teachers(preset, options, device)

@@ -86,6 +86,24 @@ def test_teacher_cached_from_another_recipe_is_refused(trained, data_root, tmp_p
     assert read_teacher_metadata(stale) == legacy
 
 
+def test_images_made_with_other_teacher_weights_are_not_resumed(trained, data_root, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from builders.teachers import read_teacher_metadata, save_teacher
+
+    cached = trained / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    state, meta = load_file(cached), read_teacher_metadata(cached)
+    root = tmp_path / "build"
+    teacher = root / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    save_teacher(teacher, _Weights(state), meta)
+    args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(root), *FAST]
+    run_cli(args)
+    images = pngs(root / "fashion-mnist" / "ipc1" / "images")
+    save_teacher(teacher, _Weights({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}), meta)
+    assert "other teacher weights" in cli_error(args, capsys)
+    assert pngs(root / "fashion-mnist" / "ipc1" / "images") == images  # nothing built is lost
+
+
 def test_larger_sets_get_their_own_longer_trained_teacher(data_root, tmp_path, monkeypatch):
     """``epochs_from_ipc``: a set of 3+ images per class trains and uses a 2-epoch teacher cached beside
     the 1-epoch one, which smaller sets keep using."""
