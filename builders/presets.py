@@ -223,8 +223,12 @@ FASHION_MNIST = Preset(
     teacher="convnet-bn",
     teachers_plus=("convnet-bn", "convnet-bn-d2", "convnet-bn-w32-d4"),  # cheap, different depths
     # Flips only: padded crops cost ~2 points at this short budget (89.5 vs 91.6 % seen here).
+    # Chosen per IPC on the validation split (BENCHMARKS.md): at IPC 50 an 8-epoch teacher (92.6 %)
+    # gave 92.84 against 91.64 for the 4-epoch one; at IPC 10 the 4-epoch one was as good (90.38
+    # against 90.31, two seeds) and keeps the quick start short.
     teacher_recipe=TeacherRecipe(
-        optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=4, batch_size=128, crop_padding=0
+        optimizer="adam", lr=2e-3, weight_decay=1e-4, epochs=4, batch_size=128, crop_padding=0,
+        epochs_from_ipc=((50, 8),),
     ),
     stage_resolutions=(24, 28, 24, 28),
     stage_iterations=(100, 100, 100, 100),
