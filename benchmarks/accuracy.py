@@ -64,13 +64,16 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
     done = None if args.fresh else matching_evaluation(build_dir, args, seed)
     if done is not None:  # long tables resume: a finished run with the same protocol is not repeated
         print(f"reusing the evaluation of {done['time']} in {build_dir} (top-1 {done['top1_best']})", flush=True)
-        return done
-    evaluate = ["evaluate", str(build_dir), "--seed", str(seed), "--device", args.device,
-                "--data-root", args.data_root, "--split", args.split, *epochs]
-    if args.student:
-        evaluate += ["--student", args.student]
-    run_cli(evaluate)
-    return BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
+    else:
+        evaluate = ["evaluate", str(build_dir), "--seed", str(seed), "--device", args.device,
+                    "--data-root", args.data_root, "--split", args.split, *epochs]
+        if args.student:
+            evaluate += ["--student", args.student]
+        run_cli(evaluate)
+        done = BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
+    teachers = BuildDirectory(build_dir).read_manifest().get("teachers") or {}
+    return {**done, "teacher_records": {name: {k: record.get(k) for k in ("epochs", "test_top1")}
+                                        for name, record in teachers.items()}}
 
 
 def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                 "split": args.split, "label": args.label, "extra": args.extra,
                 "epochs": runs[0]["epochs"], "lr": runs[0]["lr"], "temperature": runs[0]["temperature"],
                 "iterations": args.iterations, "teacher_mode": args.teacher_mode,
+                "teachers": runs[0]["teacher_records"],
                 "device": runs[0]["device"], "seconds": round(time.perf_counter() - start, 1),
                 "command": command,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
