@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from fadrm_datasets import __version__
-from fadrm_datasets._io import atomic_write_json, sha256_file
+from fadrm_datasets._io import atomic_write_json, read_safetensors_metadata, sha256_file
 
 from .imaging import save_png
 from .models import build_model
@@ -207,10 +207,25 @@ def load_teachers(preset: Preset, options: BuildOptions, device: torch.device) -
             for name in options.teacher_names(preset)]
 
 
+def teacher_weights(preset: Preset, options: BuildOptions, device: torch.device,
+                    names: tuple[str, ...]) -> dict[str, str]:
+    """name -> sha256 of each teacher's weights (or where pretrained ones come from): what a resumed
+    stage compares, so work made with other weights is never continued."""
+    records = stage_teacher(preset, options, device, names)
+    return {name: records[name].get("sha256") or records[name]["source"] for name in names}
+
+
 def stage_patches(preset: Preset, options: BuildOptions, device: torch.device) -> Patches:
     """Select and save the real patches (reused when the file exists)."""
     build = BuildDirectory(options.directory)
+    # The random-real baseline draws whole images at random: no teacher chooses them.
+    chooser = {} if options.method == "random-real" else \
+        teacher_weights(preset, options, device, options.teacher_names(preset)[:1])
     if build.patches.is_file():
+        recorded = read_safetensors_metadata(build.patches).get("teacher_weights")
+        if recorded is not None and json.loads(recorded) != chooser:
+            raise BuildError(f"{build.patches} was selected with other teacher weights; pass --build-dir to "
+                             "build elsewhere, or delete it and images/ to start over")
         log.info("patches: reusing %s", build.patches)
         return Patches.load(build.patches)
     start = time.perf_counter()
@@ -223,7 +238,8 @@ def stage_patches(preset: Preset, options: BuildOptions, device: torch.device) -
     else:
         teacher, difficulty = load_teachers(preset, options, device)[0], options.difficulty
     patches = select_patches(preset, train, teacher, options.ipc, difficulty, options.seed, device)
-    patches.save(build.patches, {"difficulty": difficulty, "seed": options.seed, "ipc": options.ipc})
+    patches.save(build.patches, {"difficulty": difficulty, "seed": options.seed, "ipc": options.ipc,
+                                 "teacher_weights": json.dumps(chooser)})
     build.record_stage("patches", {"difficulty": difficulty, "seconds": round(time.perf_counter() - start, 2),
                                    "mean_teacher_ce": round(patches.cross_entropy.mean().item(), 4)})
     return patches
@@ -248,9 +264,8 @@ def stage_recover(preset: Preset, options: BuildOptions, device: torch.device) -
     config = RecoverConfig.from_preset(preset, arc=options.arc, mro=options.mro, amp=options.amp,
                                        init=options.init)
     names = options.teacher_names(preset)
-    records = stage_teacher(preset, options, device, names)
     settings = {"config": dataclasses.asdict(config), "seed": options.seed, "teachers": list(names),
-                "teacher_weights": {n: records[n].get("sha256") or records[n]["source"] for n in names},
+                "teacher_weights": teacher_weights(preset, options, device, names),
                 "patches_sha256": sha256_file(build.patches)}
     settings = json.loads(json.dumps(settings))  # as the manifest stores it: tuples become lists
     previous = build.read_manifest().get("stages", {}).get("recover", {}).get("settings")

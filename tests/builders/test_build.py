@@ -100,7 +100,10 @@ def test_images_made_with_other_teacher_weights_are_not_resumed(trained, data_ro
     run_cli(args)
     images = pngs(root / "fashion-mnist" / "ipc1" / "images")
     save_teacher(teacher, _Weights({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}), meta)
-    assert "other teacher weights" in cli_error(args, capsys)
+    assert "patches.safetensors was selected with other teacher weights" in cli_error(args, capsys)
+    recover = ["recover", "fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(root),
+               "--iterations", "3,3,3,3", "--device", "cpu"]  # the stage alone checks the images too
+    assert "images made with other teacher weights" in cli_error(recover, capsys)
     assert pngs(root / "fashion-mnist" / "ipc1" / "images") == images  # nothing built is lost
 
 
