@@ -43,7 +43,7 @@ class TeacherRecipe:
                 epochs = longer
         return epochs
 
-    def for_ipc(self, ipc: int) -> "TeacherRecipe":
+    def for_ipc(self, ipc: int) -> TeacherRecipe:
         """The concrete recipe (one epoch count) a set of ``ipc`` images per class uses."""
         return dataclasses.replace(self, epochs=self.epochs_for(ipc), epochs_from_ipc=())
 
@@ -115,11 +115,11 @@ class Preset:
     def total_iterations(self) -> int:
         return sum(self.stage_iterations)
 
-    def replace(self, **changes) -> "Preset":
+    def replace(self, **changes) -> Preset:
         """A copy with some fields changed (e.g. from CLI flags); the result is validated."""
         return dataclasses.replace(self, **changes)
 
-    def for_ipc(self, ipc: int) -> "Preset":
+    def for_ipc(self, ipc: int) -> Preset:
         """The preset with the concrete teacher recipe a set of ``ipc`` images per class uses."""
         if self.teacher_recipe is None or not self.teacher_recipe.epochs_from_ipc:
             return self
