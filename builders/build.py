@@ -165,8 +165,9 @@ def effective_preset(preset: Preset, **overrides) -> Preset:
 # --- stages -----------------------------------------------------------------------------------
 
 def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
-                  names: tuple[str, ...] | None = None, retrain: bool = False) -> dict:
-    """Make sure each teacher exists: pretrained, given, or trained and cached."""
+                  names: tuple[str, ...] | None = None, retrain: bool = False, announce: bool = True) -> dict:
+    """Make sure each teacher exists: pretrained, given, or trained and cached. ``announce=False``
+    logs a cached teacher at debug level (the later stages that only check the weights)."""
     names = names or options.teacher_names(preset)
     for name in names:  # fail on a bad name before any download or training
         build_model(name, preset.num_classes, preset.channels, preset.image_size)
@@ -181,7 +182,8 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
         if path.is_file() and not retrain:
             meta = read_teacher_metadata(path)
             check_cached_recipe(path, meta, preset, options.ipc)
-            log.info("teacher %s: cached at %s (test top-1 %s %%)", name, path, meta.get("test_top1"))
+            log.log(logging.INFO if announce else logging.DEBUG, "teacher %s: cached at %s (test top-1 %s %%)",
+                    name, path, meta.get("test_top1"))
         else:
             recipe_preset = preset.for_ipc(options.ipc)
             log.info("teacher %s: training with the %s recipe (%d epochs)", name, preset.name,
@@ -211,7 +213,7 @@ def teacher_weights(preset: Preset, options: BuildOptions, device: torch.device,
                     names: tuple[str, ...]) -> dict[str, str]:
     """name -> sha256 of each teacher's weights (or where pretrained ones come from): what a resumed
     stage compares, so work made with other weights is never continued."""
-    records = stage_teacher(preset, options, device, names)
+    records = stage_teacher(preset, options, device, names, announce=False)
     return {name: records[name].get("sha256") or records[name]["source"] for name in names}
 
 

@@ -322,7 +322,7 @@ def stage_relabel(preset: Preset, options, device: torch.device, epochs: int | N
         raise BuildError(f"{build.images} holds {found} of {expected} images; finish the recover stage "
                          f"(`fadrm-build recover {preset.name} --ipc {options.ipc}`) before relabelling")
     start = time.perf_counter()
-    records = stage_teacher(preset, options, device)  # the random-real baseline has none yet
+    records = stage_teacher(preset, options, device, announce=False)  # the random-real baseline has none yet
     models = load_teachers(preset, options, device)
     names = list(options.teacher_names(preset))
     teacher_ids = [f"{name}@{records.get(name, {}).get('sha256') or records.get(name, {}).get('source')}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -156,8 +157,11 @@ class _Weights:
         return self._state
 
 
-def test_build_writes_images_and_a_manifest(trained, data_root):
-    run_cli(["fashion-mnist", "--ipc", "2", "--data-root", str(data_root), "--build-root", str(trained), *FAST])
+def test_build_writes_images_and_a_manifest(trained, data_root, caplog):
+    with caplog.at_level(logging.INFO, logger="builders"):
+        run_cli(["fashion-mnist", "--ipc", "2", "--data-root", str(data_root), "--build-root", str(trained), *FAST])
+    # Later stages check the teacher's weights again, but the cached teacher is announced once.
+    assert sum("cached at" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO) == 1
     build = trained / "fashion-mnist" / "ipc2"
     images = pngs(build / "images")
     assert len(images) == 20
