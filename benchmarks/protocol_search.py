@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import append_record  # noqa: E402
+from builders.build import BuildDirectory  # noqa: E402
 from builders.evaluate import train_student  # noqa: E402
 from builders.presets import get_preset  # noqa: E402
 from builders.relabel import RelabelConfig, load_set_images, write_soft_labels  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         relabel_epochs=args.epochs or preset.relabel_epochs, eval_epochs=args.epochs or preset.eval_epochs,
         relabel_crop_scale=tuple(float(v) for v in args.crop.split(",")) if args.crop else preset.relabel_crop_scale)
     names = args.teachers.split(",")
-    ipc = json.loads((Path(args.build) / "manifest.json").read_text())["ipc"]  # picks the preset's teacher
+    ipc = BuildDirectory(Path(args.build)).read_manifest()["ipc"]  # picks the preset's teacher for the set
     teachers = [load_teacher(preset, name, Path(args.teachers_dir), ipc=ipc) for name in names]
     images, labels, _ = load_set_images(Path(args.build) / "images", preset.channels)
     config = RelabelConfig.from_preset(preset, teacher_mode=args.mode, seed=args.seed)

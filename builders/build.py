@@ -176,8 +176,7 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
         path = teacher_path(options.teachers_dir, name, preset, options.ipc)
         if options.teacher_weights or preset.teacher_recipe is None:
             load_teacher(preset, name, options.teachers_dir, _weights(options), device)  # check it loads
-            source = options.teacher_weights or f"torchvision:{name}"
-            records[name] = {"source": source}
+            records[name] = {"source": _given_source(options, name)}
             continue
         if path.is_file() and not retrain:
             meta = read_teacher_metadata(path)
@@ -196,12 +195,23 @@ def stage_teacher(preset: Preset, options: BuildOptions, device: torch.device,
                     "seed": options.seed, "seconds": metrics["seconds"],
                     "recipe": recipe_metadata(recipe_preset.teacher_recipe)}
             save_teacher(path, model, meta)
-        records[name] = {"source": str(path), "sha256": sha256_file(path), **meta}
+        records[name] = {"source": str(path), "sha256": _cached_sha256(path), **meta}
     return records
 
 
 def _weights(options: BuildOptions) -> Path | None:
     return Path(options.teacher_weights) if options.teacher_weights else None
+
+
+def _given_source(options: BuildOptions, name: str) -> str:
+    """Where a teacher that is not trained here comes from: the user's file, or torchvision."""
+    return options.teacher_weights or f"torchvision:{name}"
+
+
+def weights_by_name(records: dict, names) -> dict[str, str]:
+    """name -> sha256 of each teacher's weights file (or, for given and pretrained ones, their source),
+    from ``stage_teacher``'s records: what resumed stages compare."""
+    return {name: records[name].get("sha256") or records[name]["source"] for name in names}
 
 
 def load_teachers(preset: Preset, options: BuildOptions, device: torch.device) -> list:
@@ -211,10 +221,11 @@ def load_teachers(preset: Preset, options: BuildOptions, device: torch.device) -
 
 def teacher_weights(preset: Preset, options: BuildOptions, device: torch.device,
                     names: tuple[str, ...]) -> dict[str, str]:
-    """name -> sha256 of each teacher's weights (or where pretrained ones come from): what a resumed
-    stage compares, so work made with other weights is never continued."""
-    records = stage_teacher(preset, options, device, names, announce=False)
-    return {name: records[name].get("sha256") or records[name]["source"] for name in names}
+    """``weights_by_name`` for stages that only check the weights, so work made with other weights is
+    never continued. Given and pretrained weights are named by their source, not loaded again."""
+    if options.teacher_weights or preset.teacher_recipe is None:
+        return {name: _given_source(options, name) for name in names}
+    return weights_by_name(stage_teacher(preset, options, device, names, announce=False), names)
 
 
 def stage_patches(preset: Preset, options: BuildOptions, device: torch.device) -> Patches:

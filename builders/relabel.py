@@ -313,7 +313,7 @@ def _deterministic():
 def stage_relabel(preset: Preset, options, device: torch.device, epochs: int | None = None,
                   teacher_mode_name: str = "train", epochs_per_shard: int | None = None) -> dict:
     """Relabel a build's images with its teachers into ``<build>/soft_labels`` (resumable)."""
-    from .build import BuildDirectory, BuildError, load_teachers, stage_teacher
+    from .build import BuildDirectory, BuildError, load_teachers, stage_teacher, weights_by_name
 
     build = BuildDirectory(options.directory)
     expected = preset.num_classes * options.ipc
@@ -325,8 +325,7 @@ def stage_relabel(preset: Preset, options, device: torch.device, epochs: int | N
     records = stage_teacher(preset, options, device, announce=False)  # the random-real baseline has none yet
     models = load_teachers(preset, options, device)
     names = list(options.teacher_names(preset))
-    teacher_ids = [f"{name}@{records.get(name, {}).get('sha256') or records.get(name, {}).get('source')}"
-                   for name in names]
+    teacher_ids = [f"{name}@{weights}" for name, weights in weights_by_name(records, names).items()]
     images, labels, _ = load_set_images(build.images, preset.channels)
     config = RelabelConfig.from_preset(preset, epochs=epochs, teacher_mode=teacher_mode_name, seed=options.seed,
                                        epochs_per_shard=epochs_per_shard)

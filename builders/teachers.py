@@ -61,8 +61,7 @@ def check_cached_recipe(path: Path, metadata: dict[str, str], preset: Preset, ip
         raise TeacherError(
             f"the cached teacher {path} was trained with another recipe ({recorded or metadata['epochs'] + ' epochs'})"
             f" than {preset.name}'s ({recipe_metadata(recipe)}); run `fadrm-build teacher {preset.name} --ipc {ipc} "
-            "--retrain` "
-            "to replace it, use another --build-root, or pass it with --teacher-weights to keep using it")
+            "--retrain` to replace it, use another --build-root, or pass it with --teacher-weights to keep using it")
 
 
 def save_teacher(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:

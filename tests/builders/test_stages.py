@@ -196,3 +196,22 @@ def test_validation_split_is_held_out_of_the_distillation_pool(tmp_path):
     assert torch.equal(load_split(FASHION_MNIST, tmp_path, "val").indices, val.indices)  # fixed
     with pytest.raises(ValueError, match="no validation split"):
         load_split(CIFAR100, tmp_path, "val")
+
+
+def test_stages_check_given_and_pretrained_teachers_by_source_without_loading_them(monkeypatch):
+    from builders import build
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a weights check must not load the teacher again")
+
+    monkeypatch.setattr(build, "load_teacher", no_load)
+    given = build.BuildOptions(dataset="cifar100", ipc=10, teacher_weights="/weights/resnet18.safetensors")
+    assert build.teacher_weights(CIFAR100, given, "cpu", ("resnet18-cifar",)) == {
+        "resnet18-cifar": "/weights/resnet18.safetensors"}
+    pretrained = build.BuildOptions(dataset="imagenet", ipc=10)
+    assert build.teacher_weights(IMAGENET, pretrained, "cpu", ("resnet18", "densenet121")) == {
+        "resnet18": "torchvision:resnet18", "densenet121": "torchvision:densenet121"}
+    # The records of the teacher stage give the same names (and trained teachers their sha256).
+    records = {"resnet18": {"source": "torchvision:resnet18"}, "convnet-bn": {"source": "x", "sha256": "ab"}}
+    assert build.weights_by_name(records, ("resnet18", "convnet-bn")) == {"resnet18": "torchvision:resnet18",
+                                                                         "convnet-bn": "ab"}
