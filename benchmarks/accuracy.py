@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from builders.build import BuildDirectory  # noqa: E402
+from fadrm_datasets.layout import BuildDirectory  # noqa: E402
 from builders.cli import main as fadrm_build  # noqa: E402
 from fadrm_datasets._io import atomic_write_json  # noqa: E402
 

@@ -25,12 +25,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import append_record  # noqa: E402
-from builders.build import BuildDirectory  # noqa: E402
+from fadrm_datasets.layout import BuildDirectory  # noqa: E402
 from builders.evaluate import train_student  # noqa: E402
 from builders.presets import get_preset  # noqa: E402
-from builders.relabel import RelabelConfig, load_set_images, write_soft_labels  # noqa: E402
+from builders.relabel import RelabelConfig, write_soft_labels  # noqa: E402
 from builders.sources import load_split  # noqa: E402
-from builders.teachers import load_teacher  # noqa: E402
+from builders.teachers import load_teacher, teacher_path  # noqa: E402
 from fadrm_datasets.softlabels import SoftLabelStore  # noqa: E402
 
 
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         relabel_crop_scale=tuple(float(v) for v in args.crop.split(",")) if args.crop else preset.relabel_crop_scale)
     names = args.teachers.split(",")
     ipc = BuildDirectory(Path(args.build)).read_manifest()["ipc"]  # picks the preset's teacher for the set
-    teachers = [load_teacher(preset, name, Path(args.teachers_dir), ipc=ipc) for name in names]
-    images, labels, _ = load_set_images(Path(args.build) / "images", preset.channels)
+    teachers = [load_teacher(preset, name, teacher_path(Path(args.teachers_dir), name, preset, ipc)) for name in names]
+    images, labels, _ = BuildDirectory(args.build).load_images(preset.channels)
     config = RelabelConfig.from_preset(preset, teacher_mode=args.mode, seed=args.seed)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as store_dir:

@@ -11,7 +11,10 @@ import sys
 
 import click
 
+from .options import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
+from .relabel import TEACHER_MODES
+from .sources import EVAL_SPLITS
 
 STAGES_HELP = """Build distilled image datasets with FADRM.
 
@@ -83,11 +86,10 @@ PRESET_OVERRIDES = {"iterations": "stage_iterations", "resolutions": "stage_reso
 
 
 def apply_overrides(preset, kwargs: dict, **more):
-    """The preset with the overriding options (popped from ``kwargs``) and ``more`` applied."""
-    from .build import effective_preset
-
+    """The preset with the overriding options (popped from ``kwargs``) and ``more`` applied (None keeps)."""
     changes = {field: kwargs.pop(option) for option, field in PRESET_OVERRIDES.items() if option in kwargs}
-    return effective_preset(preset, **changes, **more)
+    changes = {field: value for field, value in {**changes, **more}.items() if value is not None}
+    return preset.replace(**changes) if changes else preset
 
 
 def dataset_argument(f):
@@ -107,9 +109,8 @@ def common_options(f):
                      help="Download the original dataset when it is missing."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto."),
         click.option("--seed", default=0, show_default=True, type=int, help="Run seed; every unit derives its own."),
-        click.option("--method", type=click.Choice(["fadrm", "fadrm+", "sre2l", "random-real"]), default="fadrm",
-                     show_default=True, help="fadrm+ cycles several teachers; sre2l = Gaussian init, no ARC, "
-                     "one resolution; random-real = a random real subset."),
+        click.option("--method", type=click.Choice(list(METHODS)), default="fadrm", show_default=True,
+                     help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."),
         click.option("--teacher", default=None, help="Override the preset's FADRM teacher architecture."),
         click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
                      help="Teacher weights file (.safetensors, or a .pth state dict) instead of the cache/download."),
@@ -127,10 +128,11 @@ def recover_options(f):
         click.option("--mro/--no-mro", default=None, help="MRO: follow the preset's per-stage resolutions."),
         click.option("--amp/--no-amp", default=None,
                      help="fp16 mixed precision (CUDA only). [default: on with CUDA, off on the CPU]"),
-        click.option("--init", type=click.Choice(["patches", "gaussian"]), default=None,
-                     help="Start from real patches (FADRM) or Gaussian noise (SRe2L)."),
-        click.option("--difficulty", type=click.Choice(["easy", "medium", "hard", "random"]), default="medium",
-                     show_default=True, help="Which real patches seed the images: by teacher cross-entropy, or random."),
+        click.option("--init", type=click.Choice(INITS), default=None,
+                     help="Start from real patches (FADRM) or Gaussian noise (SRe2L). [default: the method's]"),
+        click.option("--difficulty", type=click.Choice(DIFFICULTIES), default=None,
+                     help="Which real patches seed the images: by teacher cross-entropy, or random. "
+                     "[default: the method's, medium; random-real: random]"),
         click.option("--iterations", default=None, callback=_per_stage, metavar="N,N,...",
                      help="Iterations per stage (overrides the preset)."),
         click.option("--resolutions", default=None, callback=_per_stage, metavar="R,R,...",
@@ -153,8 +155,8 @@ def handle_errors(f):
     def wrapper(*args, verbose=False, **kwargs):
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        from .build import BuildError
         from .models import UnknownModelError
+        from .options import BuildError
         from .sources import DataNotFoundError
         from .teachers import TeacherError
 
@@ -171,22 +173,14 @@ def handle_errors(f):
     return wrapper
 
 
-def make_options(preset, ipc, method, arc, mro, amp, init, difficulty, **common):
-    """BuildOptions from CLI values: the method's defaults, then the explicit switches."""
-    from .build import METHODS, BuildOptions, resolve_device
+def make_options(preset, ipc, method, arc=None, mro=None, amp=None, init=None, difficulty=None, **common):
+    """BuildOptions from CLI values (the options object fills in what the method means)."""
+    from .options import BuildOptions
 
-    defaults = METHODS[method]
-    device = resolve_device(common["device"])
     return BuildOptions(
-        dataset=preset.name, ipc=ipc, method=method,
-        plus=defaults["plus"],
-        arc=defaults["arc"] if arc is None else arc,
-        mro=defaults["mro"] if mro is None else mro,
-        amp=(device.type == "cuda") if amp is None else amp,
-        init=defaults["init"] if init is None else init,
-        difficulty=difficulty,
+        dataset=preset.name, ipc=ipc, method=method, arc=arc, mro=mro, amp=amp, init=init, difficulty=difficulty,
         seed=common["seed"], build_root=common["build_root"], build_dir=common["build_dir"],
-        data_root=common["data_root"], download=common["download"], device=str(device),
+        data_root=common["data_root"], download=common["download"], device=common["device"],
         teacher=common["teacher"], teacher_weights=common["teacher_weights"],
     )
 
@@ -208,16 +202,16 @@ def cli():
 @common_options
 @handle_errors
 def build_command(dataset, evaluate=None, epochs=None, **kwargs):
-    import dataclasses
+    from fadrm_datasets.layout import BuildDirectory
 
-    from .build import BuildDirectory, run_build
+    from .build import run_build
 
     preset = apply_overrides(dataset, kwargs, relabel_epochs=epochs, eval_epochs=epochs)
-    options = dataclasses.replace(make_options(preset, **kwargs), evaluate=evaluate)
+    options = make_options(preset, **kwargs).replace(evaluate=evaluate)
     evaluated_before = len(BuildDirectory(options.directory).read_manifest().get("evaluations", []))
     build = run_build(preset, options)
     click.echo(f"built {options.ipc * preset.num_classes} images in {build.root}")
-    manifest = BuildDirectory(build.root).read_manifest()
+    manifest = build.read_manifest()
     if len(manifest.get("evaluations", [])) > evaluated_before:  # an older evaluation is not this build's
         from .evaluate import teacher_accuracy
 
@@ -236,11 +230,10 @@ def build_command(dataset, evaluate=None, epochs=None, **kwargs):
 @common_options
 @handle_errors
 def teacher_command(dataset, retrain, ipc, **kwargs):
-    from .build import resolve_device, stage_teacher
+    from .context import open_build
 
-    options = make_options(dataset, ipc=ipc, arc=None, mro=None, amp=None, init=None, difficulty="medium", **kwargs)
-    records = stage_teacher(dataset, options, resolve_device(options.device), retrain=retrain)
-    for name, record in records.items():
+    ctx = open_build(dataset, make_options(dataset, ipc=ipc, **kwargs), retrain=retrain)
+    for name, record in ctx.teachers.records().items():
         accuracy = record.get("test_top1")
         click.echo(f"{name}: {record['source']}" + (f" (test top-1 {accuracy} %)" if accuracy else ""))
 
@@ -251,13 +244,14 @@ def teacher_command(dataset, retrain, ipc, **kwargs):
 @common_options
 @handle_errors
 def patches_command(dataset, **kwargs):
-    from .build import BuildDirectory, resolve_device, stage_patches
+    from .context import open_build
+    from .patches import stage_patches
 
     preset = apply_overrides(dataset, kwargs)
-    options = make_options(preset, **kwargs)
-    BuildDirectory(options.directory).patches.unlink(missing_ok=True)  # an explicit rerun reselects
-    patches = stage_patches(preset, options, resolve_device(options.device))
-    click.echo(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {options.directory}")
+    ctx = open_build(preset, make_options(preset, **kwargs))
+    ctx.directory.patches.unlink(missing_ok=True)  # an explicit rerun reselects
+    patches = stage_patches(ctx)
+    click.echo(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {ctx.directory.root}")
 
 
 @cli.command("recover", help="Synthesise the images (resumes: finished units are kept).")
@@ -266,12 +260,13 @@ def patches_command(dataset, **kwargs):
 @common_options
 @handle_errors
 def recover_command(dataset, **kwargs):
-    from .build import resolve_device, stage_recover
+    from .context import open_build
+    from .recover import stage_recover
 
     preset = apply_overrides(dataset, kwargs)
-    options = make_options(preset, **kwargs)
-    record = stage_recover(preset, options, resolve_device(options.device))
-    click.echo(f"recover {'complete' if record['complete'] else 'partial'}: {options.directory / 'images'}")
+    ctx = open_build(preset, make_options(preset, **kwargs))
+    record = stage_recover(ctx)
+    click.echo(f"recover {'complete' if record['complete'] else 'partial'}: {ctx.directory.images}")
 
 
 @cli.command("relabel", help="Record soft labels for DATASET's set: per-epoch crops, flips, CutMix and the "
@@ -280,21 +275,20 @@ def recover_command(dataset, **kwargs):
 @click.option("--ipc", required=True, type=int, callback=_positive, help="Images per class.")
 @click.option("--epochs", type=int, default=None, callback=_positive,
               help="Soft-label epochs (overrides the preset's relabel_epochs).")
-@click.option("--teacher-mode", type=click.Choice(["train", "eval"]), default="train", show_default=True,
+@click.option("--teacher-mode", type=click.Choice(TEACHER_MODES), default="train", show_default=True,
               help="train: BatchNorm uses batch statistics (FKD); eval: running statistics.")
 @click.option("--epochs-per-shard", type=int, default=None, callback=_positive,
               help="Epochs per shard file. [default: up to 100, about 1 GiB a file at most]")
 @common_options
 @handle_errors
 def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwargs):
-    from .build import resolve_device
+    from .context import open_build
     from .relabel import stage_relabel
 
-    options = make_options(dataset, ipc=ipc, arc=None, mro=None, amp=None, init=None, difficulty="medium", **kwargs)
-    record = stage_relabel(dataset, options, resolve_device(options.device), epochs=epochs,
-                           teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
+    ctx = open_build(dataset, make_options(dataset, ipc=ipc, **kwargs))
+    record = stage_relabel(ctx, epochs=epochs, teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
     click.echo(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
-               f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {options.directory / 'soft_labels'}")
+               f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {ctx.directory.soft_labels}")
 
 
 @cli.command("evaluate", help="Train a student on the built set in BUILD_DIR with its soft labels, and test it "
@@ -309,14 +303,16 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the student's initialisation.")
 @click.option("--num-workers", default=0, show_default=True, type=int, help="DataLoader workers for the replay.")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True,
               help="Real images to test on: the test split, or the validation images held out of the "
               "training split (for choosing settings).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
 def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers, split):
-    from .build import BuildDirectory, resolve_device
+    from fadrm_datasets.layout import BuildDirectory
+
     from .evaluate import evaluate_build, teacher_accuracy
+    from .options import resolve_device
 
     record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
                             device=resolve_device(device), seed=seed, num_workers=num_workers, split=split)
@@ -328,7 +324,7 @@ def evaluate_command(build_dir, student, epochs, data_root, download, device, se
 
 @cli.command("push", help="Publish the set in BUILD_DIR to the Hugging Face Hub as config ipc<N> of dataset repo "
              "REPO, and tag the commit with VERSION. Stages parquet shards, soft labels, teachers, manifests and "
-             "the dataset card (from cards/dataset_card.md), then uploads them in one commit.")
+             "the dataset card (from cards/), then uploads them in one commit.")
 @click.argument("build_dir", metavar="BUILD_DIR", type=click.Path(exists=True, file_okay=False))
 @click.option("--repo", "repo_id", required=True, metavar="ORG/NAME", help="The dataset repo on the Hub.")
 @click.option("--version", "version", required=True, metavar="vX.Y.Z", help="The release tag to create.")

@@ -22,14 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fadrm_datasets.softlabels import SoftLabelStore, replay_loader
+from fadrm_datasets._checks import one_of
+from fadrm_datasets.layout import BuildDirectory
+from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
+from .context import BuildContext
 from .models import build_model
+from .options import BuildError
 from .presets import Preset, get_preset
 from .progress import progress as progress_bar
-from .relabel import load_set_images
 from .seeding import derive_seed
-from .sources import load_split
+from .sources import EVAL_SPLITS, load_split
 from .teachers import evaluate_accuracy
 
 log = logging.getLogger(__name__)
@@ -133,18 +136,17 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
                    device="cpu", seed: int = 0, num_workers: int = 0, command: str | None = None,
                    progress: bool = True, split: str = "test") -> dict:
     """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``."""
-    from .build import BuildDirectory, BuildError
-
+    one_of("split", split, EVAL_SPLITS)
     build = BuildDirectory(Path(build_dir))
     manifest = build.read_manifest()
     if not manifest:
         raise BuildError(f"{build.root} has no {build.manifest_path.name}; build the set first")
     preset = preset or manifest_preset(manifest)
-    if not (build.soft_labels / "index.json").is_file():
+    if not (build.soft_labels / INDEX).is_file():
         raise BuildError(f"{build.root} has no soft labels; run `fadrm-build relabel {preset.name} "
                          f"--ipc {manifest.get('ipc', 'N')}` first")
     store = SoftLabelStore.open(build.soft_labels)
-    images, labels, _ = load_set_images(build.images, preset.channels)
+    images, labels, _ = build.load_images(preset.channels)
     if data_root is None:
         data_root = (manifest.get("options") or {}).get("data_root", "data")
     # "val" (held-out training images) is for choosing settings; "test" is for reporting.
@@ -161,12 +163,11 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     return record
 
 
-def stage_evaluate(preset: Preset, options, device: torch.device, epochs: int | None = None,
-                   student: str | None = None) -> dict:
+def stage_evaluate(ctx: BuildContext) -> dict:
     """The build's evaluation stage (``run_build``): the effective preset, the build's data root and seed."""
-    return evaluate_build(options.directory, preset=preset, student=student, epochs=epochs,
-                          data_root=options.data_root, download=options.download, device=device,
-                          seed=options.seed)
+    options = ctx.options
+    return evaluate_build(ctx.directory.root, preset=ctx.preset, data_root=options.data_root,
+                          download=options.download, device=ctx.device, seed=options.seed)
 
 
 def teacher_accuracy(manifest: dict) -> str | None:

@@ -1,14 +1,12 @@
-"""Pixel-space helpers shared by the stages: normalisation, batch augmentation, PNG I/O."""
+"""Pixel-space helpers shared by the stages: normalisation, batch augmentation, saving images."""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fadrm_datasets._io import atomic_write_bytes
+from fadrm_datasets.layout import encode_png
 
 from .presets import Preset
 
@@ -63,28 +61,9 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     return torch.where(flip, x.flip(3), x)
 
 
-def encode_png(image: torch.Tensor) -> bytes:
-    """uint8 (C, H, W) -> PNG bytes (grayscale for one channel)."""
-    from PIL import Image
-
-    array = image.permute(1, 2, 0).cpu().numpy()
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def save_png(path, image: torch.Tensor) -> None:
+    """uint8 (C, H, W) -> a PNG file, written atomically."""
     atomic_write_bytes(path, encode_png(image))
 
 
-def load_png(path, channels: int) -> torch.Tensor:
-    """PNG -> uint8 (C, H, W)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+__all__ = ["denormalize", "normalize", "pixel_bounds", "random_flip", "random_pad_crop", "save_png", "to_uint8"]

@@ -10,7 +10,9 @@ repeated exactly and the patches published next to the images.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +21,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from fadrm_datasets._io import atomic_write_bytes, safetensors_bytes
+from fadrm_datasets._checks import one_of
+from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, safetensors_bytes
 from fadrm_datasets.augment import resized_crop, sample_crop_box
 
+from .context import BuildContext
 from .imaging import normalize
+from .options import DIFFICULTIES, BuildError
 from .presets import Preset
 from .progress import progress
 from .seeding import derive_seed
+from .sources import load_split
 
 log = logging.getLogger(__name__)
-
-DIFFICULTIES = ("easy", "medium", "hard", "random")
 
 
 @dataclass
@@ -58,8 +62,7 @@ class Patches:
 
 def keep_by_difficulty(scores: torch.Tensor, count: int, difficulty: str) -> torch.Tensor:
     """Indices of ``count`` entries of ``scores`` (cross-entropy; low = easy) for ``difficulty``."""
-    if difficulty not in DIFFICULTIES:
-        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    one_of("difficulty", difficulty, DIFFICULTIES)
     if difficulty == "random":  # candidates are already in random order
         return torch.arange(count)
     order = torch.argsort(scores, stable=True)
@@ -116,3 +119,44 @@ def select_patches(preset: Preset, train: Dataset, teacher: nn.Module | None, ip
     log.info("patches: %d per class, difficulty %s, mean teacher CE %.3f", ipc, difficulty,
              patches.cross_entropy.mean().item())
     return patches
+
+
+# --- the build stage ----------------------------------------------------------------------------
+
+def chooser_weights(ctx: BuildContext) -> dict[str, str]:
+    """The weights of the teacher that ranks the patches; none when they are drawn at random."""
+    return {} if ctx.options.difficulty == "random" else ctx.teachers.weights_ids(1)
+
+
+def check_patches(ctx: BuildContext) -> None:
+    """Refuse to reuse patches chosen by other teacher weights (checked before anything is written)."""
+    path = ctx.directory.patches
+    if path.is_file():
+        recorded = read_safetensors_metadata(path).get("teacher_weights")
+        if recorded is not None and json.loads(recorded) != chooser_weights(ctx):
+            raise BuildError(f"{path} was selected with other teacher weights; pass --build-dir to build elsewhere, "
+                             "or delete it and images/ to start over")
+
+
+def stage_patches(ctx: BuildContext) -> Patches:
+    """Select and save the real patches (reused when the file exists)."""
+    build, options = ctx.directory, ctx.options
+    check_patches(ctx)
+    if build.patches.is_file():
+        log.info("patches: reusing %s", build.patches)
+        return Patches.load(build.patches)
+    start = time.perf_counter()
+    train = load_split(ctx.preset, options.data_root, "distill", options.download)
+    build.update_manifest(classes=list(train.classes))
+    preset = ctx.preset.replace(patch_crop_scale=(1.0, 1.0)) if options.spec.whole_images else ctx.preset
+    teacher = None if options.difficulty == "random" else ctx.teachers.modules()[0]
+    patches = select_patches(preset, train, teacher, options.ipc, options.difficulty, options.seed, ctx.device)
+    patches.save(build.patches, {"difficulty": options.difficulty, "seed": options.seed, "ipc": options.ipc,
+                                 "teacher_weights": json.dumps(chooser_weights(ctx))})
+    build.record_stage("patches", {"difficulty": options.difficulty,
+                                   "seconds": round(time.perf_counter() - start, 2),
+                                   "mean_teacher_ce": round(patches.cross_entropy.mean().item(), 4)})
+    return patches
+
+
+__all__ = ["Patches", "check_patches", "chooser_weights", "keep_by_difficulty", "select_patches", "stage_patches"]

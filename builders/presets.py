@@ -1,8 +1,10 @@
 """One frozen preset per dataset: everything a build needs to know about it.
 
-The three paper presets carry FADRM's released settings (see REFERENCE.md in the design notes);
-``fashion-mnist`` carries CPU-sized settings so the whole pipeline runs on real data on a laptop.
-Code never branches on a dataset's name: it reads the preset.
+The three paper presets carry FADRM's released settings (arXiv 2506.24125 and its public scripts:
+4 stages of 500 steps, Adam at lr 0.25, r_bn 0.01, alpha 0.5, 100 classes per unit); ``fashion-mnist``
+carries CPU-sized settings, chosen on its validation split (BENCHMARKS.md), so the whole pipeline
+runs on real data on a laptop. A dataset's own facts (classes, size, channels, normalisation) come
+from :mod:`fadrm_datasets.registry`. Code never branches on a dataset's name: it reads the preset.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fadrm_datasets import registry
+from fadrm_datasets._checks import one_of
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass(frozen=True)
 class TeacherRecipe:
     """How to train a teacher from scratch on the source's training split."""
 
-    optimizer: str  # "adam" | "adamw" | "sgd"
+    optimizer: str  # one of OPTIMIZERS
     lr: float
     weight_decay: float
     epochs: int
@@ -31,6 +36,7 @@ class TeacherRecipe:
     epochs_from_ipc: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
+        one_of("teacher optimizer", self.optimizer, OPTIMIZERS)
         thresholds = [min_ipc for min_ipc, _ in self.epochs_from_ipc]
         if thresholds != sorted(set(thresholds)):
             raise ValueError(f"epochs_from_ipc must ascend in IPC without repeats, got {self.epochs_from_ipc}")
@@ -143,15 +149,15 @@ PAPER_RECOVER = dict(
     class_block=100,
 )
 
+
+def dataset_facts(info: registry.SetInfo) -> dict:
+    """The preset fields that are facts about the dataset, read from the library's registry."""
+    return dict(name=info.name, display_name=info.display_name, source=info.name, num_classes=info.num_classes,
+                channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std)
+
+
 CIFAR100 = Preset(
-    name="cifar100",
-    display_name="CIFAR-100",
-    source="cifar100",
-    num_classes=100,
-    channels=3,
-    image_size=32,
-    mean=(0.5071, 0.4867, 0.4408),
-    std=(0.2675, 0.2565, 0.2761),
+    **dataset_facts(registry.CIFAR100),
     teacher="resnet18-cifar",
     teachers_plus=("resnet18-cifar", "densenet121", "shufflenet_v2_x0_5", "mobilenet_v2"),
     teacher_recipe=TeacherRecipe(optimizer="adam", lr=1e-3, weight_decay=1e-4, epochs=200, batch_size=512),
@@ -164,14 +170,7 @@ CIFAR100 = Preset(
 )
 
 TINY_IMAGENET = Preset(
-    name="tiny-imagenet",
-    display_name="Tiny-ImageNet",
-    source="tiny-imagenet",
-    num_classes=200,
-    channels=3,
-    image_size=64,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    **dataset_facts(registry.TINY_IMAGENET),
     teacher="resnet18-cifar",
     teachers_plus=("resnet18-cifar", "densenet121", "shufflenet_v2_x0_5", "mobilenet_v2"),
     teacher_recipe=TeacherRecipe(optimizer="sgd", lr=0.01, weight_decay=1e-4, epochs=50, batch_size=128),
@@ -185,14 +184,7 @@ TINY_IMAGENET = Preset(
 )
 
 IMAGENET = Preset(
-    name="imagenet",
-    display_name="ImageNet-1K",
-    source="imagenet",
-    num_classes=1000,
-    channels=3,
-    image_size=224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    **dataset_facts(registry.IMAGENET),
     teacher="resnet18",
     teachers_plus=("resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"),
     teacher_recipe=None,
@@ -212,14 +204,7 @@ IMAGENET = Preset(
 # whole images as patches (28 px objects lose too much to crops) and a BN weight of 1.0 (the
 # paper's 0.01 leaves the images below their own starting points here).
 FASHION_MNIST = Preset(
-    name="fashion-mnist",
-    display_name="Fashion-MNIST",
-    source="fashion-mnist",
-    num_classes=10,
-    channels=1,
-    image_size=28,
-    mean=(0.2860,),
-    std=(0.3530,),
+    **dataset_facts(registry.FASHION_MNIST),
     teacher="convnet-bn",
     teachers_plus=("convnet-bn", "convnet-bn-d2", "convnet-bn-w32-d4"),  # cheap, different depths
     # Flips only: padded crops cost ~2 points at this short budget (89.5 vs 91.6 % seen here).
@@ -265,6 +250,8 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise UnknownDatasetError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
-        ) from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(PRESETS))}") from None
+
+
+__all__ = ["CIFAR100", "FASHION_MNIST", "IMAGENET", "OPTIMIZERS", "PAPER_RECOVER", "PRESETS", "Preset", "TINY_IMAGENET",
+           "TeacherRecipe", "UnknownDatasetError", "dataset_facts", "get_preset"]

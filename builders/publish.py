@@ -28,15 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from fadrm_datasets import layout
 from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_file
+from fadrm_datasets.hub import REPO_TYPE
+from fadrm_datasets.layout import MANIFEST, README, BuildDirectory
 from fadrm_datasets.registry import SETS, parse_version, unique_names
+from fadrm_datasets.sets import SET_CLASSES
+from fadrm_datasets.softlabels import INDEX
 
-from .build import MANIFEST, BuildDirectory, BuildError
+from .options import BuildError
 
 log = logging.getLogger(__name__)
-
-REPO_TYPE = "dataset"
-README = "README.md"
 # Package data (pyproject), so an installed builder can render cards, not just a checkout.
 CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the Hub's parquet guidance: shards of a few hundred MB
@@ -88,12 +90,7 @@ def read_build(build_dir: str | Path) -> BuildContents:
     num_classes = preset.get("num_classes")
     if not ipc or not num_classes:
         raise PublishError(f"{build.manifest_path} lacks the ipc or the preset's num_classes")
-    rows = []
-    if build.images.is_dir():
-        for class_dir in build.images.iterdir():
-            if class_dir.is_dir() and class_dir.name.isdigit():
-                rows += [(int(class_dir.name), int(p.stem), p) for p in class_dir.glob("*.png") if p.stem.isdigit()]
-    rows.sort(key=lambda r: (r[0], r[1]))
+    rows = [(e.label, e.ipc_id, e.path) for e in build.scan_images()]
     expected = {(label, i) for label in range(num_classes) for i in range(ipc)}
     found = {(label, i) for label, i, _ in rows}
     if found != expected:
@@ -156,8 +153,8 @@ def shard_rows(rows: list[tuple[int, int, Path]], max_bytes: int) -> list[list[t
     return shards
 
 
-def write_parquet(contents: BuildContents, out_dir: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
-    """``out_dir/train-0000i-of-0000K.parquet`` holding the set in canonical order."""
+def write_parquet(contents: BuildContents, staging: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
+    """``staging/ipc<N>/train-0000i-of-0000K.parquet`` holding the set in canonical order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,11 +162,11 @@ def write_parquet(contents: BuildContents, out_dir: Path, max_shard_bytes: int =
     shards = shard_rows(contents.rows, max_shard_bytes)
     paths = []
     for i, shard in enumerate(shards):
-        images = [{"bytes": path.read_bytes(), "path": f"{label:05d}/{ipc_id:05d}.png"}
+        images = [{"bytes": path.read_bytes(), "path": layout.image_name(label, ipc_id)}
                   for label, ipc_id, path in shard]
         table = pa.table({"image": images, "label": [r[0] for r in shard], "ipc_id": [r[1] for r in shard]},
                          schema=schema)
-        path = out_dir / f"train-{i:05d}-of-{len(shards):05d}.parquet"
+        path = staging / layout.parquet_shard(contents.ipc, i, len(shards))
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE)
         paths.append(path)
@@ -232,17 +229,18 @@ def _substitute(value, mapping: dict):
 
 
 def ipc_config(ipc: int) -> dict:
-    return {"config_name": f"ipc{ipc}", "data_files": [{"split": "train", "path": f"ipc{ipc}/train-*.parquet"}]}
+    return {"config_name": layout.ipc_dir(ipc), "data_files": [{"split": "train", "path": layout.parquet_pattern(ipc)}]}
 
 
 def merge_configs(existing: list | None, ipcs: list[int]) -> list[dict]:
     """The card's ``configs:``: the existing entries, with one (re)written per IPC, sorted by IPC."""
     configs = {c.get("config_name"): c for c in (existing or []) if isinstance(c, dict)}
     for ipc in ipcs:
-        configs[f"ipc{ipc}"] = ipc_config(ipc)
+        configs[layout.ipc_dir(ipc)] = ipc_config(ipc)
 
     def key(name):
-        return (0, int(name[3:])) if str(name).startswith("ipc") and str(name)[3:].isdigit() else (1, str(name))
+        ipc = layout.parse_ipc_dir(str(name))
+        return (0, ipc) if ipc is not None else (1, str(name))
 
     return [configs[name] for name in sorted(configs, key=key)]
 
@@ -302,7 +300,7 @@ def ipc_section(ipc: int, info: dict) -> str:
                                                               "teacher_weights", "dataset", "ipc")}
         parts += ["", markdown_table(["build option", "value"], [[k, v] for k, v in keep.items()])]
     parts += ["", "### Images", "", f"One row per class (at most {GRID_MAX_ROWS}), up to {GRID_MAX_COLS} images each:",
-              "", f"![IPC {ipc} images](ipc{ipc}/grid.png)", ""]
+              "", f"![IPC {ipc} images]({layout.ipc_prefix(ipc)}{layout.GRID})", ""]
     return "\n".join(parts)
 
 
@@ -323,10 +321,8 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
     dataset = repo_manifest.get("dataset", "dataset")
     info = SETS.get(dataset)
     ipcs = sorted(int(k) for k in repo_manifest.get("ipcs", {}))
-    class_names = {"cifar100": "FADRMCIFAR100", "tiny-imagenet": "FADRMTinyImageNet", "imagenet": "FADRMImageNet",
-                   "fashion-mnist": "FADRMFashionMNIST"}
     preset = repo_manifest["ipcs"][str(ipc)].get("preset", {})
-    flat = dataset in class_names and info is not None and info.repo_id == repo_id
+    flat = dataset in SET_CLASSES and info is not None and info.repo_id == repo_id
     mapping = {
         "dataset": dataset,
         "display_name": repo_manifest.get("display_name") or dataset,
@@ -340,7 +336,7 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
         "versions": ", ".join(versions),
         "repo_id": repo_id,
         # The flat classes know their repo; anything else (another set, a mirror) names it.
-        "class_name": class_names[dataset] if flat else "FADRMDataset",
+        "class_name": SET_CLASSES[dataset].__name__ if flat else "FADRMDataset",
         "repo_arg": "" if flat else f'repo_id="{repo_id}", ',
         "size_category": size_category(sum(int(v.get("num_images", 0)) for v in repo_manifest["ipcs"].values())),
         "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)]) for i in ipcs),
@@ -412,27 +408,27 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     check_version(version)
     contents = contents or read_build(build_dir)
     staging = Path(staging)
-    prefix = f"ipc{contents.ipc}"
-    out = staging / prefix
+    prefix = layout.ipc_prefix(contents.ipc)
+    out = staging / layout.ipc_dir(contents.ipc)
     if out.exists():
         shutil.rmtree(out)
-    shards = [p.relative_to(staging).as_posix() for p in write_parquet(contents, out, max_shard_bytes)]
-    atomic_write_bytes(out / "grid.png", make_grid(contents))
+    shards = [p.relative_to(staging).as_posix() for p in write_parquet(contents, staging, max_shard_bytes)]
+    atomic_write_bytes(out / layout.GRID, make_grid(contents))
     shutil.copy2(contents.root / MANIFEST, out / MANIFEST)
     soft = None
-    soft_dir = contents.root / "soft_labels"
-    if (soft_dir / "index.json").is_file():
-        soft = json.loads((soft_dir / "index.json").read_text())
+    soft_dir = contents.root / layout.SOFT_LABELS
+    if (soft_dir / INDEX).is_file():
+        soft = layout.read_json_object(soft_dir / INDEX)
         if not soft.get("complete", False):
             raise PublishError(f"the soft labels in {soft_dir} are incomplete; finish the relabel stage, "
                                "or move soft_labels/ away to publish without them")
         if soft.get("num_samples") not in (None, len(contents.rows)):
             raise PublishError(f"{soft_dir} holds soft labels for {soft['num_samples']} samples, the set has "
                                f"{len(contents.rows)}; run the relabel stage again")
-        shutil.copytree(soft_dir, out / "soft_labels", ignore=shutil.ignore_patterns(".*"))
+        shutil.copytree(soft_dir, staging / layout.repo_soft_labels(contents.ipc), ignore=shutil.ignore_patterns(".*"))
     for name, path in _teacher_files(contents).items():
-        (staging / "teachers").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, staging / "teachers" / f"{name}.safetensors")
+        (staging / layout.TEACHERS).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, staging / layout.repo_teacher(name))
 
     existing = existing_manifest or {}
     if existing.get("classes") and list(existing["classes"]) != contents.classes:
@@ -459,7 +455,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     files = {}
     remote = remote_files if remote_files is not None else set((existing.get("files") or {}))
     for rel, sha in (existing.get("files") or {}).items():  # other IPCs and teachers already on the Hub
-        if rel in remote and not rel.startswith(prefix + "/") and rel not in staged:
+        if rel in remote and not rel.startswith(prefix) and rel not in staged:
             files[rel] = sha
     files.update({rel: sha256_file(path) for rel, path in staged.items()})
     manifest["files"] = dict(sorted(files.items()))
@@ -531,7 +527,7 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
             written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
             info = api.upload_folder(repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staging,
                                      commit_message=f"Publish ipc{ipc} as {version}",
-                                     delete_patterns=[f"ipc{ipc}/*"])
+                                     delete_patterns=[layout.ipc_prefix(ipc) + "*"])
         finally:
             if own_staging:
                 shutil.rmtree(staging, ignore_errors=True)

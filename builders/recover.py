@@ -23,8 +23,11 @@ skipped, so a killed build resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -35,16 +38,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fadrm_datasets._checks import one_of
+from fadrm_datasets._io import sha256_file
 from fadrm_datasets.augment import resized_crop, sample_crop_box
+from fadrm_datasets.layout import BuildDirectory
 
+from .context import BuildContext
 from .imaging import normalize, pixel_bounds, save_png, to_uint8
+from .options import INITS, BuildError
+from .patches import Patches
 from .presets import Preset
 from .progress import progress
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
-
-INITS = ("patches", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,7 @@ class RecoverConfig:
     @classmethod
     def from_preset(cls, preset: Preset, *, arc: bool = True, mro: bool = True,
                     amp: bool = False, init: str = "patches") -> "RecoverConfig":
-        if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        one_of("init", init, INITS)
         return cls(
             stages=stage_schedule(preset, mro=mro, arc=arc),
             output_size=preset.image_size,
@@ -286,16 +292,12 @@ def plan_units(preset: Preset, ipc: int) -> list[Unit]:
     return [Unit(ipc_id, b, classes) for ipc_id in range(ipc) for b, classes in enumerate(blocks)]
 
 
-def image_path(images_dir: Path, label: int, ipc_id: int) -> Path:
-    return Path(images_dir) / f"{label:05d}" / f"{ipc_id:05d}.png"
-
-
-def unit_done(images_dir: Path, unit: Unit) -> bool:
-    return all(image_path(images_dir, c, unit.ipc_id).is_file() for c in unit.classes)
+def unit_done(build: BuildDirectory, unit: Unit) -> bool:
+    return all(build.image_path(c, unit.ipc_id).is_file() for c in unit.classes)
 
 
 def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Preset,
-                config: RecoverConfig, images_dir: Path, ipc: int, seed: int,
+                config: RecoverConfig, build: BuildDirectory, ipc: int, seed: int,
                 device: torch.device = torch.device("cpu"), rank: int = 0, world_size: int = 1,
                 units: Sequence[Unit] | None = None) -> dict:
     """Run every unfinished unit of this rank's share; returns per-unit statistics.
@@ -304,7 +306,7 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
     ``torchrun`` processes split the work and write disjoint files.
     """
     units = list(units if units is not None else plan_units(preset, ipc))[rank::world_size]
-    todo = [u for u in units if not unit_done(images_dir, u)]
+    todo = [u for u in units if not unit_done(build, u)]
     log.info("recover: %d units (%d already done), %d iterations each over stages %s",
              len(units), len(units) - len(todo), config.total_iterations, list(config.stages))
     stats = {}
@@ -313,7 +315,7 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
         result = recover_unit(teachers, labels, patches[labels, unit.ipc_id], preset, config,
                               unit.seed(seed), device)
         for label, image in zip(unit.classes, result.images):
-            save_png(image_path(images_dir, label, unit.ipc_id), image)
+            save_png(build.image_path(label, unit.ipc_id), image)
         stats[f"{unit.ipc_id}/{unit.block}"] = {
             "ce": round(result.ce, 4), "bn": round(result.bn, 4),
             "seconds": round(result.seconds, 2), "peak_memory_mb": round(result.peak_memory_mb, 1),
@@ -321,3 +323,72 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
         log.info("unit ipc_id=%d block=%d: ce %.3f bn %.3f, %.1f s, peak %.0f MB", unit.ipc_id,
                  unit.block, result.ce, result.bn, result.seconds, result.peak_memory_mb)
     return stats
+
+
+# --- the build stage ----------------------------------------------------------------------------
+
+def recover_settings(ctx: BuildContext, patches_sha256: str | None) -> tuple[RecoverConfig, dict]:
+    """The recover config and the settings recorded with the images, as the manifest stores them."""
+    options = ctx.options
+    config = RecoverConfig.from_preset(ctx.preset, arc=options.arc, mro=options.mro, amp=options.amp,
+                                       init=options.init)
+    settings = {"config": dataclasses.asdict(config), "seed": options.seed, "teachers": list(ctx.teachers.names),
+                "teacher_weights": ctx.teachers.weights_ids(), "patches_sha256": patches_sha256}
+    return config, json.loads(json.dumps(settings))  # tuples become lists, as in the manifest
+
+
+def check_recover(ctx: BuildContext, patches_sha256: str | None = None) -> None:
+    """Refuse to add images made with other settings to a directory that holds some (checked before
+    anything is written; without ``patches_sha256`` the patches are not compared)."""
+    build = ctx.directory
+    previous = build.read_manifest().get("stages", {}).get("recover", {}).get("settings")
+    if previous is None or not ctx.options.spec.optimise or not build.scan_images():
+        return
+    _, settings = recover_settings(ctx, patches_sha256)
+    previous = {"teacher_weights": settings["teacher_weights"], **previous}  # recorded before the weights were
+    if patches_sha256 is None:
+        previous["patches_sha256"] = None
+    if previous != settings:
+        what = "other teacher weights" if previous["teacher_weights"] != settings["teacher_weights"] else \
+            "other recover settings"
+        raise BuildError(f"{build.root} holds images made with {what}; pass --build-dir to build elsewhere, or "
+                         "delete its images/ to start over")
+
+
+def stage_recover(ctx: BuildContext) -> dict:
+    build, options, preset = ctx.directory, ctx.options, ctx.preset
+    if not build.patches.is_file():
+        raise BuildError(f"no patches in {build.root}; run `fadrm-build patches {options.dataset} "
+                         f"--ipc {options.ipc}` first")
+    patches = Patches.load(build.patches)
+    if patches.ipc != options.ipc:
+        raise BuildError(f"{build.patches} holds {patches.ipc} patches per class, not {options.ipc}")
+    start = time.perf_counter()
+    if not options.spec.optimise:  # the images are the patches themselves
+        for label in range(preset.num_classes):
+            for ipc_id in range(options.ipc):
+                save_png(build.image_path(label, ipc_id), patches.images[label, ipc_id])
+        record = {"method": options.method, "complete": True, "seconds": round(time.perf_counter() - start, 2)}
+        build.record_stage("recover", record)
+        return record
+    patches_sha256 = sha256_file(build.patches)
+    check_recover(ctx, patches_sha256)
+    config, settings = recover_settings(ctx, patches_sha256)
+    build.record_stage("recover", {"settings": settings, "complete": False})
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    units = recover_set(ctx.teachers.modules(), patches.images, preset, config, build, options.ipc,
+                        options.seed, ctx.device, rank, world)
+    seconds = round(time.perf_counter() - start, 2)
+    done = len(build.scan_images()) == preset.num_classes * options.ipc
+    unit_stats = build.read_manifest().get("stages", {}).get("recover", {}).get("units", {})
+    unit_stats.update(units)
+    record = {"settings": settings, "complete": done, "seconds": seconds, "units": unit_stats,
+              "units_total": len(plan_units(preset, options.ipc))}
+    build.record_stage("recover", record)
+    log.info("recover: %d units in %.1f s -> %s", len(units), seconds, build.images)
+    return record
+
+
+__all__ = ["BNStatisticsLoss", "Precision", "RecoverConfig", "Unit", "UnitResult", "arc_merge", "augment",
+           "check_recover", "cosine_lr", "plan_units", "recover_set", "recover_settings", "recover_unit", "resample",
+           "stage_recover", "stage_schedule", "unit_done"]

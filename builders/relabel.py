@@ -29,13 +29,15 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, read_safetensors_metadata,
                                 safetensors_bytes, sha256_file)
 from fadrm_datasets.augment import CROP_RATIO
-from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan, num_batches,
-                                       shard_name)
+from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan,
+                                       num_batches, shard_name)
 
-from .imaging import load_png
+from .context import BuildContext
+from .options import BuildError
 from .presets import Preset
 from .progress import progress as progress_bar
 from .seeding import derive_seed
@@ -60,8 +62,7 @@ class RelabelConfig:
     epochs_per_shard: int | None = None  # None: chosen from the size of one epoch
 
     def __post_init__(self) -> None:
-        if self.teacher_mode not in TEACHER_MODES:
-            raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}")
+        one_of("teacher mode", self.teacher_mode, TEACHER_MODES)
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ValueError("epochs and batch size must be positive")
         if self.epochs_per_shard is not None and self.epochs_per_shard <= 0:
@@ -73,26 +74,6 @@ class RelabelConfig:
         return cls(epochs=epochs or preset.relabel_epochs, batch_size=preset.relabel_batch_size,
                    crop_scale=tuple(preset.relabel_crop_scale), topk=preset.soft_label_topk,
                    teacher_mode=teacher_mode, seed=seed, epochs_per_shard=epochs_per_shard)
-
-
-# --- the set's images -------------------------------------------------------------------------
-
-def load_set_images(images_dir: Path, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-    """A build's images in canonical order (sorted by (label, ipc_id)): uint8 (N, C, H, W), labels, ids."""
-    images_dir = Path(images_dir)
-    entries = []
-    if images_dir.is_dir():
-        for class_dir in images_dir.iterdir():
-            if class_dir.is_dir() and class_dir.name.isdigit():
-                for png in class_dir.glob("*.png"):
-                    if png.stem.isdigit():
-                        entries.append((int(class_dir.name), int(png.stem), png))
-    if not entries:
-        raise FileNotFoundError(f"no images in {images_dir}; run the recover stage first")
-    entries.sort(key=lambda e: (e[0], e[1]))
-    images = torch.stack([load_png(path, channels) for _, _, path in entries])
-    labels = torch.tensor([label for label, _, _ in entries], dtype=torch.long)
-    return images, labels, [(label, ipc_id) for label, ipc_id, _ in entries]
 
 
 # --- plans and teachers -----------------------------------------------------------------------
@@ -118,8 +99,7 @@ def teacher_mode(models: Sequence[nn.Module], mode: str):
     off, so outputs are reproducible), with momentum 0 so the running statistics stay put; every
     buffer is restored afterwards anyway. ``eval``: plain eval mode.
     """
-    if mode not in TEACHER_MODES:
-        raise ValueError(f"teacher mode must be one of {TEACHER_MODES}, got {mode!r}")
+    one_of("teacher mode", mode, TEACHER_MODES)
     saved_training = [(m, m.training) for model in models for m in model.modules()]
     saved_buffers = [{k: v.detach().clone() for k, v in model.named_buffers()} for model in models]
     bns = list(_batchnorms(models))
@@ -310,42 +290,37 @@ def _deterministic():
 
 # --- the build stage ----------------------------------------------------------------------------
 
-def stage_relabel(preset: Preset, options, device: torch.device, epochs: int | None = None,
-                  teacher_mode_name: str = "train", epochs_per_shard: int | None = None) -> dict:
+def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_name: str = "train",
+                  epochs_per_shard: int | None = None) -> dict:
     """Relabel a build's images with its teachers into ``<build>/soft_labels`` (resumable)."""
-    from .build import BuildDirectory, BuildError, load_teachers, stage_teacher, weights_by_name
-
-    build = BuildDirectory(options.directory)
+    build, options, preset = ctx.directory, ctx.options, ctx.preset
     expected = preset.num_classes * options.ipc
-    found = sum(1 for _ in build.images.glob("*/*.png")) if build.images.is_dir() else 0
+    found = len(build.scan_images())
     if found != expected:
         raise BuildError(f"{build.images} holds {found} of {expected} images; finish the recover stage "
                          f"(`fadrm-build recover {preset.name} --ipc {options.ipc}`) before relabelling")
     start = time.perf_counter()
-    records = stage_teacher(preset, options, device, announce=False)  # the random-real baseline has none yet
-    models = load_teachers(preset, options, device)
-    names = list(options.teacher_names(preset))
-    teacher_ids = [f"{name}@{weights}" for name, weights in weights_by_name(records, names).items()]
-    images, labels, _ = load_set_images(build.images, preset.channels)
+    teacher_ids = [f"{name}@{weights}" for name, weights in ctx.teachers.weights_ids().items()]
+    images, labels, _ = build.load_images(preset.channels)
     config = RelabelConfig.from_preset(preset, epochs=epochs, teacher_mode=teacher_mode_name, seed=options.seed,
                                        epochs_per_shard=epochs_per_shard)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    index = write_soft_labels(models, teacher_ids, images, preset, build.soft_labels, config, device, rank, world)
+    index = write_soft_labels(ctx.teachers.modules(), teacher_ids, images, preset, build.soft_labels, config,
+                              ctx.device, rank, world)
     seconds = round(time.perf_counter() - start, 2)
     total = sum(s.get("bytes", 0) for s in index["shards"])
-    record = {"epochs": config.epochs, "teacher_mode": config.teacher_mode, "teachers": names,
+    record = {"epochs": config.epochs, "teacher_mode": config.teacher_mode, "teachers": list(ctx.teachers.names),
               "batch_size": config.batch_size, "crop_scale": list(config.crop_scale), "topk": index["topk"],
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
               "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
               "complete": index["complete"], "seconds": seconds}
     build.record_stage("relabel", record)
     if "teachers" not in build.read_manifest():
-        build.update_manifest(teachers=records, teachers_dir=str(options.teachers_dir))
+        ctx.record_teachers()
     log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),
              total / 1e6, seconds, build.soft_labels)
     return record
 
 
 __all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "choose_epochs_per_shard", "epoch_bytes", "epoch_plan",
-           "load_set_images", "relabel_epoch", "shard_ranges", "stage_relabel", "teacher_logits", "teacher_mode",
-           "write_soft_labels"]
+           "relabel_epoch", "shard_ranges", "stage_relabel", "teacher_logits", "teacher_mode", "write_soft_labels"]

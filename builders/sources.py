@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fadrm_datasets._checks import one_of
+from fadrm_datasets.registry import FASHION_MNIST_CLASSES
+
 from .presets import Preset
 
 
@@ -77,10 +80,6 @@ def _resize_center_crop(img, size: int):
 # ---------------------------------------------------------------------------------------------
 # Fashion-MNIST: Debian's dataset-fashion-mnist, a torchvision-style raw folder, or a download.
 
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -133,7 +132,7 @@ def load_fashion_mnist(root: Path, split: str, download: bool) -> TensorImages:
         return load_fashion_mnist(root, split, download=False)
     x = torch.from_numpy(read_idx(images).copy()).unsqueeze(1)
     y = torch.from_numpy(read_idx(labels).astype(np.int64))
-    return TensorImages(x, y, FASHION_MNIST_CLASSES)
+    return TensorImages(x, y, list(FASHION_MNIST_CLASSES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +268,7 @@ def validation_indices(num_train: int, size: int) -> torch.Tensor:
 
 
 SPLITS = ("train", "test", "val", "distill")
+EVAL_SPLITS = ("test", "val")  # what a student is measured on: the real test split, or the held-out validation
 
 
 def load_split(preset: Preset, root: Path | str, split: str, download: bool = False) -> Dataset:
@@ -278,8 +278,7 @@ def load_split(preset: Preset, root: Path | str, split: str, download: bool = Fa
     images held out for choosing settings, and ``distill`` the training images without them (the
     pool that patches and random-real subsets are drawn from).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    one_of("split", split, SPLITS)
     if split == "val" and preset.validation_size <= 0:
         raise ValueError(f"the {preset.name} preset holds out no validation split; use the test split")
     root = root if str(root).startswith("hf:") else Path(root)
@@ -292,3 +291,7 @@ def load_split(preset: Preset, root: Path | str, split: str, download: bool = Fa
     keep = torch.ones(len(data), dtype=torch.bool)
     keep[held_out] = False
     return SplitView(data, torch.nonzero(keep).flatten())
+
+
+__all__ = ["DataNotFoundError", "EVAL_SPLITS", "FileImages", "HFImages", "SOURCES", "SPLITS", "SplitView", "TensorImages",
+           "load_split", "read_idx", "validation_indices"]

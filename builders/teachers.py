@@ -1,7 +1,8 @@
 """Teachers: pretrained torchvision weights, a user's weights file, or trained here and cached.
 
 Weights are stored as safetensors with the architecture, dataset and test accuracy in the
-file's metadata, so a cached teacher explains itself and never needs unpickling.
+file's metadata, so a cached teacher explains itself and never needs unpickling. A build decides
+its teachers once (:func:`resolve_teachers`) and hands the :class:`TeacherSet` to every stage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, safetensors_bytes
+from fadrm_datasets._io import atomic_write_bytes, cached_sha256, read_safetensors_metadata, safetensors_bytes
 
 from .imaging import normalize, random_flip, random_pad_crop
 from .models import build_model
+from .options import BuildOptions
 from .presets import Preset, TeacherRecipe
 from .progress import progress
+from .sources import load_split
 
 log = logging.getLogger(__name__)
 
@@ -99,28 +103,14 @@ def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_teacher(preset: Preset, name: str, teachers_dir: Path, weights: Path | None = None,
-                 device: str | torch.device = "cpu", ipc: int = 1) -> nn.Module:
-    """The teacher ``name`` of a set with ``ipc`` images per class, in eval mode with frozen parameters.
-
-    Looks, in order, at ``weights`` (an explicit file), the cache in ``teachers_dir``, and
-    (for presets without a training recipe) torchvision's pretrained ImageNet weights.
-    """
+def load_teacher(preset: Preset, name: str, weights: Path | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """The teacher ``name`` for ``preset``, in eval mode with frozen parameters: the weights in the file
+    ``weights`` (.safetensors, or a .pth state dict), or torchvision's pretrained ones when None."""
     model = build_model(name, preset.num_classes, preset.channels, preset.image_size)
-    cached = teacher_path(teachers_dir, name, preset, ipc)
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise TeacherError(f"teacher weights file {weights} does not exist")
-        state = _load_state(Path(weights))
-    elif cached.is_file():
-        state = _load_state(cached)
-    elif preset.teacher_recipe is None:
-        state = _pretrained_state(name)
-    else:
-        raise TeacherError(
-            f"no trained teacher {name!r} for {preset.name} in {teachers_dir}; "
-            f"run `fadrm-build teacher {preset.name} --ipc {ipc}` or pass --teacher-weights PATH"
-        )
+    if weights is not None and not Path(weights).is_file():
+        raise TeacherError(f"teacher weights file {weights} does not exist")
+    state = _load_state(Path(weights)) if weights is not None else _pretrained_state(name)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -128,6 +118,95 @@ def load_teacher(preset: Preset, name: str, teachers_dir: Path, weights: Path | 
         raise TeacherError(f"weights do not fit {name!r} for {preset.name}: {first}") from None
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+# --- the build's teachers, decided once -------------------------------------------------------
+
+@dataclass
+class Teacher:
+    """One teacher of a build: where its weights come from, and what the manifest records of it."""
+
+    name: str
+    weights: Path | None  # the weights file; None: torchvision's pretrained weights
+    record: dict  # "source", and for files their "sha256" (+ what training recorded)
+
+    @property
+    def weights_id(self) -> str:
+        """What identifies the weights, so that work made with other weights is never resumed."""
+        return self.record.get("sha256") or self.record["source"]
+
+
+class TeacherSet:
+    """A build's teachers (FADRM: one; FADRM+: several, cycled), each loaded once on first use."""
+
+    def __init__(self, preset: Preset, teachers: list[Teacher], device: torch.device):
+        self.preset = preset
+        self.teachers = teachers
+        self.device = device
+        self._modules: list[nn.Module] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.teachers)
+
+    def weights_ids(self, count: int | None = None) -> dict[str, str]:
+        """name -> weights id of the first ``count`` teachers (all by default)."""
+        return {t.name: t.weights_id for t in self.teachers[:count]}
+
+    def records(self) -> dict[str, dict]:
+        return {t.name: t.record for t in self.teachers}
+
+    def modules(self) -> list[nn.Module]:
+        if self._modules is None:
+            self._modules = [load_teacher(self.preset, t.name, t.weights, self.device) for t in self.teachers]
+        return self._modules
+
+
+def resolve_teachers(preset: Preset, options: BuildOptions, device: torch.device,
+                     retrain: bool = False) -> TeacherSet:
+    """Decide each teacher of a build once: the user's weights file, torchvision's pretrained weights
+    (presets without a training recipe), or trained with the preset's recipe and cached in
+    ``options.teachers_dir`` (trained now when missing, or when ``retrain``)."""
+    names = options.teacher_names(preset)
+    for name in names:  # fail on a bad name before any download or training
+        build_model(name, preset.num_classes, preset.channels, preset.image_size)
+    teachers = []
+    for name in names:
+        if options.teacher_weights:
+            path = Path(options.teacher_weights)
+            if not path.is_file():
+                raise TeacherError(f"teacher weights file {path} does not exist")
+            teachers.append(Teacher(name, path, {"source": str(path), "sha256": cached_sha256(path)}))
+        elif preset.teacher_recipe is None:
+            teachers.append(Teacher(name, None, {"source": f"torchvision:{name}"}))
+        else:
+            path = _cached_or_trained(preset, options, device, name, retrain)
+            teachers.append(Teacher(name, path, {"source": str(path), "sha256": cached_sha256(path),
+                                                 **read_teacher_metadata(path)}))
+    resolved = TeacherSet(preset, teachers, device)
+    resolved.modules()  # given and pretrained weights are checked (and downloaded) before any work
+    return resolved
+
+
+def _cached_or_trained(preset: Preset, options: BuildOptions, device: torch.device, name: str,
+                       retrain: bool) -> Path:
+    path = teacher_path(options.teachers_dir, name, preset, options.ipc)
+    if path.is_file() and not retrain:
+        meta = read_teacher_metadata(path)
+        check_cached_recipe(path, meta, preset, options.ipc)
+        log.info("teacher %s: cached at %s (test top-1 %s %%)", name, path, meta.get("test_top1"))
+        return path
+    recipe_preset = preset.for_ipc(options.ipc)
+    log.info("teacher %s: training with the %s recipe (%d epochs)", name, preset.name,
+             recipe_preset.teacher_recipe.epochs)
+    train = load_split(preset, options.data_root, "train", options.download)
+    test = load_split(preset, options.data_root, "test", options.download)
+    model, metrics = train_teacher(recipe_preset, name, train, test, seed=options.seed, device=device)
+    save_teacher(path, model, {"arch": name, "dataset": preset.name, "test_top1": f"{metrics['top1']:.2f}",
+                               "test_top5": f"{metrics['top5']:.2f}", "epochs": metrics["epochs"],
+                               "seed": options.seed, "seconds": metrics["seconds"],
+                               "recipe": recipe_metadata(recipe_preset.teacher_recipe)})
+    return path
 
 
 @torch.no_grad()
@@ -148,14 +227,12 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, preset: Preset, device
     return {f"top{k}": 100.0 * correct[k] / total for k in topk}
 
 
-def _optimizer(recipe, params):
+def _optimizer(recipe: TeacherRecipe, params):
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                weight_decay=recipe.weight_decay, nesterov=True)
-    if recipe.optimizer in ("adam", "adamw"):
-        cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
-        return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    cls = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW  # the recipe checked the name
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed: int = 0,
@@ -199,3 +276,8 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
              epochs, metrics["seconds"])
     model.eval().requires_grad_(False)
     return model, metrics
+
+
+__all__ = ["Teacher", "TeacherError", "TeacherSet", "check_cached_recipe", "evaluate_accuracy", "load_teacher",
+           "read_teacher_metadata", "recipe_metadata", "resolve_teachers", "save_teacher", "teacher_path",
+           "train_teacher"]

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .sets import (FADRMCIFAR100, FADRMDataset, FADRMFashionMNIST, FADRMImageNet,  # noqa: E402
-                   FADRMTinyImageNet)
+                   FADRMTinyImageNet, SetNotFoundError)
 
 __all__ = ["FADRMCIFAR100", "FADRMDataset", "FADRMFashionMNIST", "FADRMImageNet", "FADRMTinyImageNet",
-           "__version__"]
+           "SetNotFoundError", "__version__"]

@@ -1,4 +1,4 @@
-"""File helpers shared by the library and the builders: atomic writes and hashing."""
+"""File helpers shared by the library and the builders: atomic writes, hashing, safetensors metadata."""
 
 from __future__ import annotations
 
@@ -35,6 +35,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A build rewrites its manifest after every stage; within one process, a file whose size and
+# mtime did not change since it was last hashed is not read again.
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file this process writes or checks repeatedly (keyed by path, size and mtime)."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
 
 
 # safetensors stores metadata in a hash map whose order changes from run to run; one JSON

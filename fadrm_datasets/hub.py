@@ -20,13 +20,15 @@ import os
 from pathlib import Path
 
 from ._io import atomic_write_json, sha256_file
+from .layout import MANIFEST, ipc_of, ipc_prefix, read_json_object
 from .registry import newest_version, parse_version
 
 log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
-MANIFEST = "manifest.json"
 _STAMPS = ".fadrm-verified.json"
+# Where sets are kept when no root is given: like HF_HOME for the Hub's own cache.
+CACHE_ENV = "FADRM_DATASETS_CACHE"
 
 
 class HubError(RuntimeError):
@@ -59,6 +61,15 @@ class NotDownloadedError(HubError, FileNotFoundError):
 
 # --- paths and manifests -------------------------------------------------------------------------
 
+def default_root() -> Path:
+    """The per-user folder that holds downloaded sets: ``$FADRM_DATASETS_CACHE``, else
+    ``$XDG_CACHE_HOME/fadrm_datasets``, else ``~/.cache/fadrm_datasets``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "fadrm_datasets"
+
+
 def repo_dir(root: str | os.PathLike, repo_id: str) -> Path:
     return Path(root) / repo_id.replace("/", "--")
 
@@ -67,24 +78,15 @@ def version_dir(root: str | os.PathLike, repo_id: str, version: str) -> Path:
     return repo_dir(root, repo_id) / version
 
 
-def ipc_prefix(ipc: int) -> str:
-    return f"ipc{ipc}/"
-
-
 def read_manifest(directory: Path) -> dict:
-    return json.loads((Path(directory) / MANIFEST).read_text())
+    return read_json_object(Path(directory) / MANIFEST)
 
 
 def published_ipcs(manifest: dict) -> list[int]:
     """The IPCs a repo manifest holds (``"ipcs"`` keys, else ``ipc<N>/`` prefixes of its files)."""
     if manifest.get("ipcs"):
         return sorted(int(k) for k in manifest["ipcs"])
-    found = set()
-    for path in manifest.get("files", {}):
-        head = path.split("/", 1)[0]
-        if head.startswith("ipc") and head[3:].isdigit() and "/" in path:
-            found.add(int(head[3:]))
-    return sorted(found)
+    return sorted({ipc for path in manifest.get("files", {}) if (ipc := ipc_of(path)) is not None})
 
 
 def ipc_files(manifest: dict, ipc: int) -> dict[str, str]:
@@ -310,6 +312,6 @@ def _refetch(repo_id: str, version: str, dest: Path, manifest: dict, bad: list[s
             "the published version is broken: report it, or pick another version=")
 
 
-__all__ = ["HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
-           "RepoNotFoundError", "VersionNotFoundError", "fetch", "ipc_files", "list_versions", "local_versions",
+__all__ = ["CACHE_ENV", "HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
+           "RepoNotFoundError", "VersionNotFoundError", "default_root", "fetch", "ipc_files", "list_versions", "local_versions",
            "published_ipcs", "read_manifest", "resolve_version", "verify_files", "version_dir"]

@@ -35,6 +35,7 @@ CIFAR100_CLASSES = tuple(
     "willow_tree wolf woman worm".split()
 )
 
+
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
 
@@ -108,8 +109,6 @@ class SetInfo:
 
     @property
     def classes(self) -> list[str] | None:
-        if self.class_names is None and self.name == "imagenet":
-            return list(_imagenet_classes())
         return list(self.class_names) if self.class_names is not None else None
 
     def replace(self, **changes) -> "SetInfo":
@@ -127,7 +126,7 @@ TINY_IMAGENET = SetInfo(
 )
 IMAGENET = SetInfo(
     name="imagenet", display_name="ImageNet-1K", repo_name="fadrm-imagenet", num_classes=1000, channels=3,
-    image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, license="other",
+    image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, license="other", class_names=_imagenet_classes(),
 )
 FASHION_MNIST = SetInfo(
     name="fashion-mnist", display_name="Fashion-MNIST", repo_name="fadrm-fashion-mnist", num_classes=10,
@@ -164,6 +163,6 @@ def register(info: SetInfo) -> SetInfo | None:
     return previous
 
 
-__all__ = ["DEFAULT_ORG", "ORG_ENV", "SETS", "SetInfo", "UnknownSetError", "find_by_repo", "get_set", "hub_org",
+__all__ = ["CIFAR100_CLASSES", "DEFAULT_ORG", "FASHION_MNIST_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "ORG_ENV", "SETS", "SetInfo", "UnknownSetError", "find_by_repo", "get_set", "hub_org",
            "newest_version", "parse_version", "register", "unique_names", "CIFAR100", "TINY_IMAGENET",
            "IMAGENET", "FASHION_MNIST"]

@@ -1,18 +1,18 @@
 """The distilled sets as torchvision datasets.
 
-``FADRMCIFAR100(root, ipc=10, download=True)`` fetches the pinned version of the set from the Hub
-(see :mod:`fadrm_datasets.hub`), checks it, and yields ``(PIL image, label)`` like any torchvision
-dataset. ``FADRMDataset(root, repo_id=...)`` does the same for any repo in the published layout,
-and ``FADRMDataset.from_build(path)`` reads a local build directory with no download at all.
+``FADRMImageNet(ipc=10, download=True)`` fetches the pinned version of the set from the Hub (see
+:mod:`fadrm_datasets.hub`) into the per-user cache (or under ``root``), checks it, and yields
+``(PIL image, label)`` like any torchvision dataset. ``FADRMDataset(root, repo_id=...)`` does the
+same for any repo in the published layout, and ``FADRMDataset.from_build(path)`` reads a local
+build directory with no download at all, checking its files against the build's manifest.
 
 Samples are always in the canonical order: sorted by (label, ipc_id). Published sets are read from
-their parquet shards (needs ``pyarrow``); build directories from their PNG files.
+their parquet shards; build directories from their PNG files (:mod:`fadrm_datasets.layout`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -20,30 +20,20 @@ from typing import Any, Callable, ClassVar
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
-from . import hub
+from . import hub, layout
 from ._io import sha256_file
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
 from .registry import SetInfo, find_by_repo, get_set
-
-SOFT_LABELS = "soft_labels"
 
 
 class SetNotFoundError(HubError, FileNotFoundError):
     """A set is neither on disk nor asked to be downloaded."""
 
 
-def _pyarrow():
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError("reading a published set needs pyarrow: `pip install pyarrow` "
-                          "(or load a local build directory with build_dir=, which needs only PNG files)") from None
-    return pq
-
-
 def _read_parquet(paths: list[Path]) -> list[tuple[int, int, bytes]]:
-    pq = _pyarrow()
+    import pyarrow.parquet as pq
+
     rows = []
     for path in paths:
         table = pq.read_table(path, columns=["image", "label", "ipc_id"])
@@ -57,7 +47,8 @@ class FADRMDataset(VisionDataset):
     """A FADRM-distilled image set: published on the Hub (``repo_id``) or a local build (``build_dir``).
 
     Args:
-        root: where downloaded versions are kept (``<root>/<org>--<name>/<version>/``).
+        root: where downloaded versions are kept (``<root>/<org>--<name>/<version>/``); None: the
+            per-user cache, ``$FADRM_DATASETS_CACHE`` or ``~/.cache/fadrm_datasets``.
         repo_id: the Hub dataset repo; the flat subclasses (``FADRMCIFAR100``...) fill it in.
         ipc: images per class of the published set to use.
         version: a release tag such as ``"v1.0.0"``; None: the set's pinned default, or else the
@@ -71,7 +62,7 @@ class FADRMDataset(VisionDataset):
 
     set_name: ClassVar[str | None] = None  # registry key of the flat subclasses
 
-    def __init__(self, root: str | os.PathLike | None, repo_id: str | None = None, ipc: int = 10,
+    def __init__(self, root: str | os.PathLike | None = None, repo_id: str | None = None, ipc: int = 10,
                  version: str | None = None, transform: Callable | None = None,
                  target_transform: Callable | None = None, download: bool = False, soft_labels: bool = False,
                  build_dir: str | os.PathLike | None = None) -> None:
@@ -81,6 +72,7 @@ class FADRMDataset(VisionDataset):
         self.info: SetInfo | None = get_set(self.set_name) if self.set_name else None
         self.ipc = ipc
         self.build_dir = Path(build_dir) if build_dir is not None else None
+        self._with_soft_labels = soft_labels
         self.soft_label_store = None
         self._png: list[bytes] | None = None
         self._files: list[Path] | None = None
@@ -98,11 +90,9 @@ class FADRMDataset(VisionDataset):
     @classmethod
     def from_build(cls, path: str | os.PathLike, **kwargs: Any) -> "FADRMDataset":
         """The set in a local build directory (no Hub, no download); ``ipc`` comes from its manifest."""
-        manifest_path = Path(path) / hub.MANIFEST
         ipc = kwargs.pop("ipc", None)
-        if ipc is None and manifest_path.is_file():
-            ipc = json.loads(manifest_path.read_text()).get("ipc")
-        kwargs.setdefault("root", None)
+        if ipc is None:
+            ipc = layout.BuildDirectory(path).read_manifest().get("ipc")
         if cls.set_name is None:
             kwargs.setdefault("repo_id", None)
         return cls(ipc=ipc or 10, build_dir=path, **kwargs)
@@ -114,7 +104,7 @@ class FADRMDataset(VisionDataset):
                                  "or use one of FADRMCIFAR100, FADRMTinyImageNet, FADRMImageNet, FADRMFashionMNIST")
             repo_id = self.info.repo_id
         if self.root is None:
-            raise ValueError("root is required for a published set (downloaded versions are kept under it)")
+            self.root = str(hub.default_root())
         self.info = self.info or find_by_repo(repo_id)
         self.repo_id = repo_id
         pinned = self.info.default_version if self.info is not None else None
@@ -127,8 +117,7 @@ class FADRMDataset(VisionDataset):
         manifest = hub.read_manifest(directory)
         self.manifest = manifest
         self._verify_files = hub.ipc_files(manifest, self.ipc)
-        self._shards = sorted(p for p in self._verify_files
-                              if p.startswith(f"ipc{self.ipc}/train-") and p.endswith(".parquet"))
+        self._shards = sorted(p for p in self._verify_files if layout.is_parquet_shard(p, self.ipc))
         if not self._shards:
             raise IntegrityError(f"{repo_id} {self.version} lists no ipc{self.ipc}/train-*.parquet in its manifest")
         ipc_info = manifest.get("ipcs", {}).get(str(self.ipc), {})
@@ -141,11 +130,11 @@ class FADRMDataset(VisionDataset):
                 f"`fadrm-build {name} --ipc {self.ipc}` and pass build_dir=<the build directory>.")
 
     def _open_build(self) -> None:
-        manifest_path = self.build_dir / hub.MANIFEST
-        if not manifest_path.is_file():
-            raise SetNotFoundError(f"no build directory at {self.build_dir} (no {hub.MANIFEST}); "
+        build = layout.BuildDirectory(self.build_dir)
+        if not build.manifest_path.is_file():
+            raise SetNotFoundError(f"no build directory at {self.build_dir} (no {layout.MANIFEST}); "
                                    f"{self._how_to_get()}")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = build.read_manifest()
         self.manifest = manifest
         if manifest.get("ipc") is not None and int(manifest["ipc"]) != self.ipc:
             raise ValueError(f"{self.build_dir} holds ipc={manifest['ipc']}, not ipc={self.ipc}; pass "
@@ -156,11 +145,17 @@ class FADRMDataset(VisionDataset):
             except KeyError:
                 self.info = None
         self.data_dir = self.build_dir
-        self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith("images/")}
+        # The files the set is made of: its images, and its soft labels when asked for.
+        wanted = (layout.IMAGES + "/", layout.SOFT_LABELS + "/") if self._with_soft_labels else (layout.IMAGES + "/",)
+        self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith(wanted)}
         self._configure(manifest, manifest.get("preset", {}))
         self._load()
+        if not self._check_integrity():
+            raise IntegrityError(f"the files of {self.build_dir} do not match the sha256 in its {layout.MANIFEST}: "
+                                 "rerun the stage that wrote them (`fadrm-build ...` resumes) before using the set")
 
     def _configure(self, manifest: dict, preset: dict) -> None:
+        """The set's classes, geometry and normalisation: the manifest's, else the registry's."""
         info = self.info
         num_classes = preset.get("num_classes") or (info.num_classes if info else None)
         classes = manifest.get("classes") or (info.classes if info else None)
@@ -168,6 +163,9 @@ class FADRMDataset(VisionDataset):
             if num_classes is None:
                 raise IntegrityError("the manifest names neither the classes nor their number")
             classes = [str(i) for i in range(num_classes)]
+        if info is not None and len(classes) != info.num_classes:
+            raise IntegrityError(f"{self.build_dir or self.repo_id} holds {len(classes)} classes, not the "
+                                 f"{info.num_classes} of {info.display_name}; open it with FADRMDataset instead")
         self.classes = list(classes)
         self.channels = int(preset.get("channels") or (info.channels if info else 3))
         self.image_size = int(preset.get("image_size") or (info.image_size if info else 0)) or None
@@ -177,17 +175,12 @@ class FADRMDataset(VisionDataset):
     def _load(self) -> None:
         """Read labels, ipc ids and the encoded images, sorted by (label, ipc_id)."""
         if self.build_dir is not None:
-            rows = []
-            images = self.build_dir / "images"
-            for class_dir in sorted(images.iterdir()) if images.is_dir() else ():
-                if class_dir.is_dir() and class_dir.name.isdigit():
-                    for png in sorted(class_dir.glob("*.png")):
-                        if png.stem.isdigit():
-                            rows.append((int(class_dir.name), int(png.stem), png))
-            if not rows:
-                raise SetNotFoundError(f"{images} holds no images; run the build (`fadrm-build ...`) first")
-            rows.sort(key=lambda r: (r[0], r[1]))
-            self._files = [r[2] for r in rows]
+            entries = layout.scan_images(self.build_dir / layout.IMAGES)
+            if not entries:
+                raise SetNotFoundError(f"{self.build_dir / layout.IMAGES} holds no images; run the build "
+                                       "(`fadrm-build ...`) first")
+            rows = [(e.label, e.ipc_id, e.path) for e in entries]
+            self._files = [e.path for e in entries]
         else:
             rows = _read_parquet([self.data_dir / p for p in self._shards])
             rows.sort(key=lambda r: (r[0], r[1]))
@@ -201,9 +194,9 @@ class FADRMDataset(VisionDataset):
         from .softlabels import SoftLabelStore
 
         if self.build_dir is not None:
-            directory = self.build_dir / SOFT_LABELS
+            directory = self.build_dir / layout.SOFT_LABELS
         else:
-            directory = self.data_dir / f"ipc{self.ipc}" / SOFT_LABELS
+            directory = self.data_dir / layout.repo_soft_labels(self.ipc)
         if not directory.is_dir():
             where = f"{self.repo_id} {self.version}" if self.build_dir is None else str(self.build_dir)
             raise SetNotFoundError(f"{where} ipc{self.ipc} has no soft labels ({directory} is missing); "
@@ -228,7 +221,7 @@ class FADRMDataset(VisionDataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         with Image.open(self._encoded(index)) as img:
-            image = img.convert("L" if self.channels == 1 else "RGB")
+            image = img.convert(layout.image_mode(self.channels))
         target = self.targets[index]
         if self.transform is not None:
             image = self.transform(image)
@@ -245,16 +238,14 @@ class FADRMDataset(VisionDataset):
 
     def images_uint8(self):
         """Every image as one uint8 tensor (N, C, H, W) in the canonical order."""
-        import numpy as np
-        import torch
-
         if getattr(self, "_uint8", None) is None:
-            arrays = []
-            for index in range(len(self)):
-                with Image.open(self._encoded(index)) as img:
-                    array = np.asarray(img.convert("L" if self.channels == 1 else "RGB"), dtype=np.uint8)
-                arrays.append(array[:, :, None] if array.ndim == 2 else array)
-            self._uint8 = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+            if self._files is not None:
+                sources = self._files
+            else:
+                if self._png is None:
+                    self._load()
+                sources = self._png
+            self._uint8 = layout.stack_images(sources, self.channels)
         return self._uint8
 
     def soft_label_loader(self, epoch: int, num_workers: int = 0, **kwargs: Any):
@@ -271,14 +262,8 @@ class FADRMDataset(VisionDataset):
 
     @property
     def soft_label_epochs(self) -> int | None:
-        store = self.soft_label_store
-        if store is None:
-            return None
-        for name in ("epochs", "num_epochs"):
-            value = getattr(store, name, None)
-            if value is not None:
-                return value if isinstance(value, int) else len(value)
-        return None
+        """Relabel epochs stored with the set (None when opened without soft labels)."""
+        return self.soft_label_store.epochs if self.soft_label_store is not None else None
 
     def _check_integrity(self) -> bool:
         """Hash every file of this set again and compare with the manifest's sha256."""
@@ -301,51 +286,47 @@ class FADRMDataset(VisionDataset):
 
 
 class _RegisteredSet(FADRMDataset):
-    """A set from the registry: torchvision's signature, ``root`` then ``ipc``, no repo id."""
+    """A set from the registry: torchvision's signature (``root`` first, optional), no repo id.
 
-    def __init__(self, root, ipc: int = 10, version: str | None = None, transform=None, target_transform=None,
-                 download: bool = False, soft_labels: bool = False, build_dir=None) -> None:
+    Its constants (classes where known, channels, image size, mean, std) are class attributes taken
+    from :mod:`fadrm_datasets.registry`, the one place they are written.
+    """
+
+    def __init_subclass__(cls, set_name: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = get_set(set_name)
+        cls.set_name = set_name
+        cls.classes = info.classes  # None for Tiny-ImageNet: its WordNet ids come with the set
+        cls.num_classes, cls.channels, cls.image_size = info.num_classes, info.channels, info.image_size
+        cls.mean, cls.std = info.mean, info.std
+
+    def __init__(self, root: str | os.PathLike | None = None, ipc: int = 10, version: str | None = None,
+                 transform: Callable | None = None, target_transform: Callable | None = None,
+                 download: bool = False, soft_labels: bool = False,
+                 build_dir: str | os.PathLike | None = None) -> None:
         super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
 
 
-class FADRMCIFAR100(_RegisteredSet):
+class FADRMCIFAR100(_RegisteredSet, set_name="cifar100"):
     """FADRM-distilled CIFAR-100: 100 classes of 32x32 RGB images."""
 
-    set_name = "cifar100"
-    repo_name = "fadrm-cifar100"
-    classes = get_set("cifar100").classes
-    num_classes, channels, image_size = 100, 3, 32
-    mean, std = get_set("cifar100").mean, get_set("cifar100").std
 
-
-class FADRMTinyImageNet(_RegisteredSet):
+class FADRMTinyImageNet(_RegisteredSet, set_name="tiny-imagenet"):
     """FADRM-distilled Tiny-ImageNet: 200 classes (WordNet ids) of 64x64 RGB images."""
 
-    set_name = "tiny-imagenet"
-    repo_name = "fadrm-tiny-imagenet"
-    num_classes, channels, image_size = 200, 3, 64
-    mean, std = get_set("tiny-imagenet").mean, get_set("tiny-imagenet").std
 
-
-class FADRMImageNet(_RegisteredSet):
+class FADRMImageNet(_RegisteredSet, set_name="imagenet"):
     """FADRM-distilled ImageNet-1K: 1000 classes of 224x224 RGB images."""
 
-    set_name = "imagenet"
-    repo_name = "fadrm-imagenet"
-    num_classes, channels, image_size = 1000, 3, 224
-    mean, std = get_set("imagenet").mean, get_set("imagenet").std
 
-
-class FADRMFashionMNIST(_RegisteredSet):
+class FADRMFashionMNIST(_RegisteredSet, set_name="fashion-mnist"):
     """FADRM-distilled Fashion-MNIST: 10 classes of 28x28 grayscale images."""
 
-    set_name = "fashion-mnist"
-    repo_name = "fadrm-fashion-mnist"
-    classes = get_set("fashion-mnist").classes
-    num_classes, channels, image_size = 10, 1, 28
-    mean, std = get_set("fashion-mnist").mean, get_set("fashion-mnist").std
 
+# The flat class of each registered set, by its registry name (the card's code sample names it).
+SET_CLASSES: dict[str, type[FADRMDataset]] = {
+    cls.set_name: cls for cls in (FADRMCIFAR100, FADRMTinyImageNet, FADRMImageNet, FADRMFashionMNIST)}
 
 __all__ = ["FADRMCIFAR100", "FADRMDataset", "FADRMFashionMNIST", "FADRMImageNet", "FADRMTinyImageNet",
            "HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
-           "RepoNotFoundError", "SetNotFoundError", "VersionNotFoundError"]
+           "RepoNotFoundError", "SET_CLASSES", "SetNotFoundError", "VersionNotFoundError"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from builders.build import BuildDirectory
+from fadrm_datasets.layout import BuildDirectory
 from builders.imaging import save_png
 from builders.presets import CIFAR100
 
@@ -58,9 +58,9 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
         teachers["tiny-convnet"] = {"source": str(teacher_file), "sha256": sha256_file(teacher_file),
                                     "test_top1": "91.50", "test_top5": "99.90", "arch": "tiny-convnet"}
     if soft_labels:
-        from builders.relabel import RelabelConfig, load_set_images, write_soft_labels
+        from builders.relabel import RelabelConfig, write_soft_labels
 
-        images, _, _ = load_set_images(build.images, channels)
+        images, _, _ = build.load_images(channels)
         config = RelabelConfig(epochs=preset.relabel_epochs, batch_size=preset.relabel_batch_size,
                                crop_scale=preset.relabel_crop_scale, seed=seed)
         write_soft_labels([tiny_teacher(channels, num_classes)], ["tiny-convnet"], images, preset,

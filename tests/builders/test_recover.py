@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from builders.imaging import normalize, pixel_bounds
+from fadrm_datasets.layout import BuildDirectory
 from builders.models import build_model
 from builders.presets import FASHION_MNIST, IMAGENET, PRESETS
 from builders.recover import (BNStatisticsLoss, Precision, RecoverConfig, Unit, arc_merge, plan_units,
@@ -172,11 +173,12 @@ def test_unit_output_does_not_depend_on_unit_order(tmp_path):
     config = RecoverConfig.from_preset(TINY)
     patches = torch.randint(0, 256, (10, 2, 1, 28, 28), dtype=torch.uint8)
     units = plan_units(TINY, ipc=2)
-    recover_set([teacher], patches, TINY, config, tmp_path / "a", 2, seed=7, units=units)
-    recover_set([teacher], patches, TINY, config, tmp_path / "b", 2, seed=7, units=units[::-1])
+    a, b, c = (BuildDirectory(tmp_path / name) for name in "abc")
+    recover_set([teacher], patches, TINY, config, a, 2, seed=7, units=units)
+    recover_set([teacher], patches, TINY, config, b, 2, seed=7, units=units[::-1])
     # And split over two "ranks", as torchrun would.
     for rank in (1, 0):
-        recover_set([teacher], patches, TINY, config, tmp_path / "c", 2, seed=7, rank=rank, world_size=2)
+        recover_set([teacher], patches, TINY, config, c, 2, seed=7, rank=rank, world_size=2)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert len(files) == 20
     for name in files:

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import builders.relabel as relabel
-from builders.build import BuildDirectory
+from fadrm_datasets.layout import BuildDirectory
 from builders.cli import cli
 from builders.relabel import RelabelConfig, choose_epochs_per_shard, epoch_bytes, shard_ranges, teacher_mode
 from builders.teachers import save_teacher

@@ -1,0 +1,241 @@
+"""The two on-disk layouts of a distilled set, named, read and written here and nowhere else.
+
+A build directory, written by ``builders`` and read by the library (``FADRMDataset.from_build``)::
+
+    build/<dataset>/ipc<N>[-<method>]/
+      manifest.json                    # settings, seeds, code version, timings, evaluations, sha256 of every file
+      patches.safetensors              # the real patches the images started from
+      images/<label:05d>/<ipc_id:05d>.png
+      soft_labels/                     # the soft-label store (fadrm_datasets.softlabels)
+
+A published repo, one Hugging Face dataset repo per source dataset, a release per git tag::
+
+    README.md                          # the dataset card; its `configs:` name every IPC
+    manifest.json                      # sha256 of every file in the repo, classes, one record per IPC
+    ipc<N>/train-<i:05d>-of-<n:05d>.parquet
+    ipc<N>/grid.png, ipc<N>/manifest.json, ipc<N>/soft_labels/...
+    teachers/<name>.safetensors
+
+Samples are always in the canonical order: sorted by (label, ipc_id). Paths that come from a
+manifest or an index are resolved with :func:`inside` before anything is read or deleted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_json, cached_sha256
+
+MANIFEST = "manifest.json"
+IMAGES = "images"
+PATCHES = "patches.safetensors"
+SOFT_LABELS = "soft_labels"
+README = "README.md"
+GRID = "grid.png"
+TEACHERS = "teachers"
+
+_DIGITS = re.compile(r"^\d+$")
+
+
+class LayoutError(ValueError):
+    """A file of a set is malformed or names a path it may not; the message names the file."""
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+def inside(directory: str | os.PathLike, relative: str) -> Path:
+    """``directory / relative``, refused unless it resolves to a path inside ``directory``.
+
+    Every path read from a manifest, an index or a request goes through here: a published repo
+    must never make us read or delete ``../../somewhere``.
+    """
+    base = Path(directory).resolve()
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or "\\" in relative:
+        raise LayoutError(f"refusing the path {relative!r}: not a relative path inside {base}")
+    target = (base / relative).resolve()
+    if target == base or base not in target.parents:
+        raise LayoutError(f"refusing the path {relative!r}: it leaves {base}")
+    return target
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def image_name(label: int, ipc_id: int) -> str:
+    """``<label>/<ipc_id>.png``: an image's name in the set (its path under ``images/``, and in parquet)."""
+    return f"{label:05d}/{ipc_id:05d}.png"
+
+
+def image_relpath(label: int, ipc_id: int) -> str:
+    return f"{IMAGES}/{image_name(label, ipc_id)}"
+
+
+def image_mode(channels: int) -> str:
+    """The PIL mode of a set's images."""
+    return "L" if channels == 1 else "RGB"
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """uint8 (C, H, W) -> PNG bytes (grayscale for one channel)."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).cpu().numpy()
+    if array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(source: str | os.PathLike | bytes, channels: int) -> torch.Tensor:
+    """A PNG file or its bytes -> uint8 (C, H, W)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        array = np.asarray(img.convert(image_mode(channels)), dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    label: int
+    ipc_id: int
+    path: Path
+
+
+def scan_images(images_dir: str | os.PathLike) -> list[ImageEntry]:
+    """Every ``<label>/<ipc_id>.png`` under ``images_dir``, in canonical order."""
+    images_dir = Path(images_dir)
+    entries = []
+    if images_dir.is_dir():
+        for class_dir in images_dir.iterdir():
+            if class_dir.is_dir() and _DIGITS.match(class_dir.name):
+                entries += [ImageEntry(int(class_dir.name), int(png.stem), png)
+                            for png in class_dir.glob("*.png") if _DIGITS.match(png.stem)]
+    return sorted(entries, key=lambda e: (e.label, e.ipc_id))
+
+
+def stack_images(sources, channels: int) -> torch.Tensor:
+    """PNG files or bytes -> one uint8 tensor (N, C, H, W), in the given order."""
+    return torch.stack([decode_png(source, channels) for source in sources])
+
+
+# --- manifests ----------------------------------------------------------------------------------
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file that must hold an object; a clear :class:`LayoutError` naming the file otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayoutError(f"{path} is not valid JSON ({error}); rebuild or download it again") from None
+    if not isinstance(value, dict):
+        raise LayoutError(f"{path} holds a JSON {type(value).__name__}, not an object; rebuild or download it again")
+    return value
+
+
+class BuildDirectory:
+    """Paths and manifest of one build (``build/<dataset>/ipc<N>``)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.images = self.root / IMAGES
+        self.soft_labels = self.root / SOFT_LABELS
+        self.patches = self.root / PATCHES
+        self.manifest_path = self.root / MANIFEST
+
+    def image_path(self, label: int, ipc_id: int) -> Path:
+        return self.root / image_relpath(label, ipc_id)
+
+    def scan_images(self) -> list[ImageEntry]:
+        return scan_images(self.images)
+
+    def load_images(self, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """The images in canonical order: uint8 (N, C, H, W), labels int64 (N,), (label, ipc_id) ids."""
+        entries = self.scan_images()
+        if not entries:
+            raise FileNotFoundError(f"no images in {self.images}; run the recover stage first")
+        images = stack_images([e.path for e in entries], channels)
+        labels = torch.tensor([e.label for e in entries], dtype=torch.long)
+        return images, labels, [(e.label, e.ipc_id) for e in entries]
+
+    def read_manifest(self) -> dict:
+        """The manifest, or ``{}`` before the first stage wrote one."""
+        return read_json_object(self.manifest_path) if self.manifest_path.is_file() else {}
+
+    def update_manifest(self, **sections) -> dict:
+        """Merge ``sections`` into the manifest and record the sha256 of every file now present."""
+        manifest = self.read_manifest()
+        manifest.update(sections)
+        manifest["files"] = self.file_hashes()
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
+
+    def record_stage(self, stage: str, record: dict) -> dict:
+        stages = self.read_manifest().get("stages", {})
+        stages[stage] = record
+        return self.update_manifest(stages=stages)
+
+    def file_hashes(self) -> dict[str, str]:
+        hashes = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+                hashes[path.relative_to(self.root).as_posix()] = cached_sha256(path)
+        return hashes
+
+
+# --- the published repo -------------------------------------------------------------------------
+
+def ipc_dir(ipc: int) -> str:
+    return f"ipc{ipc}"
+
+
+def ipc_prefix(ipc: int) -> str:
+    return f"ipc{ipc}/"
+
+
+def parquet_shard(ipc: int, index: int, count: int) -> str:
+    return f"{ipc_prefix(ipc)}train-{index:05d}-of-{count:05d}.parquet"
+
+
+def parquet_pattern(ipc: int) -> str:
+    """The glob of an IPC's parquet shards, as the card's ``configs:`` declares it."""
+    return f"{ipc_prefix(ipc)}train-*.parquet"
+
+
+def is_parquet_shard(relative: str, ipc: int) -> bool:
+    return relative.startswith(f"{ipc_prefix(ipc)}train-") and relative.endswith(".parquet")
+
+
+def repo_soft_labels(ipc: int) -> str:
+    return ipc_prefix(ipc) + SOFT_LABELS
+
+
+def repo_teacher(name: str) -> str:
+    return f"{TEACHERS}/{name}.safetensors"
+
+
+def parse_ipc_dir(name: str) -> int | None:
+    """``"ipc10"`` -> 10; None for any other name."""
+    return int(name[3:]) if name.startswith("ipc") and _DIGITS.match(name[3:]) else None
+
+
+def ipc_of(relative: str) -> int | None:
+    """The IPC whose folder holds ``relative`` (``ipc10/...`` -> 10), None for other files."""
+    head, _, rest = relative.partition("/")
+    return parse_ipc_dir(head) if rest else None
+
+
+__all__ = ["BuildDirectory", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST", "PATCHES", "README",
+           "SOFT_LABELS", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name", "image_relpath", "inside",
+           "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "parquet_pattern", "parquet_shard", "parse_ipc_dir",
+           "read_json_object", "repo_soft_labels", "repo_teacher", "scan_images", "stack_images"]
