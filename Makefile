@@ -16,8 +16,11 @@ data:
 demo: install data
 	fadrm-build fashion-mnist --ipc 10 --download
 
+# lint-imports checks the layer contracts in pyproject.toml (no import circles, layers point one way).
 test: install
+	lint-imports
 	$(PYTHON) -m pytest
 
 test-all: install
+	lint-imports
 	$(PYTHON) -m pytest -m ''

@@ -1,28 +1,19 @@
 """Publish a build directory to the Hugging Face Hub as one versioned IPC config of a dataset repo.
 
-Repo layout (one dataset repo per source dataset, every IPC a config, every release a tag)::
-
-    README.md                          # rendered from builders/templates/dataset_card.md; `configs:` lists every IPC
-    manifest.json                      # sha256 of every file in the repo (README.md included) + classes, IPCs
-    ipc<N>/train-0000i-of-0000K.parquet  # image (Image), label (ClassLabel), ipc_id (int32); sorted (label, ipc_id)
-    ipc<N>/grid.png                    # one row per class (at most 100), up to 10 images each
-    ipc<N>/manifest.json               # the build manifest, verbatim (its "files" are the build directory's)
-    ipc<N>/soft_labels/...             # index.json + epochs-*.safetensors, when the build has them
-    teachers/<name>.safetensors        # teachers the build trained (pretrained torchvision ones are named only)
-
-:func:`push` stages that layout in a folder, checks the card with the Hub's YAML validator, uploads
-it in one commit (``upload_folder``; stale files of the same IPC are deleted), then tags the commit
-with the version. A version that already exists is refused unless ``force=True`` (the tag is moved).
+The repo's layout is :mod:`fadrm_datasets.layout`'s (one repo per source dataset, every IPC a
+config, every release a tag). :func:`push` stages that layout in a folder (parquet shards with the
+`datasets` features, the soft labels, the trained teachers, the card from ``cards/`` with its image
+grid, and a manifest with the sha256 of every file), checks the card with the Hub's YAML validator,
+uploads it in one commit (stale files of the same IPC are deleted), then tags the commit with the
+version. A version that already exists is refused unless ``force=True`` (the tag is moved).
 Pushing another IPC to the same repo keeps the other IPCs and merges the card's ``configs:``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
-import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,19 +24,14 @@ from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_fil
 from fadrm_datasets.hub import REPO_TYPE
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory
 from fadrm_datasets.registry import SETS, parse_version, unique_names
-from fadrm_datasets.sets import SET_CLASSES
 from fadrm_datasets.softlabels import INDEX
 
+from .card import make_grid, render_card
 from .options import BuildError
 
 log = logging.getLogger(__name__)
-# Package data (pyproject), so an installed builder can render cards, not just a checkout.
-CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the Hub's parquet guidance: shards of a few hundred MB
 ROW_GROUP_SIZE = 100  # image rows per parquet row group (what `datasets` writes for image data)
-GRID_MAX_ROWS = 100
-GRID_MAX_COLS = 10
-GRID_MAX_TILE = 64  # grid tiles of larger images are downscaled to this many pixels
 
 
 class PublishError(BuildError):
@@ -173,187 +159,6 @@ def write_parquet(contents: BuildContents, staging: Path, max_shard_bytes: int =
     return paths
 
 
-# --- grid ------------------------------------------------------------------------------------------
-
-def grid_shape(num_classes: int, ipc: int, image_size: int) -> tuple[int, int, int]:
-    """(rows, cols, tile) of the card's image grid."""
-    return min(num_classes, GRID_MAX_ROWS), min(ipc, GRID_MAX_COLS), min(image_size, GRID_MAX_TILE)
-
-
-def make_grid(contents: BuildContents) -> bytes:
-    """A PNG: one row per class (the first 100), its first images (up to 10) left to right."""
-    from PIL import Image
-
-    channels = int(contents.preset.get("channels", 3))
-    size = int(contents.preset.get("image_size") or Image.open(contents.rows[0][2]).size[0])
-    num_classes = int(contents.preset["num_classes"])
-    rows, cols, tile = grid_shape(num_classes, contents.ipc, size)
-    mode = "L" if channels == 1 else "RGB"
-    grid = Image.new(mode, (cols * tile, rows * tile))
-    for label, ipc_id, path in contents.rows:
-        if label < rows and ipc_id < cols:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-                if img.size != (tile, tile):
-                    img = img.resize((tile, tile), Image.Resampling.BILINEAR)
-                grid.paste(img, (ipc_id * tile, label * tile))
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-# --- the card --------------------------------------------------------------------------------------
-
-def split_front_matter(text: str) -> tuple[dict, str]:
-    """(YAML front matter as a dict, body) of a Markdown card; ({}, text) when it has none."""
-    import yaml
-
-    if not text.startswith("---"):
-        return {}, text
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}, text
-    data = yaml.safe_load(text[3:end]) or {}
-    rest = text[end + 4:]
-    return (data if isinstance(data, dict) else {}), rest.split("\n", 1)[1] if "\n" in rest else ""
-
-
-def _substitute(value, mapping: dict):
-    if isinstance(value, str):
-        return string.Template(value).safe_substitute(mapping)
-    if isinstance(value, list):
-        return [_substitute(v, mapping) for v in value]
-    if isinstance(value, dict):
-        return {k: _substitute(v, mapping) for k, v in value.items()}
-    return value
-
-
-def ipc_config(ipc: int) -> dict:
-    return {"config_name": layout.ipc_dir(ipc), "data_files": [{"split": "train", "path": layout.parquet_pattern(ipc)}]}
-
-
-def merge_configs(existing: list | None, ipcs: list[int]) -> list[dict]:
-    """The card's ``configs:``: the existing entries, with one (re)written per IPC, sorted by IPC."""
-    configs = {c.get("config_name"): c for c in (existing or []) if isinstance(c, dict)}
-    for ipc in ipcs:
-        configs[layout.ipc_dir(ipc)] = ipc_config(ipc)
-
-    def key(name):
-        ipc = layout.parse_ipc_dir(str(name))
-        return (0, ipc) if ipc is not None else (1, str(name))
-
-    return [configs[name] for name in sorted(configs, key=key)]
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, (dict, list, tuple)):
-        text = json.dumps(value)
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-# The columns a reader of a card wants from each evaluation record (builders.evaluate).
-EVALUATION_COLUMNS = [("student", "student"), ("split", "split"), ("epochs", "epochs"),
-                      ("top1_best", "top-1 % (best)"), ("top1_final", "top-1 % (final)"), ("top5", "top-5 %"),
-                      ("temperature", "T"), ("seed", "seed")]
-
-
-def evaluations_table(evaluations: list[dict] | None) -> str | None:
-    """The manifest's evaluation records as a table; None when there are none."""
-    runs = [run for run in evaluations or [] if isinstance(run, dict)]
-    if not runs:
-        return None
-    return markdown_table([title for _, title in EVALUATION_COLUMNS],
-                          [[run.get(key, "") for key, _ in EVALUATION_COLUMNS] for run in runs])
-
-
-def ipc_section(ipc: int, info: dict) -> str:
-    """The card's section about one IPC: metrics, hyperparameters, teachers, grid."""
-    parts = [f"## IPC {ipc}", ""]
-    parts.append(f"{info.get('num_images', '?')} images; method `{info.get('method', 'fadrm')}`, seed "
-                 f"{info.get('seed', '?')}; released in {info.get('version', '?')}"
-                 + (f"; soft labels: {info['soft_label_epochs']} epochs" if info.get("soft_label_epochs") else "")
-                 + ".")
-    table = evaluations_table(info.get("evaluations"))
-    parts += ["", "### Accuracy", "", table if table else "Not evaluated yet."]
-    teachers = info.get("teachers") or {}
-    if teachers:
-        rows = [[name, rec.get("test_top1", ""), rec.get("test_top5", ""),
-                 Path(str(rec.get("source", ""))).name] for name, rec in teachers.items()]
-        parts += ["", "### Teachers", "", markdown_table(["teacher", "test top-1 %", "test top-5 %", "weights"], rows)]
-    preset = info.get("preset") or {}
-    if preset:
-        rows = [[k, v] for k, v in preset.items() if k not in ("name", "display_name", "source")]
-        parts += ["", "### Hyperparameters", "", markdown_table(["setting", "value"], rows)]
-    options = info.get("options") or {}
-    if options:
-        keep = {k: v for k, v in options.items() if k not in ("build_root", "data_root", "build_dir", "download",
-                                                              "teacher_weights", "dataset", "ipc")}
-        parts += ["", markdown_table(["build option", "value"], [[k, v] for k, v in keep.items()])]
-    parts += ["", "### Images", "", f"One row per class (at most {GRID_MAX_ROWS}), up to {GRID_MAX_COLS} images each:",
-              "", f"![IPC {ipc} images]({layout.ipc_prefix(ipc)}{layout.GRID})", ""]
-    return "\n".join(parts)
-
-
-def size_category(total: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if total < limit:
-            return name
-    return "1M<n<10M"
-
-
-def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versions: list[str],
-                existing_card: str | None = None, template: str | Path | None = None) -> str:
-    """README.md for the repo: the template's front matter + ``configs:`` for every IPC, then the body."""
-    import yaml
-
-    text = Path(template or CARD_TEMPLATE).read_text()
-    front, body = split_front_matter(text)
-    dataset = repo_manifest.get("dataset", "dataset")
-    info = SETS.get(dataset)
-    ipcs = sorted(int(k) for k in repo_manifest.get("ipcs", {}))
-    preset = repo_manifest["ipcs"][str(ipc)].get("preset", {})
-    flat = dataset in SET_CLASSES and info is not None and info.repo_id == repo_id
-    mapping = {
-        "dataset": dataset,
-        "display_name": repo_manifest.get("display_name") or dataset,
-        "license": info.license if info else "unknown",
-        "num_classes": len(repo_manifest.get("classes", [])),
-        "image_size": preset.get("image_size", "?"),
-        "color": "grayscale" if preset.get("channels") == 1 else "RGB",
-        "ipc_list": ", ".join(str(i) for i in ipcs),
-        "ipc": ipc,
-        "version": version,
-        "versions": ", ".join(versions),
-        "repo_id": repo_id,
-        # The flat classes know their repo; anything else (another set, a mirror) names it.
-        "class_name": SET_CLASSES[dataset].__name__ if flat else "FADRMDataset",
-        "repo_arg": "" if flat else f'repo_id="{repo_id}", ',
-        "size_category": size_category(sum(int(v.get("num_images", 0)) for v in repo_manifest["ipcs"].values())),
-        "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)]) for i in ipcs),
-    }
-    front = _substitute(front, mapping)
-    if existing_card:
-        old_front, _ = split_front_matter(existing_card)
-        existing_configs = old_front.get("configs")
-    else:
-        existing_configs = None
-    front["configs"] = merge_configs(existing_configs, ipcs)
-    if dataset in (None, "dataset"):
-        front["tags"] = [t for t in front.get("tags", []) if t != "dataset"]
-    body = string.Template(body).safe_substitute(mapping)
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body.lstrip("\n")
-
-
 # --- staging ---------------------------------------------------------------------------------------
 
 def _teacher_files(contents: BuildContents) -> dict[str, Path]:
@@ -413,7 +218,9 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     if out.exists():
         shutil.rmtree(out)
     shards = [p.relative_to(staging).as_posix() for p in write_parquet(contents, staging, max_shard_bytes)]
-    atomic_write_bytes(out / layout.GRID, make_grid(contents))
+    atomic_write_bytes(out / layout.GRID, make_grid([layout.ImageEntry(*row) for row in contents.rows],
+                                                   contents.classes, int(contents.preset.get("channels", 3)),
+                                                   int(contents.preset["image_size"])))
     shutil.copy2(contents.root / MANIFEST, out / MANIFEST)
     soft = None
     soft_dir = contents.root / layout.SOFT_LABELS
@@ -490,6 +297,8 @@ def validate_card(card: str) -> None:
         raise PublishError(f"the Hub rejects the dataset card's YAML: {error}") from None
 
 
+
+
 def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False, private: bool = False,
          token: str | None = None, staging_dir: str | Path | None = None,
          template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> PushResult:
@@ -543,5 +352,5 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
     return PushResult(repo_id, version, ipc, commit, written, moved)
 
 
-__all__ = ["PublishError", "PushResult", "arrow_schema", "features_json", "make_grid", "merge_configs", "push",
-           "read_build", "render_card", "stage", "validate_card", "write_parquet"]
+__all__ = ["PublishError", "PushResult", "arrow_schema", "features_json", "push", "read_build", "stage",
+           "validate_card", "write_parquet"]

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from builders.publish import (GRID_MAX_COLS, PublishError, merge_configs, read_build, render_card,
-                              split_front_matter, stage)
+from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs, render_card,
+                           split_front_matter)
+from builders.presets import PRESETS
+from builders.publish import PublishError, read_build, stage
 from fadrm_datasets._io import sha256_file
 from tests.fakebuild import CLASSES, expected_pixels, make_build
 
@@ -76,14 +78,30 @@ def test_shards_split_by_size(build, tmp_path):
     assert labels == [c for c in range(4) for _ in range(10)]
 
 
-def test_grid_is_one_row_per_class(staged):
+def test_grid_names_each_class_and_scales_small_images_up(staged):
     from PIL import Image
 
     folder, _ = staged
+    spec = grid_layout(4, 10, 8)
+    assert spec.classes == (0, 1, 2, 3) and spec.per_class == 10 and spec.tile == 56 and spec.columns == 1
     with Image.open(folder / "ipc10" / "grid.png") as grid:
-        assert grid.format == "PNG" and grid.mode == "RGB" and grid.size == (GRID_MAX_COLS * 8, 4 * 8)
-        tile = np.asarray(grid)[2 * 8:3 * 8, 4 * 8:5 * 8]  # class 2, ipc_id 4
-    assert tile[0, 0, 0] == 2 * 20 + 4
+        assert grid.format == "PNG" and grid.mode == "RGB" and grid.size == spec.size == (560, 298)
+        pixels = np.asarray(grid)
+    top, left = 2 * (14 + 56 + 6) + 14, 4 * 56  # class 2's block, below its name; its 5th image
+    tile = pixels[top:top + 56, left:left + 56]
+    assert (tile[:7, :7, 0] == 2 * 20 + 4).all()  # the marked pixel, scaled up 7x (nearest)
+    label = pixels[2 * 76:2 * 76 + 14, :56]
+    assert (label < 128).any() and (pixels[2 * 76:2 * 76 + 14, 400:] == 255).all()  # "2: cat", then blank
+
+
+@pytest.mark.parametrize("classes, ipc, size", [(10, 1, 28), (10, 50, 28), (100, 10, 32), (200, 50, 64),
+                                                (1000, 10, 224), (1000, 50, 224)])
+def test_grid_stays_readable_at_any_class_count_and_ipc(classes, ipc, size):
+    spec = grid_layout(classes, ipc, size)
+    assert 56 <= spec.tile <= 112 and spec.per_class == min(ipc, 10)
+    assert spec.classes[0] == 0 and spec.classes[-1] == classes - 1 and len(set(spec.classes)) == len(spec.classes)
+    width, height = spec.size
+    assert width * height <= 6_000_000 and 0.3 <= width / height <= 4  # rows wrap: never one endless strip
 
 
 def test_card_front_matter_and_body(staged):
@@ -99,6 +117,18 @@ def test_card_front_matter_and_body(staged):
     assert "| tiny-convnet | 91.50 | 99.90 | tiny-convnet.safetensors |" in body  # teachers
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
     assert 'load_dataset("org/fadrm-tiny", "ipc10", revision="v1.0.0"' in body
+    assert 'FADRMDataset(repo_id="org/fadrm-tiny", ipc=10, version="v1.0.0", download=True)' in body
+    assert "Every class, every image of each, labelled `index: name`" in body
+    assert "add `cards/tiny-test.md`" in body  # a dataset without a card source says so
+
+
+@pytest.mark.parametrize("dataset", sorted(PRESETS))
+def test_every_dataset_has_a_card_source_with_license_citation_and_limits(dataset, staged):
+    text = (cards_dir() / f"{dataset}.md").read_text()
+    assert "## The source data" in text and "@" in text and "## Uses and limits" in text
+    _, manifest = staged
+    card = render_card({**manifest, "dataset": dataset}, "org/r", "v1.0.0", 10, ["v1.0.0"])
+    assert text.strip() in card and "${" not in card
 
 
 def test_another_ipc_merges_with_the_repo(build, staged, tmp_path):
@@ -161,25 +191,30 @@ def test_render_card_without_a_previous_card(staged):
     assert card.startswith("---\n") and "this card was written for **v2.0.0**" in card.replace("\n", " ")
 
 
-def test_wheel_ships_the_card_template(tmp_path):
-    """An installed builder (not only a checkout) can render cards: the template is package data."""
+def test_installed_builder_finds_the_cards(tmp_path):
+    """The top-level cards/ ships in the wheel as builders/cards, and an installed builder renders from it."""
     import shutil
     import subprocess
     import sys
     import zipfile
     from pathlib import Path
 
-    from builders.publish import CARD_TEMPLATE
-
     root = Path(__file__).resolve().parents[2]
     source = tmp_path / "src"  # a copy, so setuptools' own build/ folder stays out of the checkout
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, source / name)
-    for package in ("fadrm_datasets", "builders"):
-        shutil.copytree(root / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("fadrm_datasets", "builders", "cards"):
+        shutil.copytree(root / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
     wheel, = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("builders/templates/dataset_card.md") == CARD_TEMPLATE.read_bytes()
+        for card in sorted((root / "cards").glob("*.md")):
+            assert archive.read(f"builders/cards/{card.name}") == card.read_bytes()
+        archive.extractall(tmp_path / "site")
+    code = "import builders.card as c; print(c.cards_dir())"
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": ""}
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert found.stdout.strip() == str(tmp_path / "site" / "builders" / "cards"), found.stderr
+    assert (Path(found.stdout.strip()) / CARD_TEMPLATE).is_file()

@@ -1,0 +1,297 @@
+"""The dataset card: the dataset's own text from ``cards/``, the measured tables, the image grid.
+
+``cards/dataset_card.md`` is the template every card shares (YAML front matter + Markdown);
+``cards/<dataset>.md`` says what the source data is (license, citation), what the set is for and
+where it falls short, and is inserted as ``${about}``. Both are installed with the builder
+(``builders/cards``), so an installed ``fadrm-build push`` renders the same card as a checkout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from fadrm_datasets import layout
+from fadrm_datasets.registry import SETS
+from fadrm_datasets.sets import SET_CLASSES
+
+from .options import BuildError
+
+log = logging.getLogger(__name__)
+
+CARD_TEMPLATE = "dataset_card.md"
+
+
+def cards_dir() -> Path:
+    """The card sources: installed as ``builders/cards``, or ``cards/`` at the top of a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "cards", here.parent / "cards"):
+        if (candidate / CARD_TEMPLATE).is_file():
+            return candidate
+    raise BuildError(f"the dataset-card sources ({CARD_TEMPLATE}) are not installed next to {here}; "
+                     "reinstall fadrm-datasets[build]")
+
+
+def dataset_text(dataset: str) -> str:
+    """``cards/<dataset>.md``: what the source is, its license and citation, uses and limits."""
+    path = cards_dir() / f"{dataset}.md"
+    if not path.is_file():
+        log.warning("card: no %s; the card will not describe the source data", path)
+        return f"No description of the source data yet (add `cards/{dataset}.md`)."
+    return path.read_text().strip()
+
+
+# --- the image grid ------------------------------------------------------------------------------
+
+GRID_MAX_PER_CLASS = 10  # images of a class shown side by side
+GRID_MAX_CLASSES = 100  # classes shown; more are sampled evenly across the label range
+GRID_MAX_PIXELS = 6_000_000  # the whole picture, so an ImageNet card stays a few MB
+GRID_MIN_TILE = 56  # small images are scaled up (by a whole factor) to at least this
+GRID_MAX_TILE = 112  # large images are scaled down to this
+GRID_MIN_BLOCK = 96  # a class block is at least this wide, so its name fits (IPC 1)
+LABEL_HEIGHT = 14
+GAP = 6
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    classes: tuple[int, ...]  # the labels shown, in order
+    per_class: int
+    tile: int
+    columns: int  # class blocks side by side; the blocks wrap into rows
+
+    @property
+    def block(self) -> tuple[int, int]:
+        return self.per_class * self.tile, LABEL_HEIGHT + self.tile
+
+    @property
+    def size(self) -> tuple[int, int]:
+        rows = math.ceil(len(self.classes) / self.columns)
+        width, height = self.block
+        return self.columns * (width + GAP) - GAP, rows * (height + GAP) - GAP
+
+
+def grid_layout(num_classes: int, ipc: int, image_size: int) -> GridLayout:
+    """Which classes, how many images each, how big, and how the class blocks wrap."""
+    per_class = min(ipc, GRID_MAX_PER_CLASS)
+    smallest = max(GRID_MIN_TILE, math.ceil(GRID_MIN_BLOCK / per_class))
+    tile = image_size * math.ceil(smallest / image_size) if image_size < smallest else min(image_size, GRID_MAX_TILE)
+    block = (per_class * tile + GAP) * (LABEL_HEIGHT + tile + GAP)
+    shown = max(1, min(num_classes, GRID_MAX_CLASSES, GRID_MAX_PIXELS // block))
+    classes = tuple(sorted({round(i * (num_classes - 1) / max(1, shown - 1)) for i in range(shown)}))
+    width, height = per_class * tile, LABEL_HEIGHT + tile
+    columns = max(1, min(len(classes), round(math.sqrt(len(classes) * height / width))))
+    return GridLayout(classes, per_class, tile, columns)
+
+
+def _fit(text: str, width: int, font, draw) -> str:
+    """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def make_grid(entries: list[layout.ImageEntry], classes: list[str], channels: int, image_size: int) -> bytes:
+    """A PNG of the set: one block per shown class, named, holding its first images left to right."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    grid_spec = grid_layout(len(classes), max(e.ipc_id for e in entries) + 1, image_size)
+    mode = layout.image_mode(channels)
+    background = 255 if channels == 1 else (255, 255, 255)
+    picture = Image.new(mode, grid_spec.size, background)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    width, height = grid_spec.block
+    position = {label: i for i, label in enumerate(grid_spec.classes)}
+    for label, i in position.items():
+        left, top = (i % grid_spec.columns) * (width + GAP), (i // grid_spec.columns) * (height + GAP)
+        draw.text((left, top), _fit(f"{label}: {classes[label]}", width, font, draw), fill=0, font=font)
+    resample = Image.Resampling.NEAREST if grid_spec.tile > image_size else Image.Resampling.BILINEAR
+    for entry in entries:
+        i = position.get(entry.label)
+        if i is None or entry.ipc_id >= grid_spec.per_class:
+            continue
+        with Image.open(entry.path) as img:
+            img = img.convert(mode)
+            if img.size != (grid_spec.tile, grid_spec.tile):
+                img = img.resize((grid_spec.tile, grid_spec.tile), resample)
+            left = (i % grid_spec.columns) * (width + GAP) + entry.ipc_id * grid_spec.tile
+            top = (i // grid_spec.columns) * (height + GAP) + LABEL_HEIGHT
+            picture.paste(img, (left, top))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def grid_caption(num_classes: int, ipc: int, image_size: int) -> str:
+    spec = grid_layout(num_classes, ipc, image_size)
+    shown = "every class" if len(spec.classes) == num_classes else \
+        f"{len(spec.classes)} of the {num_classes} classes, evenly spaced"
+    images = "every image" if spec.per_class == ipc else f"the first {spec.per_class} of {ipc} images"
+    return f"{shown}, {images} of each, labelled `index: name`"
+
+
+# --- the card --------------------------------------------------------------------------------------
+
+def split_front_matter(text: str) -> tuple[dict, str]:
+    """(YAML front matter as a dict, body) of a Markdown card; ({}, text) when it has none."""
+    import yaml
+
+    if not text.startswith("---"):
+        return {}, text
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}, text
+    data = yaml.safe_load(text[3:end]) or {}
+    rest = text[end + 4:]
+    return (data if isinstance(data, dict) else {}), rest.split("\n", 1)[1] if "\n" in rest else ""
+
+
+def _substitute(value, mapping: dict):
+    if isinstance(value, str):
+        return string.Template(value).safe_substitute(mapping)
+    if isinstance(value, list):
+        return [_substitute(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, mapping) for k, v in value.items()}
+    return value
+
+
+def ipc_config(ipc: int) -> dict:
+    return {"config_name": layout.ipc_dir(ipc), "data_files": [{"split": "train", "path": layout.parquet_pattern(ipc)}]}
+
+
+def merge_configs(existing: list | None, ipcs: list[int]) -> list[dict]:
+    """The card's ``configs:``: the existing entries, with one (re)written per IPC, sorted by IPC."""
+    configs = {c.get("config_name"): c for c in (existing or []) if isinstance(c, dict)}
+    for ipc in ipcs:
+        configs[layout.ipc_dir(ipc)] = ipc_config(ipc)
+
+    def key(name):
+        ipc = layout.parse_ipc_dir(str(name))
+        return (0, ipc) if ipc is not None else (1, str(name))
+
+    return [configs[name] for name in sorted(configs, key=key)]
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# The columns a reader of a card wants from each evaluation record (builders.evaluate).
+EVALUATION_COLUMNS = [("student", "student"), ("split", "split"), ("epochs", "epochs"),
+                      ("top1_best", "top-1 % (best)"), ("top1_final", "top-1 % (final)"), ("top5", "top-5 %"),
+                      ("temperature", "T"), ("seed", "seed")]
+
+
+def evaluations_table(evaluations: list[dict] | None) -> str | None:
+    """The manifest's evaluation records as a table; None when there are none."""
+    runs = [run for run in evaluations or [] if isinstance(run, dict)]
+    if not runs:
+        return None
+    return markdown_table([title for _, title in EVALUATION_COLUMNS],
+                          [[run.get(key, "") for key, _ in EVALUATION_COLUMNS] for run in runs])
+
+
+def ipc_section(ipc: int, info: dict) -> str:
+    """The card's section about one IPC: metrics, hyperparameters, teachers, grid."""
+    parts = [f"## IPC {ipc}", ""]
+    parts.append(f"{info.get('num_images', '?')} images; method `{info.get('method', 'fadrm')}`, seed "
+                 f"{info.get('seed', '?')}; released in {info.get('version', '?')}"
+                 + (f"; soft labels: {info['soft_label_epochs']} epochs" if info.get("soft_label_epochs") else "")
+                 + ".")
+    table = evaluations_table(info.get("evaluations"))
+    parts += ["", "### Accuracy", "", table if table else "Not evaluated yet."]
+    teachers = info.get("teachers") or {}
+    if teachers:
+        rows = [[name, rec.get("test_top1", ""), rec.get("test_top5", ""),
+                 Path(str(rec.get("source", ""))).name] for name, rec in teachers.items()]
+        parts += ["", "### Teachers", "", markdown_table(["teacher", "test top-1 %", "test top-5 %", "weights"], rows)]
+    preset = info.get("preset") or {}
+    if preset:
+        rows = [[k, v] for k, v in preset.items() if k not in ("name", "display_name", "source")]
+        parts += ["", "### Hyperparameters", "", markdown_table(["setting", "value"], rows)]
+    options = info.get("options") or {}
+    if options:
+        keep = {k: v for k, v in options.items() if k not in ("build_root", "data_root", "build_dir", "download",
+                                                              "teacher_weights", "dataset", "ipc")}
+        parts += ["", markdown_table(["build option", "value"], [[k, v] for k, v in keep.items()])]
+    num_classes, image_size = preset.get("num_classes"), preset.get("image_size")
+    caption = grid_caption(int(num_classes), ipc, int(image_size)) if num_classes and image_size else "the images"
+    parts += ["", "### Images", "", caption[0].upper() + caption[1:] + ":", "",
+              f"![IPC {ipc} images]({layout.ipc_prefix(ipc)}{layout.GRID})", ""]
+    return "\n".join(parts)
+
+
+def size_category(total: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if total < limit:
+            return name
+    return "1M<n<10M"
+
+
+def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versions: list[str],
+                existing_card: str | None = None, template: str | Path | None = None) -> str:
+    """README.md for the repo: the template's front matter + ``configs:`` for every IPC, then the body."""
+    import yaml
+
+    text = Path(template or cards_dir() / CARD_TEMPLATE).read_text()
+    front, body = split_front_matter(text)
+    dataset = repo_manifest.get("dataset", "dataset")
+    info = SETS.get(dataset)
+    ipcs = sorted(int(k) for k in repo_manifest.get("ipcs", {}))
+    preset = repo_manifest["ipcs"][str(ipc)].get("preset", {})
+    flat = dataset in SET_CLASSES and info is not None and info.repo_id == repo_id
+    mapping = {
+        "dataset": dataset,
+        "display_name": repo_manifest.get("display_name") or dataset,
+        "license": info.license if info else "unknown",
+        "num_classes": len(repo_manifest.get("classes", [])),
+        "image_size": preset.get("image_size", "?"),
+        "color": "grayscale" if preset.get("channels") == 1 else "RGB",
+        "ipc_list": ", ".join(str(i) for i in ipcs),
+        "ipc": ipc,
+        "version": version,
+        "versions": ", ".join(versions),
+        "repo_id": repo_id,
+        # The flat classes know their repo; anything else (another set, a mirror) names it.
+        "class_name": SET_CLASSES[dataset].__name__ if flat else "FADRMDataset",
+        "repo_arg": "" if flat else f'repo_id="{repo_id}", ',
+        "size_category": size_category(sum(int(v.get("num_images", 0)) for v in repo_manifest["ipcs"].values())),
+        "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)]) for i in ipcs),
+        "about": dataset_text(dataset),
+    }
+    front = _substitute(front, mapping)
+    if existing_card:
+        old_front, _ = split_front_matter(existing_card)
+        existing_configs = old_front.get("configs")
+    else:
+        existing_configs = None
+    front["configs"] = merge_configs(existing_configs, ipcs)
+    if dataset in (None, "dataset"):
+        front["tags"] = [t for t in front.get("tags", []) if t != "dataset"]
+    body = string.Template(body).safe_substitute(mapping)
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body.lstrip("\n")
+
+
+__all__ = ["GridLayout", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
+           "merge_configs", "render_card", "split_front_matter"]
