@@ -228,7 +228,7 @@ def ipc_section(ipc: int, info: dict) -> str:
         parts += ["", "### Teachers", "", markdown_table(["teacher", "test top-1 %", "test top-5 %", "weights"], rows)]
     preset = info.get("preset") or {}
     if preset:
-        rows = [[k, v] for k, v in preset.items() if k not in ("name", "display_name", "source")]
+        rows = [[k, v] for k, v in preset.items() if k not in ("name", "display_name", "source", "class_names")]
         parts += ["", "### Hyperparameters", "", markdown_table(["setting", "value"], rows)]
     options = info.get("options") or {}
     if options:

@@ -358,5 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(result if isinstance(result, int) else 0)  # --help and --version return 0
 
 
+__all__ = ["cli", "main"]
+
+
 if __name__ == "__main__":
     main()

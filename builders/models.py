@@ -81,3 +81,6 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
             "use convnet-bn or resnet18-cifar"
         )
     return torchvision.models.get_model(name, num_classes=num_classes)
+
+
+__all__ = ["ConvNetBN", "UnknownModelError", "build_model"]

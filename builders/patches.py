@@ -147,7 +147,7 @@ def stage_patches(ctx: BuildContext) -> Patches:
         return Patches.load(build.patches)
     start = time.perf_counter()
     train = load_split(ctx.preset, options.data_root, "distill", options.download)
-    build.update_manifest(classes=list(train.classes))
+    build.update_manifest(classes=list(ctx.preset.class_names or train.classes))
     preset = ctx.preset.replace(patch_crop_scale=(1.0, 1.0)) if options.spec.whole_images else ctx.preset
     teacher = None if options.difficulty == "random" else ctx.teachers.modules()[0]
     patches = select_patches(preset, train, teacher, options.ipc, options.difficulty, options.seed, ctx.device)

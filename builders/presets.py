@@ -84,6 +84,9 @@ class Preset:
     crop_scale: tuple[float, float]  # per-step RandomResizedCrop scale range
     class_block: int  # classes optimised together in one unit (the BN-matching batch)
 
+    # The classes' names in label order; None: the source's (Tiny-ImageNet's WordNet ids).
+    class_names: tuple[str, ...] | None = None
+
     # Patch selection: real crops scored by the teacher; candidates drawn per kept patch.
     patch_candidates: int = 4
     patch_crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -114,6 +117,8 @@ class Preset:
         if self.stage_resolutions[-1] != self.image_size:
             raise ValueError(f"preset {self.name!r}: the last stage must run at the image size "
                              f"{self.image_size}, got {self.stage_resolutions[-1]}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"preset {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"preset {self.name!r}: alpha must lie in [0, 1], got {self.alpha}")
 
@@ -153,7 +158,8 @@ PAPER_RECOVER = dict(
 def dataset_facts(info: registry.SetInfo) -> dict:
     """The preset fields that are facts about the dataset, read from the library's registry."""
     return dict(name=info.name, display_name=info.display_name, source=info.name, num_classes=info.num_classes,
-                channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std)
+                channels=info.channels, image_size=info.image_size, mean=info.mean, std=info.std,
+                class_names=info.class_names)
 
 
 CIFAR100 = Preset(

@@ -31,7 +31,6 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch

@@ -283,6 +283,9 @@ def load_split(preset: Preset, root: Path | str, split: str, download: bool = Fa
         raise ValueError(f"the {preset.name} preset holds out no validation split; use the test split")
     root = root if str(root).startswith("hf:") else Path(root)
     data = SOURCES[preset.source](root, "test" if split == "test" else "train", download)
+    if len(data.classes) != preset.num_classes:
+        raise DataNotFoundError(f"the {preset.display_name} data at {root} holds {len(data.classes)} classes, not "
+                                f"{preset.num_classes}; point --data-root at the whole dataset")
     if split in ("train", "test") or preset.validation_size <= 0:
         return data
     held_out = validation_indices(len(data), min(preset.validation_size, len(data) // 2))

@@ -70,3 +70,7 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return json.loads(meta[SAFETENSORS_METADATA_KEY]) if SAFETENSORS_METADATA_KEY in meta else {}
+
+
+__all__ = ["SAFETENSORS_METADATA_KEY", "atomic_write_bytes", "atomic_write_json", "cached_sha256",
+           "read_safetensors_metadata", "safetensors_bytes", "sha256_file"]

@@ -85,3 +85,6 @@ def resized_crop(x: torch.Tensor, box: Box, size: int) -> torch.Tensor:
         crop = crop.unsqueeze(0)
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return out.squeeze(0) if squeeze else out
+
+
+__all__ = ["Box", "CROP_RATIO", "resized_crop", "sample_crop_box", "sample_crop_boxes"]

@@ -422,9 +422,6 @@ class ReplayDataset(Dataset):
         self.epoch = store.check_epoch(epoch)
         self._positions: tuple[int, torch.Tensor] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = self.store.check_epoch(epoch)
-
     def __len__(self) -> int:
         return int(self.images.shape[0])
 

@@ -23,6 +23,7 @@ CLASSES = ["ant", "bee", "cat", "dog"]
 
 def tiny_preset(num_classes: int = NUM_CLASSES, size: int = SIZE, channels: int = 3):
     return CIFAR100.replace(name="tiny-test", display_name="Tiny test", source="none", num_classes=num_classes,
+                            class_names=None,
                             image_size=size, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels,
                             stage_resolutions=(size,), stage_iterations=(1,), relabel_epochs=2,
                             relabel_batch_size=8, relabel_crop_scale=(0.5, 1.0))

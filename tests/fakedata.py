@@ -40,3 +40,110 @@ def make_fashion_mnist(root: Path, per_class: int = 20, test_per_class: int = 5,
         write_idx_images(raw / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return Path(root)
+
+
+def _class_image(rng: np.random.Generator, label: int, height: int, width: int) -> np.ndarray:
+    """A smooth RGB image whose colour and bright square tell its class (compresses well as PNG/JPEG)."""
+    colour = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256], dtype=np.int64)
+    image = np.empty((height, width, 3), dtype=np.int64)
+    image[:] = colour // 2 + rng.integers(0, 20)
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    image[top:top + height // 3, left:left + width // 3] = 255 - colour // 4
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def make_cifar100(root: Path, per_class: int = 3, test_per_class: int = 1, seed: int = 0) -> dict[str, str]:
+    """Write CIFAR-100 in torchvision's on-disk layout (``cifar-100-python/{train,test,meta}``).
+
+    The files are Python pickles, as the real ones are; torchvision checks them against its md5 list,
+    so the md5 of each fake file is returned for the test to hand to torchvision.
+    """
+    import hashlib
+    import pickle
+
+    from fadrm_datasets.registry import CIFAR100_CLASSES
+
+    rng = np.random.default_rng(seed)
+    base = Path(root) / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        labels = np.repeat(np.arange(100), count)
+        images = np.stack([_class_image(rng, int(label), 32, 32) for label in labels])
+        entry = {"data": images.transpose(0, 3, 1, 2).reshape(len(labels), -1), "fine_labels": labels.tolist(),
+                 "coarse_labels": (labels // 5).tolist()}
+        (base / split).write_bytes(pickle.dumps(entry))
+    (base / "meta").write_bytes(pickle.dumps({"fine_label_names": list(CIFAR100_CLASSES),
+                                              "coarse_label_names": [f"super{i}" for i in range(20)]}))
+    return {name: hashlib.md5((base / name).read_bytes()).hexdigest() for name in ("train", "test", "meta")}
+
+
+def _save_jpeg(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="JPEG", quality=90)
+
+
+def tiny_imagenet_wnids(count: int = 200) -> list[str]:
+    # Not sorted, as the real wnids.txt is not: the class order is the file's.
+    return [f"n{(i * 7919) % 100000:08d}" for i in range(count)]
+
+
+def make_tiny_imagenet(root: Path, per_class: int = 2, val_per_class: int = 1, zipped: bool = False,
+                       seed: int = 0) -> Path:
+    """Write Tiny-ImageNet's layout (``tiny-imagenet-200/{wnids.txt,train,val}``), or its zip."""
+    import shutil
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    base = root / "tiny-imagenet-200"
+    wnids = tiny_imagenet_wnids()
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    annotations = []
+    for label, wnid in enumerate(wnids):
+        for i in range(per_class):
+            _save_jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", _class_image(rng, label, 64, 64))
+        for i in range(val_per_class):
+            name = f"val_{label * val_per_class + i}.JPEG"
+            _save_jpeg(base / "val" / "images" / name, _class_image(rng, label, 64, 64))
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    if zipped:
+        shutil.make_archive(str(root / "tiny-imagenet-200"), "zip", root, "tiny-imagenet-200")
+        shutil.rmtree(base)
+    return root
+
+
+def imagenet_wnids(count: int = 1000) -> list[str]:
+    return sorted(f"n{1440764 + i * 97:08d}" for i in range(count))
+
+
+def make_imagenet_folder(root: Path, per_class: int = 2, val_per_class: int = 1, seed: int = 0) -> Path:
+    """Write ImageNet-1K as an ImageFolder tree: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``,
+    small non-square JPEGs (the loader resizes and centre-crops them to 224)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for label, wnid in enumerate(imagenet_wnids()):
+        for split, count in (("train", per_class), ("val", val_per_class)):
+            for i in range(count):
+                _save_jpeg(root / split / wnid / f"{wnid}_{i}.JPEG", _class_image(rng, label, 60, 80))
+    return root
+
+
+def push_imagenet_to_hub(repo_id: str, per_class: int = 2, val_per_class: int = 1, seed: int = 0) -> str:
+    """Publish a fake ImageNet-1K as a Hugging Face image-classification dataset (``image``, ``label``;
+    splits ``train`` and ``validation``) with the real ``datasets`` client; returns ``hf:<repo_id>``."""
+    import datasets
+    from PIL import Image
+
+    from fadrm_datasets.registry import IMAGENET
+
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=IMAGENET.classes)})
+    for split, count in (("train", per_class), ("validation", val_per_class)):
+        labels = [label for label in range(1000) for _ in range(count)]
+        images = [Image.fromarray(_class_image(rng, label, 60, 80)) for label in labels]
+        data = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        data.push_to_hub(repo_id, split=split)
+    return f"hf:{repo_id}"

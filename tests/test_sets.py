@@ -135,3 +135,39 @@ def test_library_imports_stay_light():
             "bad = [m for m in ('builders', 'datasets', 'huggingface_hub', 'pyarrow', 'click') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_root_is_optional_and_defaults_to_a_per_user_cache(tmp_path, monkeypatch):
+    import inspect
+
+    from fadrm_datasets import hub
+
+    monkeypatch.delenv(hub.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.default_root() == tmp_path / "xdg" / "fadrm_datasets"
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "mine"))  # like HF_HOME for the Hub's cache
+    assert hub.default_root() == tmp_path / "mine"
+    for cls in (FADRMCIFAR100, FADRMTinyImageNet, FADRMImageNet, FADRMFashionMNIST, FADRMDataset):
+        assert inspect.signature(cls).parameters["root"].default is None
+    with pytest.raises(SetNotFoundError, match="download=True"):  # the cache is where it looks
+        FADRMImageNet(ipc=10)
+    assert not (tmp_path / "mine").exists() or not any((tmp_path / "mine").rglob("*.parquet"))
+
+
+def test_a_local_build_is_checked_against_its_manifest_when_opened(build, tmp_path):
+    import shutil
+
+    from fadrm_datasets.sets import IntegrityError
+
+    copy = tmp_path / "ipc10"
+    shutil.copytree(build, copy)
+    FADRMDataset.from_build(copy, soft_labels=True)
+    shard = next((copy / "soft_labels").glob("epochs-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-2] + b"\x00\x01")
+    FADRMDataset.from_build(copy)  # the images alone are intact
+    with pytest.raises(IntegrityError, match="do not match the sha256"):
+        FADRMDataset.from_build(copy, soft_labels=True)
+    png = copy / "images" / "00001" / "00002.png"
+    png.write_bytes(png.read_bytes()[:-4] + b"xxxx")
+    with pytest.raises(IntegrityError, match="do not match the sha256"):
+        FADRMDataset.from_build(copy)

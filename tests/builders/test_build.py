@@ -304,3 +304,84 @@ def test_real_builds_round_trip_through_the_hub(trained, data_root, hub, tmp_pat
             assert data[index][1] == local[index][1] == index // 2
     first, second = (FADRMDataset.from_build(builds[v]) for v in ("v1.0.0", "v1.1.0"))
     assert any(not np.array_equal(np.asarray(first[i][0]), np.asarray(second[i][0])) for i in range(20))
+
+
+@pytest.mark.parametrize("method", ["fadrm", "fadrm+", "sre2l", "random-real"])
+def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_path):
+    """A method's meaning lives in BuildOptions: the same switches, settings and images either way."""
+    from builders.build import run_build
+    from builders.options import METHODS, BuildOptions
+    from builders.presets import get_preset
+
+    common = dict(dataset="fashion-mnist", ipc=1, method=method, build_root=str(trained), data_root=str(data_root),
+                  device="cpu")
+    run_cli(["fashion-mnist", "--ipc", "1", "--method", method, "--data-root", str(data_root), "--build-root",
+             str(trained), "--build-dir", str(tmp_path / "cli"), *FAST])
+    preset = get_preset("fashion-mnist").replace(stage_iterations=(3, 3, 3, 3), relabel_epochs=1, eval_epochs=1)
+    run_build(preset, BuildOptions(**common, build_dir=str(tmp_path / "py"), evaluate=False))
+    cli, py = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("cli", "py"))
+    spec = METHODS[method]
+    for manifest in (cli, py):
+        options = manifest["options"]
+        assert (options["arc"], options["mro"], options["init"]) == (spec.arc, spec.mro, spec.init)
+        assert options["amp"] is False and options["device"] == "cpu"
+    assert {k: v for k, v in cli["options"].items() if k != "build_dir"} == \
+        {k: v for k, v in py["options"].items() if k != "build_dir"}
+    assert cli["stages"]["recover"].get("settings") == py["stages"]["recover"].get("settings")
+    assert pngs(tmp_path / "cli" / "images") == pngs(tmp_path / "py" / "images")
+    if method == "sre2l":  # what the method means, recorded: Gaussian start, no ARC, one resolution
+        assert py["stages"]["recover"]["settings"]["config"]["stages"] == [[28, 12]]
+        assert py["stages"]["recover"]["settings"]["config"]["init"] == "gaussian"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "fadrm+", "--teacher", "convnet-bn"], "--teacher convnet-bn names FADRM's one teacher, but fadrm+"),
+    (["--method", "fadrm+", "--teacher-weights", "{weights}"], "--teacher-weights gives one weights file, but fadrm+"),
+    (["--amp", "--device", "cpu"], "AMP (fp16 autocast) needs a CUDA device"),
+    (["--device", "tpu"], "device 'tpu' is not supported; use auto, cpu, cuda or cuda:N"),
+])
+def test_conflicting_choices_are_refused_before_any_work(args, message, tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    args = [a.format(weights=weights) for a in args]
+    err = cli_error(["fashion-mnist", "--ipc", "1", "--build-root", str(tmp_path / "build"), *args], capsys)
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "build").exists()  # refused up front: nothing trained, nothing written
+
+
+def test_options_refuse_the_same_conflicts_from_python():
+    from builders.options import BuildError, BuildOptions
+
+    with pytest.raises(BuildError, match="cycles the preset's several teachers"):
+        BuildOptions(dataset="cifar100", ipc=10, method="fadrm+", teacher="resnet18-cifar")
+    with pytest.raises(ValueError, match="method must be one of fadrm, fadrm\\+, sre2l, random-real; got 'dc'"):
+        BuildOptions(dataset="cifar100", ipc=10, method="dc")
+    with pytest.raises(ValueError, match="init must be one of patches, gaussian"):
+        BuildOptions(dataset="cifar100", ipc=10, init="uniform")
+    options = BuildOptions(dataset="cifar100", ipc=10, method="sre2l", arc=True)  # an explicit switch wins
+    assert (options.arc, options.mro, options.init, options.device) == (True, False, "gaussian", "cpu")
+
+
+def test_a_build_decides_its_teachers_once(trained, data_root, tmp_path, monkeypatch):
+    """One resolution and one load per teacher for the whole build, though four stages use them."""
+    from builders import teachers
+
+    resolved, loaded = [], []
+    real_resolve, real_load = teachers.resolve_teachers, teachers.load_teacher
+
+    def counting_resolve(*args, **kwargs):
+        resolved.append(args[1].method)
+        return real_resolve(*args, **kwargs)
+
+    def counting_load(preset, name, *args, **kwargs):
+        loaded.append(name)
+        return real_load(preset, name, *args, **kwargs)
+
+    monkeypatch.setattr("builders.context.resolve_teachers", counting_resolve)
+    monkeypatch.setattr(teachers, "load_teacher", counting_load)
+    run_cli(["fashion-mnist", "--ipc", "1", "--method", "fadrm+", "--data-root", str(data_root), "--build-root",
+             str(trained), "--build-dir", str(tmp_path / "plus"), "--iterations", "3,3,3,3", "--device", "cpu",
+             "--epochs", "1", "--evaluate"])
+    from builders.presets import FASHION_MNIST
+
+    assert resolved == ["fadrm+"] and sorted(loaded) == sorted(FASHION_MNIST.teachers_plus)

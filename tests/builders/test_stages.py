@@ -11,8 +11,8 @@ from PIL import Image
 
 from builders.models import UnknownModelError, build_model
 from builders.patches import Patches, keep_by_difficulty, select_patches
-from builders.presets import CIFAR100, FASHION_MNIST, IMAGENET, TINY_IMAGENET, get_preset, UnknownDatasetError
-from builders.sources import DataNotFoundError, TensorImages, load_split, read_idx
+from builders.presets import CIFAR100, FASHION_MNIST, IMAGENET, get_preset, UnknownDatasetError
+from builders.sources import DataNotFoundError, TensorImages, load_imagenet, load_split, load_tiny_imagenet, read_idx
 from builders.teachers import TeacherError, load_teacher, read_teacher_metadata, save_teacher
 from tests.fakedata import make_fashion_mnist, write_idx_images, write_idx_labels
 
@@ -58,8 +58,8 @@ def test_tiny_imagenet_source_reads_the_zip_layout(tmp_path):
     (base / "val" / "images").mkdir(parents=True)
     Image.new("RGB", (64, 64)).save(base / "val" / "images" / "val_0.JPEG")
     (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t63\t63\n")
-    train = load_split(TINY_IMAGENET, tmp_path, "train")
-    val = load_split(TINY_IMAGENET, tmp_path, "test")
+    train = load_tiny_imagenet(tmp_path, "train", download=False)
+    val = load_tiny_imagenet(tmp_path, "test", download=False)
     assert len(train) == 4 and train.targets.tolist() == [0, 0, 1, 1]
     assert train[0][0].shape == (3, 64, 64)
     assert len(val) == 1 and val[0][1] == 1
@@ -71,11 +71,14 @@ def test_imagenet_image_folder_is_resized_and_centre_cropped(tmp_path):
             folder = tmp_path / split / wnid
             folder.mkdir(parents=True)
             Image.new("RGB", (300, 400), (10, 20, 30)).save(folder / "a.JPEG")
-    train = load_split(IMAGENET, tmp_path, "train")
+    train = load_imagenet(tmp_path, "train", download=False)
     assert train.classes == ["n0001", "n0002"]
     image, label = train[0]
     assert image.shape == (3, 224, 224) and label == 0
     assert image[:, 100, 100].tolist() == [10, 20, 30]
+    # Two classes are not ImageNet-1K: the build stops before any work, with what to do.
+    with pytest.raises(DataNotFoundError, match="holds 2 classes, not 1000; point --data-root at the whole"):
+        load_split(IMAGENET, tmp_path, "train")
 
 
 def test_unknown_dataset():
@@ -196,3 +199,26 @@ def test_validation_split_is_held_out_of_the_distillation_pool(tmp_path):
     assert torch.equal(load_split(FASHION_MNIST, tmp_path, "val").indices, val.indices)  # fixed
     with pytest.raises(ValueError, match="no validation split"):
         load_split(CIFAR100, tmp_path, "val")
+
+
+def test_pretrained_teachers_come_from_torchvision_once_cached(tmp_path, monkeypatch):
+    """ImageNet's teachers are torchvision's pretrained weights: fetched through torchvision's own cache
+    (filled here by hand, as no download is possible), recorded by source, checked before any work."""
+    import torchvision.models
+
+    from builders.options import BuildOptions
+    from builders.teachers import resolve_teachers
+
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    cached = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    reference = build_model("resnet18", 1000).state_dict()
+    torch.save(reference, cached)
+    teachers = resolve_teachers(IMAGENET, BuildOptions(dataset="imagenet", ipc=1, build_root=str(tmp_path)),
+                                torch.device("cpu"))
+    assert teachers.records() == {"resnet18": {"source": "torchvision:resnet18"}}
+    assert teachers.weights_ids() == {"resnet18": "torchvision:resnet18"}
+    model, = teachers.modules()
+    assert torch.equal(model.fc.weight, reference["fc.weight"]) and not model.training
+    assert not (tmp_path / "imagenet").exists()  # nothing cached or trained by the build itself
