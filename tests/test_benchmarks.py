@@ -38,6 +38,7 @@ def test_accuracy_table_resumes_from_finished_evaluations(tmp_path, capsys, capl
 
     records = json.loads(output.read_text())
     assert [r["split"] for r in records] == ["test", "test", "val", "test"]
-    assert records[0]["top1_per_seed"] == records[1]["top1_per_seed"] == records[3]["top1_per_seed"]
+    assert records[0]["top1_final_per_seed"] == records[1]["top1_final_per_seed"] == records[3]["top1_final_per_seed"]
+    assert records[0]["student"] == "convnet-bn" and "top1_best_mean" in records[0]
     assert records[0]["seeds"] == [0, 1] and records[0]["epochs"] == 2 and records[0]["lr"] == 3e-3
     assert records[0]["teachers"] == {"convnet-bn": {"epochs": None, "test_top1": "10.0"}}
