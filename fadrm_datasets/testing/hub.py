@@ -33,6 +33,7 @@ import os
 import posixpath
 import re
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -160,6 +161,9 @@ class Store:
     # -- blobs --------------------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
+        # An object id names a file under blobs/: anything but 64 hex digits could name another file.
+        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+            raise HubError(400, f"Invalid object id {str(sha256)[:80]!r}: expected 64 hex digits")
         return self.blob_dir / sha256
 
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
@@ -178,6 +182,27 @@ class Store:
 
     def read_blob(self, sha256: str) -> bytes:
         return self.blob_path(sha256).read_bytes()
+
+    def put_blob_file(self, source, size: int, sha256: str) -> None:
+        """Stream ``size`` bytes from ``source`` into the blob ``sha256``, refused unless they hash to it."""
+        target = self.blob_path(sha256)
+        fd, tmp = tempfile.mkstemp(dir=self.blob_dir, prefix=".tmp-")
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                remaining = size
+                while remaining > 0:
+                    chunk = source.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        raise HubError(400, "Upload ended before its Content-Length")
+                    digest.update(chunk)
+                    f.write(chunk)
+                    remaining -= len(chunk)
+            if digest.hexdigest() != sha256:
+                raise HubError(400, f"Uploaded content does not match sha256 {sha256}")
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     # -- repos --------------------------------------------------------------------------------------
 
@@ -489,14 +514,20 @@ class Hub:
         return "regular"
 
 
-def _read_chunked(rfile) -> bytes:
-    chunks = []
+MAX_BODY = 64 << 20  # request bodies held in memory (JSON, ndjson); LFS uploads stream to disk instead
+
+
+def _read_chunked(rfile, limit: int) -> bytes:
+    chunks, total = [], 0
     while True:
         size = int(rfile.readline().split(b";")[0].strip(), 16)
         if size == 0:
             while rfile.readline() not in (b"\r\n", b"\n", b""):  # skip trailers
                 pass
             return b"".join(chunks)
+        total += size
+        if total > limit:
+            raise HubError(413, f"Request body larger than {limit} bytes")
         chunks.append(rfile.read(size))
         rfile.readline()
 
@@ -550,23 +581,61 @@ class _Handler(BaseHTTPRequestHandler):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    @property
+    def body(self) -> bytes:
+        """The request body, read on first use: credentials and the endpoint are checked before it is."""
+        if self._body is None:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                self._body = _read_chunked(self.rfile, MAX_BODY)
+            else:
+                length = self._content_length()
+                if length > MAX_BODY:
+                    raise HubError(413, f"Request body larger than {MAX_BODY} bytes")
+                self._body = self.rfile.read(length)
+        return self._body
+
+    def _content_length(self) -> int:
+        try:
+            return max(0, int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            raise HubError(400, "Invalid Content-Length")
+
+    def _discard_body(self) -> None:
+        """Answering without reading the body makes clients see resets: drain a small one, and close the
+        connection after a large or chunked one instead of reading it."""
+        if self._body is not None:
+            return
+        self._body = b""  # whatever happens below, the body is gone
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        try:
+            unread = MAX_BODY + 1 if chunked else self._content_length()
+        except HubError:
+            unread = MAX_BODY + 1
+        if unread > MAX_BODY:
+            self.close_connection = True
+            return
+        while unread > 0:
+            chunk = self.rfile.read(min(unread, 1 << 20))
+            if not chunk:
+                break
+            unread -= len(chunk)
+
     def _handle(self) -> None:
-        # Read the whole body before answering, even errors: replying early makes the client see resets.
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.body = _read_chunked(self.rfile)
-        else:
-            self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._body: bytes | None = None
         raw_path, _, query = self.path.partition("?")
         self.query = parse_qs(query, keep_blank_values=True)
         try:
             self.account = self._authenticate()
             self._route([unquote(s) for s in raw_path.split("/")[1:]], raw_path)
         except HubError as err:
+            self._discard_body()
             body = {"error": err.message, **err.extra}
             self._send_json(err.status, body, {**err.headers, **self._error_headers(err)})
         except Exception as err:  # a server bug must still produce an answer, not a dropped connection
+            self._discard_body()
             self._send_json(500, {"error": f"{type(err).__name__}: {err}"})
             raise
+        self._discard_body()
 
     @staticmethod
     def _error_headers(err: HubError) -> dict[str, str]:
@@ -605,6 +674,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.close_connection:  # an unread body is left on the socket: the client must not reuse it
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -630,6 +701,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, segments: list[str], raw_path: str) -> None:
         method = self.command
+        if method in ("POST", "PUT", "DELETE") and self.account is None and not self._anonymous_write(segments):
+            raise HubError(401, "You must be authenticated to write")  # before a byte of the body is read
         if segments[0] == "api":
             api = segments[1:]
             if api == ["whoami-v2"] and method == "GET":
@@ -654,6 +727,14 @@ class _Handler(BaseHTTPRequestHandler):
             if rest[2:] == ["info", "lfs", "objects", "batch"] and rest[1].endswith(".git") and method == "POST":
                 return self._lfs_batch(repo_type, f"{rest[0]}/{rest[1].removesuffix('.git')}")
         raise HubError(404, f"Unknown endpoint: {method} {raw_path}")
+
+    @staticmethod
+    def _anonymous_write(segments: list[str]) -> bool:
+        """Requests with a body that need no token: the LFS upload itself (the content must hash to its
+        object id) and the read-only POSTs a downloading client makes."""
+        if segments[:2] == ["api", "lfs-storage"]:
+            return True
+        return segments[-1:] == ["validate-yaml"] or "paths-info" in segments
 
     def _repo_api(self, repo_type: str, repo_id: str, action: list[str], raw_path: str) -> None:
         method = self.command
@@ -832,8 +913,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        cut = self.server.next_cut(end - start + 1)
         with open(self.hub.store.blob_path(entry["sha256"]), "rb") as f:
             f.seek(start)
+            if cut is not None:
+                self.wfile.write(f.read(cut))
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             remaining = end - start + 1
             while remaining > 0:
                 chunk = f.read(min(remaining, 1 << 20))
@@ -882,15 +970,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _lfs_put(self, oid: str) -> None:
         # The client sends this PUT without credentials (it targets object storage on the real Hub).
-        # Accepting it unauthenticated is safe because the content must hash to the oid it is stored under.
-        if hashlib.sha256(self.body).hexdigest() != oid:
-            raise HubError(400, f"Uploaded content does not match sha256 {oid}")
-        self.hub.store.put_blob(self.body)
+        # Accepting it unauthenticated is safe because the content must hash to the oid it is stored
+        # under; it streams to disk, so no upload is held in memory.
+        self.hub.store.blob_path(oid)  # refuses anything but a sha256 before reading a byte
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.hub.store.put_blob(self.body)
+        else:
+            self._body = b""  # consumed by the stream below
+            self.hub.store.put_blob_file(self.rfile, self._content_length(), oid)
         self._send(200, b"", "text/plain")
 
     def _lfs_verify(self, oid: str) -> None:
         if self.account is None:
             raise HubError(401, "You must be authenticated to verify LFS uploads")
+        self.hub.store.blob_path(oid)  # a sha256, or refused: never a probe of other files
         if not self.hub.store.has_blob(oid, self._json_body().get("size")):
             raise HubError(404, f"LFS object {oid} not found")
         self._send_json(200, {"success": True})
@@ -935,7 +1028,16 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, port: int, hub: Hub, log_requests: bool):
         self.hub = hub
         self.log_requests = log_requests
+        self.cuts: list[int] = []  # fault injection: the next downloads stop after this many bytes
+        self.cuts_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def next_cut(self, size: int) -> int | None:
+        """Bytes to send of a ``size``-byte download before dropping the connection, if one is due."""
+        with self.cuts_lock:
+            if self.cuts and size > self.cuts[0]:
+                return self.cuts.pop(0)
+        return None
 
 
 class HubServer:
@@ -988,6 +1090,11 @@ class HubServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def cut_downloads(self, count: int = 1, after_bytes: int = 1024) -> None:
+        """Fault injection for tests: the next ``count`` file downloads larger than ``after_bytes`` send
+        that many bytes of the body, then the server drops the connection."""
+        self._server.cuts.extend([after_bytes] * count)
 
 
 def _token_arg(spec: str) -> Account:
