@@ -3,30 +3,32 @@
 A version is a git tag ``vX.Y.Z`` on the set's dataset repo. One version of one repo is kept under
 ``<root>/<org>--<name>/<version>/``, laid out exactly like the repo (``manifest.json``,
 ``ipc<N>/train-*.parquet``, ``ipc<N>/soft_labels/...``). Only the files the chosen IPC needs are
-downloaded. The top-level ``manifest.json`` lists the sha256 of every file in the repo; each file is
-checked against it after a download, and again (cheaply, see :func:`verify_files`) whenever a local
-copy is used. A corrupted file is deleted and fetched once more; if it is still wrong the published
-version itself is broken and :class:`IntegrityError` says so.
+downloaded. The top-level ``manifest.json`` lists the sha256 of every file in the repo; every path
+in it must lie inside the version's folder (else nothing is read or deleted), and every file of the
+IPC is hashed in full after a download and the first time each process opens the set (again only if
+a file changes on disk; see :func:`verify_files`). A corrupted file is deleted and fetched once more;
+if it is still wrong the published version itself is broken and :class:`IntegrityError` says so.
 
-A complete, verified local copy is used without contacting the Hub at all, so ``HF_HUB_OFFLINE=1``
-(or no network) works once a version has been downloaded. ``huggingface_hub`` is imported lazily.
+With ``download=True`` and the Hub reachable, the tag is resolved to its commit (one request), the
+files are downloaded at that commit, and a tag moved since the local copy was made is noticed and its
+changed files fetched again. A verified local copy is used without the Hub when it cannot be reached,
+when ``download=False``, and under ``HF_HUB_OFFLINE=1``. ``huggingface_hub`` is imported lazily.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from ._io import atomic_write_json, sha256_file
-from .layout import MANIFEST, ipc_of, ipc_prefix, read_json_object
+from .layout import MANIFEST, LayoutError, check_manifest, inside, ipc_of, ipc_prefix, read_json_object
 from .registry import newest_version, parse_version
 
 log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
-_STAMPS = ".fadrm-verified.json"
+_SOURCE = ".fadrm-source.json"  # the commit a local copy was downloaded from
 # Where sets are kept when no root is given: like HF_HOME for the Hub's own cache.
 CACHE_ENV = "FADRM_DATASETS_CACHE"
 
@@ -79,7 +81,8 @@ def version_dir(root: str | os.PathLike, repo_id: str, version: str) -> Path:
 
 
 def read_manifest(directory: Path) -> dict:
-    return read_json_object(Path(directory) / MANIFEST)
+    path = Path(directory) / MANIFEST
+    return check_manifest(read_json_object(path), path)
 
 
 def published_ipcs(manifest: dict) -> list[int]:
@@ -119,41 +122,41 @@ def _endpoint() -> str:
 
 # --- integrity ------------------------------------------------------------------------------------
 
-def verify_files(directory: Path, files: dict[str, str], full: bool = False) -> list[str]:
-    """Paths in ``files`` that are missing under ``directory`` or whose sha256 differs.
+# Files this process has hashed in full: (path, size, mtime, inode) -> sha256. A set is hashed in full
+# the first time a process opens it and whenever one of its files changes on disk; nothing verified
+# by another process (or an earlier run) is trusted.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
 
-    A file once verified is recorded (size, mtime, sha256) in ``.fadrm-verified.json``; later checks
-    hash it again only when its size or mtime changed, so opening a big set stays fast. ``full=True``
-    hashes every file regardless.
-    """
+
+def check_paths(directory: Path, files) -> None:
+    """Refuse a manifest or index naming a path outside ``directory``, before anything is read or deleted."""
+    for rel in files:
+        try:
+            inside(directory, rel)
+        except LayoutError as error:
+            raise IntegrityError(f"{error}: the set's {MANIFEST} is malformed or hostile; nothing was read "
+                                 "or deleted. Report it, or pick another version=") from None
+
+
+def verify_files(directory: Path, files: dict[str, str]) -> list[str]:
+    """Paths in ``files`` that are missing under ``directory`` or whose sha256 differs."""
     directory = Path(directory)
-    stamps_path = directory / _STAMPS
-    try:
-        stamps = {} if full else json.loads(stamps_path.read_text())
-    except (OSError, ValueError):
-        stamps = {}
-    bad, changed = [], False
+    check_paths(directory, files)
+    bad = []
     for rel, expected in sorted(files.items()):
-        path = directory / rel
+        path = inside(directory, rel)
         try:
             stat = path.stat()
         except OSError:
             bad.append(rel)
             continue
-        key = [stat.st_size, stat.st_mtime_ns, expected]
-        if stamps.get(rel) == key:
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if _VERIFIED.get(key) == expected:
             continue
         if sha256_file(path) == expected:
-            stamps[rel] = key
-            changed = True
+            _VERIFIED[key] = expected
         else:
-            stamps.pop(rel, None)
             bad.append(rel)
-    if changed or bad:
-        try:
-            atomic_write_json(stamps_path, stamps)
-        except OSError:  # a read-only copy still verifies, just without the shortcut next time
-            pass
     return bad
 
 
@@ -179,15 +182,11 @@ def _repo_not_found(repo_id: str) -> RepoNotFoundError:
 def list_versions(repo_id: str, token: str | None = None) -> list[str]:
     """The ``vX.Y.Z`` tags of ``repo_id`` on the Hub, oldest first."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
 
     if is_offline():
         raise OfflineError(f"cannot list the versions of {repo_id!r}: HF_HUB_OFFLINE is set; "
                            "pass version= for a version you downloaded before, or unset HF_HUB_OFFLINE")
-    try:
-        refs = HfApi(token=token).list_repo_refs(repo_id, repo_type=REPO_TYPE)
-    except RepositoryNotFoundError:
-        raise _repo_not_found(repo_id) from None
+    refs = _hub_call(repo_id, "", token, lambda: HfApi(token=token).list_repo_refs(repo_id, repo_type=REPO_TYPE))
     tags = [t.name for t in refs.tags if parse_version(t.name)]
     return sorted(tags, key=parse_version)
 
@@ -215,15 +214,12 @@ def resolve_version(repo_id: str, version: str | None = None, pinned: str | None
         return local
     try:
         tags = list_versions(repo_id, token)
-    except HubError:
-        raise
-    except Exception as error:  # the Hub cannot be reached: fall back on the newest local copy
+    except _Unreachable as error:  # fall back on the newest local copy
         local = newest_version(local_versions(root, repo_id)) if root is not None else None
         if local is None:
-            raise HubError(f"cannot reach {_endpoint()} to find the newest version of {repo_id!r} "
-                           f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                           "check the connection, or pass version=") from None
-        log.warning("cannot reach the Hub (%s); using the newest downloaded version, %s", type(error).__name__, local)
+            raise HubError(f"{error} to find the newest version of {repo_id!r}; check the connection, "
+                           "or pass version=") from None
+        log.warning("%s; using the newest downloaded version, %s", error, local)
         return local
     newest = newest_version(tags)
     if newest is None:
@@ -232,13 +228,20 @@ def resolve_version(repo_id: str, version: str | None = None, pinned: str | None
     return newest
 
 
-def _snapshot(repo_id: str, version: str, dest: Path, patterns: list[str], token: str | None) -> None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+class _Unreachable(HubError):
+    """The Hub did not answer (no connection, a timeout, a server error)."""
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _hub_call(repo_id: str, version: str, token: str | None, call):
+    """Run a huggingface_hub call, its failures turned into errors that say what to do."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        snapshot_download(repo_id, repo_type=REPO_TYPE, revision=version, allow_patterns=patterns,
-                          local_dir=dest, token=token)
+        return call()
     except RevisionNotFoundError:
         try:
             known = ", ".join(list_versions(repo_id, token)) or "none"
@@ -248,47 +251,132 @@ def _snapshot(repo_id: str, version: str, dest: Path, patterns: list[str], token
                                    "pass one of those as version=, or leave it out for the default") from None
     except RepositoryNotFoundError:
         raise _repo_not_found(repo_id) from None
-    except OSError as error:  # no connection (LocalEntryNotFoundError), or another refusal by the Hub
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise HubError(f"could not download {repo_id} {version} from {_endpoint()}: {first_line}") from None
-    if not (dest / MANIFEST).is_file():
-        raise HubError(f"{repo_id} {version} has no {MANIFEST}: it is not a published FADRM set")
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"the Hub at {_endpoint()} refused the token ({status}): log in with `hf auth login` "
+                           "or set HF_TOKEN to a token that can read the repo") from None
+        raise _Unreachable(f"the Hub at {_endpoint()} failed ({status}): {_first_line(error)}") from None
+    except Exception as error:
+        if not is_transport_error(error):
+            raise
+        raise _Unreachable(f"cannot reach {_endpoint()} ({_first_line(error)})") from None
+
+
+# The HTTP stacks huggingface_hub may use; their errors (and OSError) mean the Hub did not answer.
+_TRANSPORTS = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "h11")
+
+
+def is_transport_error(error: BaseException) -> bool:
+    """The Hub did not answer: no connection, a timeout, a transfer cut short."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in _TRANSPORTS
+
+
+def _commit_of(repo_id: str, version: str, token: str | None) -> str:
+    """The commit the tag ``version`` points at now."""
+    from huggingface_hub import HfApi
+
+    return _hub_call(repo_id, version, token, lambda: HfApi(token=token).dataset_info(repo_id, revision=version).sha)
+
+
+def _snapshot(repo_id: str, version: str, commit: str, dest: Path, patterns: list[str], token: str | None) -> None:
+    """Download ``patterns`` of ``commit`` (the tag ``version``'s, pinned so a moving tag cannot mix two)."""
+    from huggingface_hub import snapshot_download
+
+    _hub_call(repo_id, version, token, lambda: snapshot_download(
+        repo_id, repo_type=REPO_TYPE, revision=commit, allow_patterns=patterns, local_dir=dest, token=token))
 
 
 def fetch(repo_id: str, ipc: int, version: str, root: str | os.PathLike, download: bool = True,
           token: str | None = None) -> Path:
-    """Make sure ``<root>/<org>--<name>/<version>`` holds a verified copy of one IPC; returns that folder."""
+    """Make sure ``<root>/<org>--<name>/<version>`` holds a verified copy of one IPC; returns that folder.
+
+    Downloads hold a file lock on the version, so processes sharing a root make one good copy.
+    """
     dest = version_dir(root, repo_id, version)
-    label = f"{repo_id} {version} ipc{ipc}"
-    if (dest / MANIFEST).is_file():
-        manifest = read_manifest(dest)
-        _check_ipc(manifest, ipc, repo_id, version)
-        bad = verify_files(dest, ipc_files(manifest, ipc))
-        if not bad:
-            return dest
-        problem = f"the local copy of {label} at {dest} has {_describe(dest, bad)}"
-        if not download:
-            raise IntegrityError(f"{problem}; pass download=True to fetch them again")
-        if is_offline():
-            raise OfflineError(f"{problem}, and HF_HUB_OFFLINE is set: unset it to fetch them again")
-        if any((dest / p).exists() for p in bad):
-            log.warning("%s; fetching them again", problem)
-        else:  # e.g. another IPC of a version already downloaded
-            log.info("%s: downloading %d file(s)", label, len(bad))
-        _refetch(repo_id, version, dest, manifest, bad, token)
-        return dest
     if not download:
-        raise NotDownloadedError(f"{label} is not downloaded under {dest}; pass download=True")
-    if is_offline():
-        raise OfflineError(f"{label} is not downloaded under {dest} and HF_HUB_OFFLINE is set; "
-                           "unset HF_HUB_OFFLINE to download it")
-    _snapshot(repo_id, version, dest, [MANIFEST, ipc_prefix(ipc) + "*"], token)
-    manifest = read_manifest(dest)
+        return _fetch(repo_id, ipc, version, dest, False, token)
+    from filelock import FileLock
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        return _fetch(repo_id, ipc, version, dest, True, token)
+
+
+def _local_manifest(dest: Path) -> dict | None:
+    """The local copy's manifest; None when there is none, or it is unreadable (then it is fetched again:
+    a damaged local file is never blamed on the Hub)."""
+    if not (dest / MANIFEST).is_file():
+        return None
+    try:
+        return read_manifest(dest)
+    except LayoutError as error:
+        log.warning("%s; fetching it again", error)
+        return None
+
+
+def _recorded_commit(dest: Path) -> str | None:
+    try:
+        return read_json_object(dest / _SOURCE).get("commit")
+    except (OSError, LayoutError):
+        return None
+
+
+def _fetch(repo_id: str, ipc: int, version: str, dest: Path, download: bool, token: str | None) -> Path:
+    label = f"{repo_id} {version} ipc{ipc}"
+    manifest = _local_manifest(dest)
+    online = download and not is_offline()
+    commit = None
+    if online:
+        try:
+            commit = _commit_of(repo_id, version, token)
+        except _Unreachable as error:
+            if manifest is None:
+                raise HubError(f"cannot download {label}: {error}; check the connection, or set HF_ENDPOINT") from None
+            log.warning("%s; using the local copy of %s without checking its tag", error, label)
+    if manifest is not None and commit is not None and _recorded_commit(dest) not in (None, commit):
+        log.warning("%s: the tag %s now points at commit %s, not %s as when it was downloaded; fetching its "
+                    "changed files", repo_id, version, commit[:10], str(_recorded_commit(dest))[:10])
+        manifest = None
+    if manifest is None:
+        if not download:
+            raise NotDownloadedError(f"{label} is not downloaded under {dest}; pass download=True")
+        if not online:
+            raise OfflineError(f"{label} is not downloaded under {dest} and HF_HUB_OFFLINE is set; "
+                               "unset HF_HUB_OFFLINE to download it")
+        (dest / MANIFEST).unlink(missing_ok=True)
+        _snapshot(repo_id, version, commit, dest, [MANIFEST], token)
+        try:
+            manifest = read_manifest(dest)
+        except (OSError, LayoutError) as error:
+            raise IntegrityError(f"{repo_id} {version} has no readable {MANIFEST} ({_first_line(error)}): it is "
+                                 "not a published FADRM set, or the version is broken") from None
+        atomic_write_json(dest / _SOURCE, {"repo": repo_id, "version": version, "commit": commit})
+    check_paths(dest, manifest.get("files", {}))
     _check_ipc(manifest, ipc, repo_id, version)
-    bad = verify_files(dest, ipc_files(manifest, ipc), full=True)
-    if bad:
-        log.warning("%s: %s after download; fetching them again", label, _describe(dest, bad))
-        _refetch(repo_id, version, dest, manifest, bad, token)
+    files = ipc_files(manifest, ipc)
+    bad = verify_files(dest, files)
+    if not bad:
+        return dest
+    problem = f"the local copy of {label} at {dest} has {_describe(dest, bad)}"
+    if not download:
+        raise IntegrityError(f"{problem}; pass download=True to fetch them again")
+    if not online:
+        raise OfflineError(f"{problem}, and HF_HUB_OFFLINE is set: unset it to fetch them again")
+    if commit is None:
+        raise HubError(f"{problem}, and the Hub cannot be reached to fetch them again; check the connection")
+    if any((dest / p).exists() for p in bad):
+        log.warning("%s; fetching them again", problem)
+    else:  # e.g. another IPC of a version already downloaded
+        log.info("%s: downloading %d file(s)", label, len(bad))
+    for rel in bad:  # paths checked above: every one lies inside dest
+        inside(dest, rel).unlink(missing_ok=True)
+    _snapshot(repo_id, version, commit, dest, bad, token)
+    still = verify_files(dest, {p: files[p] for p in bad})
+    if still:
+        raise IntegrityError(
+            f"{repo_id} {version}: {_describe(dest, still)} on the Hub do not match the sha256 in its {MANIFEST}; "
+            "the published version is broken: report it, or pick another version=")
     return dest
 
 
@@ -299,19 +387,6 @@ def _check_ipc(manifest: dict, ipc: int, repo_id: str, version: str) -> None:
                                    f"{', '.join(map(str, ipcs)) or 'none'}); pass one of those as ipc=")
 
 
-def _refetch(repo_id: str, version: str, dest: Path, manifest: dict, bad: list[str], token: str | None) -> None:
-    """Delete the bad files, download them once more, and check them again."""
-    for rel in bad:
-        (dest / rel).unlink(missing_ok=True)
-    _snapshot(repo_id, version, dest, bad, token)
-    files = {p: manifest["files"][p] for p in bad}
-    still = verify_files(dest, files, full=True)
-    if still:
-        raise IntegrityError(
-            f"{repo_id} {version}: {_describe(dest, still)} on the Hub do not match the sha256 in its manifest.json; "
-            "the published version is broken: report it, or pick another version=")
-
-
 __all__ = ["CACHE_ENV", "HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
            "RepoNotFoundError", "VersionNotFoundError", "default_root", "fetch", "ipc_files", "list_versions", "local_versions",
-           "published_ipcs", "read_manifest", "resolve_version", "verify_files", "version_dir"]
+           "check_paths", "is_transport_error", "published_ipcs", "read_manifest", "resolve_version", "verify_files", "version_dir"]

@@ -22,10 +22,14 @@ manifest or an index are resolved with :func:`inside` before anything is read or
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +51,10 @@ _DIGITS = re.compile(r"^\d+$")
 
 class LayoutError(ValueError):
     """A file of a set is malformed or names a path it may not; the message names the file."""
+
+
+class BuildLockedError(RuntimeError):
+    """Another builder holds the build directory; the message names it."""
 
 
 # --- paths --------------------------------------------------------------------------------------
@@ -131,6 +139,26 @@ def stack_images(sources, channels: int) -> torch.Tensor:
 
 # --- manifests ----------------------------------------------------------------------------------
 
+# The manifest fields this project reads, and the JSON types they must have.
+_MANIFEST_TYPES = {"dataset": str, "ipc": int, "method": str, "seed": int, "preset": dict, "options": dict,
+                   "files": dict, "stages": dict, "evaluations": list, "teachers": dict, "classes": list,
+                   "ipcs": dict, "version": str}
+
+
+def check_manifest(manifest: dict, path: str | os.PathLike) -> dict:
+    """Refuse a manifest whose known fields have the wrong JSON type, naming the file and the fields."""
+    wrong = [key for key, kind in _MANIFEST_TYPES.items()
+             if key in manifest and manifest[key] is not None
+             and (not isinstance(manifest[key], kind) or (kind is int and isinstance(manifest[key], bool)))]
+    files = manifest.get("files")
+    if isinstance(files, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        wrong.append("files (paths to sha256 strings)")
+    if wrong:
+        raise LayoutError(f"{path} is malformed: {', '.join(wrong)} of the wrong type; rebuild the stage that "
+                          "wrote it, or download the set again")
+    return manifest
+
+
 def read_json_object(path: str | os.PathLike) -> dict:
     """A JSON file that must hold an object; a clear :class:`LayoutError` naming the file otherwise."""
     path = Path(path)
@@ -170,27 +198,76 @@ class BuildDirectory:
 
     def read_manifest(self) -> dict:
         """The manifest, or ``{}`` before the first stage wrote one."""
-        return read_json_object(self.manifest_path) if self.manifest_path.is_file() else {}
+        if not self.manifest_path.is_file():
+            return {}
+        return check_manifest(read_json_object(self.manifest_path), self.manifest_path)
 
-    def update_manifest(self, **sections) -> dict:
-        """Merge ``sections`` into the manifest and record the sha256 of every file now present."""
+    def update_manifest(self, refresh: tuple[str, ...] = (), **sections) -> dict:
+        """Merge ``sections`` into the manifest and record the sha256 of the files.
+
+        Files under the ``refresh`` prefixes (what the calling stage just wrote or checked) are hashed
+        again; every other file keeps the hash recorded when its own stage wrote it, so a file changed
+        behind a stage's back keeps failing its check instead of being blessed. Files not yet recorded
+        are hashed; files gone are dropped.
+        """
         manifest = self.read_manifest()
         manifest.update(sections)
-        manifest["files"] = self.file_hashes()
+        recorded = manifest.get("files", {})
+        files = {}
+        for rel, path in self._files():
+            keep = rel in recorded and not rel.startswith(refresh)
+            files[rel] = recorded[rel] if keep else cached_sha256(path)
+        manifest["files"] = files
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
-    def record_stage(self, stage: str, record: dict) -> dict:
+    def record_stage(self, stage: str, record: dict, refresh: tuple[str, ...] = ()) -> dict:
         stages = self.read_manifest().get("stages", {})
         stages[stage] = record
-        return self.update_manifest(stages=stages)
+        return self.update_manifest(refresh, stages=stages)
 
-    def file_hashes(self) -> dict[str, str]:
-        hashes = {}
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
-                hashes[path.relative_to(self.root).as_posix()] = cached_sha256(path)
-        return hashes
+    def _files(self) -> list[tuple[str, Path]]:
+        """(relative path, path) of every file the manifest covers: all but itself and hidden files."""
+        return [(path.relative_to(self.root).as_posix(), path) for path in sorted(self.root.rglob("*"))
+                if path.is_file() and path.name != MANIFEST
+                and not any(part.startswith(".") for part in path.relative_to(self.root).parts)]
+
+    def damaged(self, prefixes: tuple[str, ...]) -> list[str]:
+        """Files under ``prefixes`` that the manifest records but that are missing or changed since."""
+        recorded = self.read_manifest().get("files", {})
+        bad = []
+        for rel, expected in sorted(recorded.items()):
+            if rel.startswith(prefixes):
+                path = inside(self.root, rel)
+                if not path.is_file() or cached_sha256(path) != expected:
+                    bad.append(rel)
+        return bad
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the directory for one builder: a second one is refused at once, naming the holder."""
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        holder = self.root / ".lock.holder"
+        lock = FileLock(str(self.root / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                who = json.loads(holder.read_text())
+                who = f"process {who['pid']} on {who['host']} since {who['since']} ({who['command']})"
+            except (OSError, ValueError, KeyError, TypeError):
+                who = "another process"
+            raise BuildLockedError(f"{self.root} is being built by {who}; wait for it to finish, or use another "
+                                   "--build-dir") from None
+        try:
+            atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                       "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)})
+            yield self
+        finally:
+            holder.unlink(missing_ok=True)
+            lock.release()
 
 
 # --- the published repo -------------------------------------------------------------------------
@@ -235,7 +312,7 @@ def ipc_of(relative: str) -> int | None:
     return parse_ipc_dir(head) if rest else None
 
 
-__all__ = ["BuildDirectory", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST", "PATCHES", "README",
+__all__ = ["BuildDirectory", "BuildLockedError", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST", "PATCHES", "README",
            "SOFT_LABELS", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name", "image_relpath", "inside",
            "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "parquet_pattern", "parquet_shard", "parse_ipc_dir",
-           "read_json_object", "repo_soft_labels", "repo_teacher", "scan_images", "stack_images"]
+           "check_manifest", "read_json_object", "repo_soft_labels", "repo_teacher", "scan_images", "stack_images"]

@@ -21,7 +21,6 @@ from PIL import Image
 from torchvision.datasets import VisionDataset
 
 from . import hub, layout
-from ._io import sha256_file
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
 from .registry import SetInfo, find_by_repo, get_set
@@ -32,14 +31,22 @@ class SetNotFoundError(HubError, FileNotFoundError):
 
 
 def _read_parquet(paths: list[Path]) -> list[tuple[int, int, bytes]]:
+    """(label, ipc_id, PNG bytes) of every row; a shard of another schema is refused, naming the file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = []
     for path in paths:
-        table = pq.read_table(path, columns=["image", "label", "ipc_id"])
-        images = table.column("image").combine_chunks()
-        data = images.field("bytes").to_pylist()
-        rows += zip(table.column("label").to_pylist(), table.column("ipc_id").to_pylist(), data)
+        try:
+            table = pq.read_table(path, columns=["image", "label", "ipc_id"])
+            data = table.column("image").combine_chunks().field("bytes").to_pylist()
+            labels, ipc_ids = table.column("label").to_pylist(), table.column("ipc_id").to_pylist()
+        except (pa.ArrowException, KeyError, ValueError) as error:
+            raise IntegrityError(f"{path} is not a shard of a FADRM set (columns image{{bytes}}, label, ipc_id): "
+                                 f"{' '.join(str(error).split())}") from None
+        if not all(isinstance(v, int) for v in labels + ipc_ids) or not all(isinstance(b, bytes) for b in data):
+            raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
+        rows += zip(labels, ipc_ids, data)
     return rows
 
 
@@ -266,12 +273,9 @@ class FADRMDataset(VisionDataset):
         return self.soft_label_store.epochs if self.soft_label_store is not None else None
 
     def _check_integrity(self) -> bool:
-        """Hash every file of this set again and compare with the manifest's sha256."""
-        for rel, expected in self._verify_files.items():
-            path = self.data_dir / rel
-            if not path.is_file() or sha256_file(path) != expected:
-                return False
-        return True
+        """Every file of this set matches the manifest's sha256 (hashed in full once per process; a
+        manifest naming a path outside the set is refused with :class:`IntegrityError`)."""
+        return not hub.verify_files(self.data_dir, self._verify_files)
 
     def extra_repr(self) -> str:
         lines = [f"IPC: {self.ipc}"]

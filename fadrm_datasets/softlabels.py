@@ -33,8 +33,8 @@ Only torch, safetensors, numpy and json are imported here: the library stays lig
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import resized_crop, sample_crop_boxes
+from .layout import LayoutError, inside, read_json_object
 
 FORMAT = "fadrm-soft-labels"
 FORMAT_VERSION = 1
@@ -57,8 +58,15 @@ class SoftLabelStoreError(ValueError):
     """A store is missing, incomplete or malformed; the message says what is wrong."""
 
 
+_SHARD_FILE = re.compile(r"^epochs-\d{5}-\d{5}\.safetensors$")
+
+
 def shard_name(first_epoch: int, last_epoch: int) -> str:
     return f"epochs-{first_epoch:05d}-{last_epoch:05d}.safetensors"
+
+
+def is_shard_name(name: str) -> bool:
+    return bool(_SHARD_FILE.match(name))
 
 
 def num_batches(num_samples: int, batch_size: int) -> int:
@@ -262,6 +270,43 @@ class EpochRecord:
         return inverse
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_index(index: dict, path: Path) -> None:
+    """Refuse an index with missing or mistyped fields, or shards outside its folder, in one line."""
+    version = index.get("format_version", -1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise SoftLabelStoreError(f"{path} has format version {version!r}; this fadrm_datasets reads up to "
+                                  f"{FORMAT_VERSION}: upgrade it")
+    required = ("epochs", "num_classes", "num_samples", "batch_size", "image_size", "shards")
+    missing = [key for key in required if key not in index]
+    if missing:
+        raise SoftLabelStoreError(f"{path} lacks {', '.join(missing)}")
+    wrong = [key for key in required[:-1] if not _positive_int(index[key])]
+    if index.get("topk") is not None and not _positive_int(index["topk"]):
+        wrong.append("topk")
+    shards = index["shards"]
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str)
+            and isinstance(s.get("first_epoch"), int) and isinstance(s.get("last_epoch"), int) for s in shards):
+        wrong.append("shards")
+    if wrong:
+        raise SoftLabelStoreError(f"{path} is malformed: {', '.join(wrong)} of the wrong type or value; "
+                                  "relabel again (`fadrm-build relabel ...`) or download the set again")
+    covered = sorted(e for s in shards for e in range(s["first_epoch"], s["last_epoch"] + 1))
+    if covered != list(range(index["epochs"])):
+        raise SoftLabelStoreError(f"{path}: its shards do not cover epochs 0..{index['epochs'] - 1} once each")
+    for shard in shards:
+        if not _SHARD_FILE.match(shard["file"]):
+            raise SoftLabelStoreError(f"{path}: {shard['file']!r} is not a shard name (epochs-A-B.safetensors)")
+        try:
+            inside(path.parent, shard["file"])
+        except LayoutError as error:
+            raise SoftLabelStoreError(f"{path}: {error}") from None
+
+
 class SoftLabelStore:
     """A relabel run's soft labels; open with :meth:`SoftLabelStore.open`.
 
@@ -295,24 +340,15 @@ class SoftLabelStore:
             raise SoftLabelStoreError(f"no soft-label store in {directory}: {INDEX} is missing "
                                       "(run `fadrm-build relabel DATASET --ipc N` first)")
         try:
-            index = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise SoftLabelStoreError(f"{path} is not valid JSON: {error}") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            index = read_json_object(path)
+        except LayoutError as error:
+            raise SoftLabelStoreError(str(error)) from None
+        if index.get("format") != FORMAT:
             raise SoftLabelStoreError(f"{path} is not a {FORMAT} index")
-        if int(index.get("format_version", -1)) > FORMAT_VERSION:
-            raise SoftLabelStoreError(f"{path} has format version {index.get('format_version')}; this "
-                                      f"fadrm_datasets reads up to {FORMAT_VERSION}: upgrade it")
-        required = ("epochs", "num_classes", "num_samples", "batch_size", "image_size", "shards")
-        missing = [key for key in required if key not in index]
-        if missing:
-            raise SoftLabelStoreError(f"{path} lacks {', '.join(missing)}")
+        _check_index(index, path)
         if not index.get("complete", False):
             raise SoftLabelStoreError(f"the soft-label store in {directory} is incomplete (an interrupted "
                                       "relabel); run the same relabel command again to finish it")
-        covered = sorted(e for s in index["shards"] for e in range(s["first_epoch"], s["last_epoch"] + 1))
-        if covered != list(range(int(index["epochs"]))):
-            raise SoftLabelStoreError(f"{path}: its shards do not cover epochs 0..{index['epochs'] - 1} once each")
         absent = [s["file"] for s in index["shards"] if not (directory / s["file"]).is_file()]
         if absent:
             raise SoftLabelStoreError(f"soft-label shards missing from {directory}: {', '.join(absent)}")
@@ -480,6 +516,6 @@ def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epoch: in
 __all__ = [
     "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "ReplayBatchSampler", "ReplayDataset",
     "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "compress_logits", "cutmix_box", "expand_logits",
-    "make_epoch_plan", "passthrough_collate", "replay_loader", "sample_crop_boxes",
+    "is_shard_name", "make_epoch_plan", "passthrough_collate", "replay_loader", "sample_crop_boxes",
     "shard_name",
 ]
