@@ -17,7 +17,7 @@ from pathlib import Path
 from fadrm_datasets import __version__
 from fadrm_datasets.layout import BuildDirectory
 
-from .context import open_build
+from .context import environment, open_build
 from .evaluate import stage_evaluate
 from .options import BuildOptions
 from .patches import check_patches, stage_patches
@@ -48,23 +48,23 @@ def run_build(preset: Preset, options: BuildOptions) -> BuildDirectory:
     before its manifest is touched.
     """
     start = time.perf_counter()
-    ctx = open_build(preset, options)
-    timings = {"teacher": round(time.perf_counter() - start, 2)}
-    check_patches(ctx)
-    check_recover(ctx)
-    ctx.directory.root.mkdir(parents=True, exist_ok=True)
-    ctx.directory.update_manifest(dataset=preset.name, ipc=options.ipc, method=options.method, seed=options.seed,
-                                  preset=preset.to_dict(), options=dataclasses.asdict(options),
-                                  code_version=code_version(), format_version=FORMAT_VERSION)
-    ctx.record_teachers()
-    stages = [("patches", stage_patches), ("recover", stage_recover), ("relabel", stage_relabel)]
-    if preset.evaluate_by_default if options.evaluate is None else options.evaluate:
-        stages.append(("evaluate", stage_evaluate))
-    for name, stage in stages:
-        start = time.perf_counter()
-        stage(ctx)
-        timings[name] = round(time.perf_counter() - start, 2)
-    ctx.directory.update_manifest(timings=timings)
+    with open_build(preset, options) as ctx:
+        timings = {"teacher": round(time.perf_counter() - start, 2)}
+        check_patches(ctx)
+        check_recover(ctx)
+        ctx.directory.update_manifest(dataset=preset.name, ipc=options.ipc, method=options.method,
+                                      seed=options.seed, preset=preset.to_dict(),
+                                      options=dataclasses.asdict(options), code_version=code_version(),
+                                      environment=environment(ctx.device), format_version=FORMAT_VERSION)
+        ctx.record_teachers()
+        stages = [("patches", stage_patches), ("recover", stage_recover), ("relabel", stage_relabel)]
+        if preset.evaluate_by_default if options.evaluate is None else options.evaluate:
+            stages.append(("evaluate", stage_evaluate))
+        for name, stage in stages:
+            start = time.perf_counter()
+            stage(ctx)
+            timings[name] = round(time.perf_counter() - start, 2)
+        ctx.directory.update_manifest(timings=timings)
     log.info("build done: %s (%s)", ctx.directory.root, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return ctx.directory
 

@@ -223,8 +223,8 @@ def ipc_section(ipc: int, info: dict) -> str:
     parts += ["", "### Accuracy", "", table if table else "Not evaluated yet."]
     teachers = info.get("teachers") or {}
     if teachers:
-        rows = [[name, rec.get("test_top1", ""), rec.get("test_top5", ""),
-                 Path(str(rec.get("source", ""))).name] for name, rec in teachers.items()]
+        rows = [[name, rec.get("test_top1", ""), rec.get("test_top5", ""), rec.get("file") or rec.get("source", "")]
+                for name, rec in teachers.items()]
         parts += ["", "### Teachers", "", markdown_table(["teacher", "test top-1 %", "test top-5 %", "weights"], rows)]
     preset = info.get("preset") or {}
     if preset:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -148,24 +149,54 @@ def recover_options(f):
     return f
 
 
+class Refused(click.ClickException):
+    """Bad input (an argument, or a file the command reads): one line, exit status 2, as for usage errors."""
+
+    exit_code = 2
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _os_error(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno == errno.ENOSPC:
+        return (f"no space left on the device{where}: free some space, then run the same command: finished "
+                "units and shards are kept and checked, nothing half-written is used")
+    return f"{error.strerror or _one_line(error)}{where}"
+
+
 def handle_errors(f):
-    """Turn expected failures into one clear line and exit status 1, not a traceback."""
+    """Expected failures print one line, never a traceback: exit status 2 for bad input (arguments,
+    files read), 1 when the work itself failed or the system refused (a full disk, a held directory)."""
 
     @functools.wraps(f)
     def wrapper(*args, verbose=False, **kwargs):
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        from fadrm_datasets.hub import HubError
+        from fadrm_datasets.layout import BuildLockedError
+
         from .models import UnknownModelError
-        from .options import BuildError
+        from .options import BuildError, BuildFailed
         from .sources import DataNotFoundError
         from .teachers import TeacherError
 
         try:
             return f(*args, **kwargs)
-        except (BuildError, DataNotFoundError, TeacherError, UnknownModelError, ValueError) as error:
+        except (BuildFailed, BuildLockedError) as error:
             if verbose:
                 raise
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(_one_line(error)) from None
+        except (BuildError, DataNotFoundError, TeacherError, UnknownModelError, HubError, ValueError) as error:
+            if verbose:
+                raise
+            raise Refused(_one_line(error)) from None
+        except OSError as error:
+            if verbose:
+                raise
+            raise click.ClickException(_os_error(error)) from None
         except KeyboardInterrupt:
             click.echo("interrupted: finished units are kept; run the same command to resume", err=True)
             sys.exit(130)
@@ -230,12 +261,16 @@ def build_command(dataset, evaluate=None, epochs=None, **kwargs):
 @common_options
 @handle_errors
 def teacher_command(dataset, retrain, ipc, **kwargs):
-    from .context import open_build
+    import torch
 
-    ctx = open_build(dataset, make_options(dataset, ipc=ipc, **kwargs), retrain=retrain)
-    for name, record in ctx.teachers.records().items():
-        accuracy = record.get("test_top1")
-        click.echo(f"{name}: {record['source']}" + (f" (test top-1 {accuracy} %)" if accuracy else ""))
+    from .teachers import resolve_teachers
+
+    options = make_options(dataset, ipc=ipc, **kwargs)
+    teachers = resolve_teachers(dataset, options, torch.device(options.device), retrain=retrain)
+    for teacher in teachers.teachers:
+        accuracy = teacher.record.get("test_top1")
+        where = teacher.weights or teacher.record["source"]
+        click.echo(f"{teacher.name}: {where}" + (f" (test top-1 {accuracy} %)" if accuracy else ""))
 
 
 @cli.command("patches", help="Select the real patches that seed each synthetic image.")
@@ -248,9 +283,9 @@ def patches_command(dataset, **kwargs):
     from .patches import stage_patches
 
     preset = apply_overrides(dataset, kwargs)
-    ctx = open_build(preset, make_options(preset, **kwargs))
-    ctx.directory.patches.unlink(missing_ok=True)  # an explicit rerun reselects
-    patches = stage_patches(ctx)
+    with open_build(preset, make_options(preset, **kwargs)) as ctx:
+        ctx.directory.patches.unlink(missing_ok=True)  # an explicit rerun reselects
+        patches = stage_patches(ctx)
     click.echo(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {ctx.directory.root}")
 
 
@@ -264,8 +299,8 @@ def recover_command(dataset, **kwargs):
     from .recover import stage_recover
 
     preset = apply_overrides(dataset, kwargs)
-    ctx = open_build(preset, make_options(preset, **kwargs))
-    record = stage_recover(ctx)
+    with open_build(preset, make_options(preset, **kwargs)) as ctx:
+        record = stage_recover(ctx)
     click.echo(f"recover {'complete' if record['complete'] else 'partial'}: {ctx.directory.images}")
 
 
@@ -285,8 +320,8 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
     from .context import open_build
     from .relabel import stage_relabel
 
-    ctx = open_build(dataset, make_options(dataset, ipc=ipc, **kwargs))
-    record = stage_relabel(ctx, epochs=epochs, teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
+    with open_build(dataset, make_options(dataset, ipc=ipc, **kwargs)) as ctx:
+        record = stage_relabel(ctx, epochs=epochs, teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
     click.echo(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
                f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {ctx.directory.soft_labels}")
 
@@ -314,8 +349,9 @@ def evaluate_command(build_dir, student, epochs, data_root, download, device, se
     from .evaluate import evaluate_build, teacher_accuracy
     from .options import resolve_device
 
-    record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
-                            device=resolve_device(device), seed=seed, num_workers=num_workers, split=split)
+    with BuildDirectory(build_dir).lock():
+        record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
+                                device=resolve_device(device), seed=seed, num_workers=num_workers, split=split)
     teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
     click.echo(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_best']:.2f} % best, "
                f"{record['top1_final']:.2f} % final, top-5 {record['top5']:.2f} %"

@@ -3,7 +3,11 @@ and the teachers, decided once by :func:`open_build` and handed to every stage."
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -23,16 +27,32 @@ class BuildContext:
     teachers: TeacherSet
 
     def record_teachers(self) -> dict:
-        """Write the teachers into the build's manifest."""
+        """Write the teachers into the build's manifest (``teachers_dir`` is local: never published)."""
         return self.directory.update_manifest(teachers=self.teachers.records(),
-                                              teachers_dir=str(self.options.teachers_dir))
+                                              teachers_dir=str(self.options.teachers_dir.resolve()))
 
 
-def open_build(preset: Preset, options: BuildOptions, retrain: bool = False) -> BuildContext:
-    """The build of ``options`` with ``preset``: its teachers resolved (trained when missing) once."""
+def environment(device: torch.device) -> dict:
+    """What decides the exact bits a build writes (RELIABILITY.md, "Determinism"): the same values give
+    byte-identical images and soft labels, whatever the order or the number of processes."""
+    env = {"torch": torch.__version__, "device": device.type, "threads": torch.get_num_threads(),
+           "machine": platform.machine()}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
+
+
+@contextlib.contextmanager
+def open_build(preset: Preset, options: BuildOptions, retrain: bool = False) -> Iterator[BuildContext]:
+    """The build of ``options`` with ``preset``, its directory held for this builder alone (a second one
+    is refused at once) and its teachers resolved once (trained when missing)."""
     device = torch.device(options.device)
-    return BuildContext(preset, options, device, BuildDirectory(options.directory),
-                        resolve_teachers(preset, options, device, retrain))
+    directory = BuildDirectory(options.directory)
+    # Under torchrun the ranks of one job share the directory: rank 0 holds it for all of them.
+    held = directory.lock() if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()
+    with held:
+        yield BuildContext(preset, options, device, directory, resolve_teachers(preset, options, device, retrain))
 
 
-__all__ = ["BuildContext", "open_build"]
+__all__ = ["BuildContext", "environment", "open_build"]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets.layout import BuildDirectory
+from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
 from .context import BuildContext
@@ -145,6 +145,11 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     if not (build.soft_labels / INDEX).is_file():
         raise BuildError(f"{build.root} has no soft labels; run `fadrm-build relabel {preset.name} "
                          f"--ipc {manifest.get('ipc', 'N')}` first")
+    damaged = build.damaged((IMAGES + "/", SOFT_LABELS + "/"))
+    if damaged:
+        raise BuildError(f"{len(damaged)} file(s) of {build.root} changed since their stage wrote them "
+                         f"({', '.join(damaged[:3])}); run the build command again: recover and relabel make "
+                         "damaged images and shards again")
     store = SoftLabelStore.open(build.soft_labels)
     images, labels, _ = build.load_images(preset.channels)
     if data_root is None:

@@ -20,7 +20,11 @@ from .presets import Preset
 
 
 class BuildError(RuntimeError):
-    """A build cannot go on; the message says what to do."""
+    """A build cannot go on as asked; the message says what to do."""
+
+
+class BuildFailed(BuildError):
+    """The work itself failed (not the input), e.g. recover units whose loss became NaN."""
 
 
 INITS = ("patches", "gaussian")  # where the images start: the real patches, or Gaussian noise
@@ -141,4 +145,4 @@ class BuildOptions:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["BuildError", "BuildOptions", "DIFFICULTIES", "INITS", "METHODS", "Method", "resolve_device"]
+__all__ = ["BuildError", "BuildFailed", "BuildOptions", "DIFFICULTIES", "INITS", "METHODS", "Method", "resolve_device"]

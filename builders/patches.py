@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, safetensors_bytes
 from fadrm_datasets.augment import resized_crop, sample_crop_box
+from fadrm_datasets.layout import PATCHES
 
 from .context import BuildContext
 from .imaging import normalize
@@ -129,8 +130,12 @@ def chooser_weights(ctx: BuildContext) -> dict[str, str]:
 
 
 def check_patches(ctx: BuildContext) -> None:
-    """Refuse to reuse patches chosen by other teacher weights (checked before anything is written)."""
+    """Refuse to reuse patches chosen by other teacher weights (checked before anything is written);
+    patches changed or damaged since they were written are deleted, to be selected again."""
     path = ctx.directory.patches
+    if path.is_file() and ctx.directory.damaged((PATCHES,)):
+        log.warning("patches: %s changed since it was written; selecting the patches again", path)
+        path.unlink()
     if path.is_file():
         recorded = read_safetensors_metadata(path).get("teacher_weights")
         if recorded is not None and json.loads(recorded) != chooser_weights(ctx):
@@ -155,7 +160,8 @@ def stage_patches(ctx: BuildContext) -> Patches:
                                  "teacher_weights": json.dumps(chooser_weights(ctx))})
     build.record_stage("patches", {"difficulty": options.difficulty,
                                    "seconds": round(time.perf_counter() - start, 2),
-                                   "mean_teacher_ce": round(patches.cross_entropy.mean().item(), 4)})
+                                   "mean_teacher_ce": round(patches.cross_entropy.mean().item(), 4)},
+                       refresh=(PATCHES,))
     return patches
 
 

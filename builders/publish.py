@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fadrm_datasets import layout
 from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_file
-from fadrm_datasets.hub import REPO_TYPE
+from fadrm_datasets.hub import REPO_TYPE, is_transport_error
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory
 from fadrm_datasets.registry import SETS, parse_version, unique_names
 from fadrm_datasets.softlabels import INDEX
@@ -86,11 +86,14 @@ def read_build(build_dir: str | Path) -> BuildContents:
         raise PublishError(f"{build.images} is not a complete set of {num_classes} x {ipc} images: {detail}; "
                            "finish the recover stage first")
     files = manifest.get("files", {})
-    for label, ipc_id, path in rows:
-        rel = path.relative_to(build.root).as_posix()
-        if rel in files and sha256_file(path) != files[rel]:
-            raise PublishError(f"{path} changed after the manifest was written (sha256 differs); "
-                               "rerun the stage that wrote it, or delete it and resume the build")
+    unrecorded = [path for _, _, path in rows if path.relative_to(build.root).as_posix() not in files]
+    if unrecorded:
+        raise PublishError(f"{unrecorded[0]} is not recorded in {build.manifest_path.name} (an interrupted recover); "
+                           "run the build command again to finish and record it")
+    damaged = build.damaged((layout.IMAGES + "/", layout.SOFT_LABELS + "/"))
+    if damaged:
+        raise PublishError(f"{build.root / damaged[0]} changed after the manifest was written (sha256 differs); "
+                           "run the build command again: it makes damaged images and shards again")
     classes = manifest.get("classes")
     if classes is None and manifest.get("dataset") in SETS:
         classes = SETS[manifest["dataset"]].classes
@@ -162,41 +165,78 @@ def write_parquet(contents: BuildContents, staging: Path, max_shard_bytes: int =
 # --- staging ---------------------------------------------------------------------------------------
 
 def _teacher_files(contents: BuildContents) -> dict[str, Path]:
-    """name -> safetensors file of every teacher the build trained (torchvision ones are skipped)."""
+    """name -> safetensors file of every teacher the build trained (given and torchvision ones are named
+    only), found in the build's teacher cache and checked against the recorded sha256."""
     found = {}
+    teachers_dir = contents.manifest.get("teachers_dir")
     for name, record in (contents.manifest.get("teachers") or {}).items():
-        source = str(record.get("source", ""))
-        if not source.endswith(".safetensors"):
+        if not isinstance(record, dict) or record.get("source") != "trained":
             continue
-        candidates = [Path(source), contents.root / source]
-        if contents.manifest.get("teachers_dir"):
-            candidates.append(Path(contents.manifest["teachers_dir"]) / Path(source).name)
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise PublishError(f"teacher {name}: {source} not found; rerun `fadrm-build teacher "
+        if not teachers_dir or not isinstance(record.get("file"), str):
+            raise PublishError(f"teacher {name}: the manifest does not say where its weights are; run the build "
+                               "command again to record them")
+        try:
+            path = layout.inside(teachers_dir, record["file"])
+        except layout.LayoutError as error:
+            raise PublishError(f"teacher {name}: {error}") from None
+        if not path.is_file():
+            raise PublishError(f"teacher {name}: {path} not found; rerun `fadrm-build teacher "
                                f"{contents.dataset}` or publish from the machine that built the set")
-        if record.get("sha256") and sha256_file(path) != record["sha256"]:
+        if sha256_file(path) != record.get("sha256"):
             raise PublishError(f"teacher {name}: {path} does not match the sha256 in the build manifest")
         found[name] = path
     return found
 
 
-def _ipc_record(contents: BuildContents, version: str, shards: list[str], soft: dict | None) -> dict:
-    manifest = contents.manifest
-    teachers = {name: {k: v for k, v in rec.items() if k != "source"} | {"source": Path(str(rec.get("source", ""))).name}
-                for name, rec in (manifest.get("teachers") or {}).items()}
+# Fields of a build manifest that only mean something on the machine that built it.
+LOCAL_OPTIONS = ("build_root", "build_dir", "data_root")
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The build manifest as it is published: no local paths. Options naming folders are dropped, a
+    given teacher's file is named by its name, and any local path quoted elsewhere (a recorded command)
+    is replaced by a placeholder such as ``BUILD_DIR``."""
+    options = manifest.get("options") or {}
+    placeholders = {str(options.get("build_dir") or ""): "BUILD_DIR", str(options.get("build_root") or ""): "BUILD_ROOT",
+                    str(options.get("data_root") or ""): "DATA_ROOT", str(manifest.get("teachers_dir") or ""): "TEACHERS_DIR",
+                    str(options.get("teacher_weights") or ""): "TEACHER_WEIGHTS"}
+    for path in [p for p in placeholders if p]:
+        placeholders.setdefault(str(Path(path).resolve()), placeholders[path])
+    placeholders[str(Path.home())] = "~"
+    ordered = sorted((p for p in placeholders if p and p not in (".", "/")), key=len, reverse=True)
+
+    def scrub(value):
+        if isinstance(value, str):
+            for path in ordered:
+                value = value.replace(path, placeholders[path])
+            return value
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        return value
+
+    public = {k: v for k, v in manifest.items() if k != "teachers_dir"}
+    public["options"] = {k: v for k, v in options.items() if k not in LOCAL_OPTIONS}
+    if options.get("teacher_weights"):
+        public["options"]["teacher_weights"] = Path(str(options["teacher_weights"])).name
+    return scrub(public)
+
+
+def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], soft: dict | None) -> dict:
     return {
         "version": version,
-        "num_images": len(contents.rows),
+        "num_images": num_images,
         "shards": shards,
-        "method": manifest.get("method"),
-        "seed": manifest.get("seed"),
-        "preset": contents.preset,
-        "options": manifest.get("options") or {},
-        "teachers": teachers,
-        "evaluations": manifest.get("evaluations"),
+        "method": public.get("method"),
+        "seed": public.get("seed"),
+        "preset": public.get("preset") or {},
+        "options": public.get("options") or {},
+        "teachers": public.get("teachers") or {},
+        "evaluations": public.get("evaluations"),
         "soft_label_epochs": soft.get("epochs") if soft else None,
-        "code_version": manifest.get("code_version"),
+        "code_version": public.get("code_version"),
+        "environment": public.get("environment"),
     }
 
 
@@ -221,7 +261,8 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     atomic_write_bytes(out / layout.GRID, make_grid([layout.ImageEntry(*row) for row in contents.rows],
                                                    contents.classes, int(contents.preset.get("channels", 3)),
                                                    int(contents.preset["image_size"])))
-    shutil.copy2(contents.root / MANIFEST, out / MANIFEST)
+    public = public_manifest(contents.manifest)
+    atomic_write_json(out / MANIFEST, public)
     soft = None
     soft_dir = contents.root / layout.SOFT_LABELS
     if (soft_dir / INDEX).is_file():
@@ -242,7 +283,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
         raise PublishError(f"{repo_id} holds a set with other classes ({existing.get('dataset')}); "
                            "publish each source dataset to its own repo")
     ipcs = {k: v for k, v in (existing.get("ipcs") or {}).items() if k != str(contents.ipc)}
-    ipcs[str(contents.ipc)] = _ipc_record(contents, version, shards, soft)
+    ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft)
     manifest = {
         "format_version": 1,
         "repo": repo_id,
@@ -287,6 +328,24 @@ def _download_text(api, repo_id: str, filename: str) -> str | None:
     return Path(path).read_text()
 
 
+def _remote_state(api, repo_id: str) -> tuple[dict[str, str], set[str], dict | None, str | None]:
+    """(tags, files, manifest, card) of the repo as it is; all empty when it does not exist yet."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags}
+    except RepositoryNotFoundError:
+        return {}, set(), None, None
+    files = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE))
+    text = _download_text(api, repo_id, MANIFEST) if MANIFEST in files else None
+    card = _download_text(api, repo_id, README) if README in files else None
+    try:
+        manifest = json.loads(text) if text else None
+    except ValueError:
+        raise PublishError(f"{repo_id}'s {MANIFEST} on the Hub is not valid JSON; fix or delete it first") from None
+    return tags, files, manifest if isinstance(manifest, dict) else None, card
+
+
 def validate_card(card: str) -> None:
     """Check the card's YAML with the Hub's validator (POST /api/validate-yaml)."""
     from huggingface_hub import DatasetCard
@@ -313,16 +372,10 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
     ipc = contents.ipc
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-        tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags}
+        tags, remote_files, existing_manifest, existing_card = _remote_state(api, repo_id)
         if version in tags and not force:
             raise PublishError(f"{repo_id} already has version {version} (commit {tags[version][:10]}); releases "
                                "are immutable: publish a new version, or pass --force to move the tag")
-        remote_files = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE))
-        existing_text = _download_text(api, repo_id, MANIFEST) if MANIFEST in remote_files else None
-        existing_card = _download_text(api, repo_id, README) if README in remote_files else None
-        existing_manifest = json.loads(existing_text) if existing_text else None
-
         own_staging = staging_dir is None
         staging = Path(tempfile.mkdtemp(prefix="fadrm-push-")) if own_staging else Path(staging_dir)
         try:
@@ -330,10 +383,12 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
                 shutil.rmtree(staging)
             staging.mkdir(parents=True, exist_ok=True)
             versions = [t for t in tags if parse_version(t)]
+            # Everything is staged and checked before the first write to the Hub.
             manifest = stage(build_dir, repo_id, version, staging, existing_manifest, existing_card, remote_files,
                              versions, template, max_shard_bytes, contents)
             validate_card((staging / README).read_text())
             written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
+            api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
             info = api.upload_folder(repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staging,
                                      commit_message=f"Publish ipc{ipc} as {version}",
                                      delete_patterns=[layout.ipc_prefix(ipc) + "*"])
@@ -347,10 +402,20 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
         api.create_tag(repo_id, tag=version, revision=commit, repo_type=REPO_TYPE,
                        tag_message=f"{manifest['dataset']} ipc{ipc} {version}")
     except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise PublishError(f"the Hub refused the token ({status}) for {repo_id}: log in with `hf auth login` "
+                               "or set HF_TOKEN to a token that can write there") from None
         raise PublishError(f"the Hub refused the push to {repo_id}: {error}".splitlines()[0]) from None
+    except Exception as error:
+        if not is_transport_error(error):
+            raise
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PublishError(f"cannot reach the Hub ({first}); check the connection or HF_ENDPOINT, then push "
+                           "again") from None
     log.info("pushed %s ipc%d as %s (commit %s)", repo_id, ipc, version, commit[:10])
     return PushResult(repo_id, version, ipc, commit, written, moved)
 
 
-__all__ = ["PublishError", "PushResult", "arrow_schema", "features_json", "push", "read_build", "stage",
-           "validate_card", "write_parquet"]
+__all__ = ["LOCAL_OPTIONS", "PublishError", "PushResult", "arrow_schema", "features_json", "public_manifest", "push",
+           "read_build", "stage", "validate_card", "write_parquet"]

@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets._io import sha256_file
+from fadrm_datasets._io import cached_sha256, sha256_file
 from fadrm_datasets.augment import resized_crop, sample_crop_box
-from fadrm_datasets.layout import BuildDirectory
+from fadrm_datasets.layout import IMAGES, BuildDirectory, decode_png, image_relpath
 
-from .context import BuildContext
+from .context import BuildContext, environment
 from .imaging import normalize, pixel_bounds, save_png, to_uint8
-from .options import INITS, BuildError
+from .options import INITS, BuildError, BuildFailed
 from .patches import Patches
 from .presets import Preset
 from .progress import progress
@@ -190,6 +190,23 @@ class BNStatisticsLoss:
 
 # --- one unit ---------------------------------------------------------------------------------
 
+class NonFiniteError(ArithmeticError):
+    """A unit's loss or pixels became NaN or inf; the unit is abandoned, the others go on."""
+
+
+def check_finite(x: torch.Tensor, losses: list[torch.Tensor], amp: bool, first_step: int) -> None:
+    """Once per stage (one host sync): the pixels must be finite, and so must the losses, except the
+    overflowed fp16 steps that AMP's loss scaler skips on purpose."""
+    if not losses:
+        return
+    finite = torch.isfinite(torch.stack(losses))
+    required = finite[-1:] if amp else finite
+    if not bool(required.all()) or not bool(torch.isfinite(x).all()):
+        bad = finite.logical_not().nonzero()
+        at = first_step + (int(bad[0, 0]) if len(bad) else len(losses) - 1)
+        raise NonFiniteError(f"the loss or the pixels became NaN or inf by step {at}")
+
+
 def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * step / total))
 
@@ -239,6 +256,7 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
     total, step, history = config.total_iterations, 0, []
     try:
         for index, (resolution, iterations) in enumerate(config.stages):
+            first = step
             if index > 0:
                 x = resample(x, resolution)  # MRO
                 if config.arc:
@@ -258,8 +276,9 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
                 precision.step(loss, optimizer)
                 with torch.no_grad():
                     x.clamp_(low, high)
-                history.append(loss.detach())  # no host sync per step; read once at the end
+                history.append(loss.detach())  # no host sync per step; read once per stage
                 step += 1
+            check_finite(x, history[first:], config.amp, first)
     finally:
         for hooks in losses_bn:
             hooks.remove()
@@ -291,8 +310,26 @@ def plan_units(preset: Preset, ipc: int) -> list[Unit]:
     return [Unit(ipc_id, b, classes) for ipc_id in range(ipc) for b, classes in enumerate(blocks)]
 
 
-def unit_done(build: BuildDirectory, unit: Unit) -> bool:
-    return all(build.image_path(c, unit.ipc_id).is_file() for c in unit.classes)
+def unit_done(build: BuildDirectory, unit: Unit, preset: Preset, recorded: dict[str, str]) -> bool:
+    """A unit is finished when each of its images is there and sound: matching the sha256 the manifest
+    recorded for it, or, written since the last record (a killed run), decoding to the right size."""
+    for label in unit.classes:
+        rel = image_relpath(label, unit.ipc_id)
+        path = build.root / rel
+        if not path.is_file():
+            return False
+        if rel in recorded:
+            sound = cached_sha256(path) == recorded[rel]
+        else:
+            try:
+                sound = tuple(decode_png(path, preset.channels).shape) == (preset.channels, preset.image_size,
+                                                                           preset.image_size)
+            except (OSError, SyntaxError, ValueError):  # what PIL raises for a damaged PNG
+                sound = False
+        if not sound:
+            log.warning("recover: %s is damaged or changed; its unit is made again", rel)
+            return False
+    return True
 
 
 def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Preset,
@@ -305,14 +342,21 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
     ``torchrun`` processes split the work and write disjoint files.
     """
     units = list(units if units is not None else plan_units(preset, ipc))[rank::world_size]
-    todo = [u for u in units if not unit_done(build, u)]
+    recorded = build.read_manifest().get("files", {})
+    todo = [u for u in units if not unit_done(build, u, preset, recorded)]
     log.info("recover: %d units (%d already done), %d iterations each over stages %s",
              len(units), len(units) - len(todo), config.total_iterations, list(config.stages))
     stats = {}
     for unit in progress(todo, "recover", unit="unit"):
         labels = torch.tensor(unit.classes)
-        result = recover_unit(teachers, labels, patches[labels, unit.ipc_id], preset, config,
-                              unit.seed(seed), device)
+        try:
+            result = recover_unit(teachers, labels, patches[labels, unit.ipc_id], preset, config,
+                                  unit.seed(seed), device)
+        except NonFiniteError as error:
+            log.error("unit ipc_id=%d block=%d failed: %s; its images are not written, the other units go on",
+                      unit.ipc_id, unit.block, error)
+            stats[f"{unit.ipc_id}/{unit.block}"] = {"failed": str(error)}
+            continue
         for label, image in zip(unit.classes, result.images):
             save_png(build.image_path(label, unit.ipc_id), image)
         stats[f"{unit.ipc_id}/{unit.block}"] = {
@@ -368,26 +412,36 @@ def stage_recover(ctx: BuildContext) -> dict:
             for ipc_id in range(options.ipc):
                 save_png(build.image_path(label, ipc_id), patches.images[label, ipc_id])
         record = {"method": options.method, "complete": True, "seconds": round(time.perf_counter() - start, 2)}
-        build.record_stage("recover", record)
+        build.record_stage("recover", record, refresh=(IMAGES + "/",))
         return record
     patches_sha256 = sha256_file(build.patches)
     check_recover(ctx, patches_sha256)
     config, settings = recover_settings(ctx, patches_sha256)
     build.record_stage("recover", {"settings": settings, "complete": False})
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    previous = build.read_manifest().get("stages", {}).get("recover", {})
+    env = environment(ctx.device)
+    if previous.get("environment") not in (None, env):
+        log.warning("recover: units made now (%s) will not be bit-identical to those made before (%s); see "
+                    "RELIABILITY.md, Determinism", env, previous["environment"])
     units = recover_set(ctx.teachers.modules(), patches.images, preset, config, build, options.ipc,
                         options.seed, ctx.device, rank, world)
     seconds = round(time.perf_counter() - start, 2)
-    done = len(build.scan_images()) == preset.num_classes * options.ipc
-    unit_stats = build.read_manifest().get("stages", {}).get("recover", {}).get("units", {})
+    failed = sorted(name for name, stats in units.items() if "failed" in stats)
+    done = not failed and len(build.scan_images()) == preset.num_classes * options.ipc
+    unit_stats = previous.get("units", {})
     unit_stats.update(units)
     record = {"settings": settings, "complete": done, "seconds": seconds, "units": unit_stats,
-              "units_total": len(plan_units(preset, options.ipc))}
-    build.record_stage("recover", record)
+              "units_total": len(plan_units(preset, options.ipc)), "environment": env}
+    build.record_stage("recover", record, refresh=(IMAGES + "/",))
+    if failed:
+        raise BuildFailed(f"recover: {len(failed)} unit(s) failed (ipc_id/block {', '.join(failed[:5])}): "
+                         f"{units[failed[0]]['failed']}; the finished units are kept. Lower --lr or --r-bn, or "
+                         "check the teacher, then run the same command to retry them")
     log.info("recover: %d units in %.1f s -> %s", len(units), seconds, build.images)
     return record
 
 
-__all__ = ["BNStatisticsLoss", "Precision", "RecoverConfig", "Unit", "UnitResult", "arc_merge", "augment",
-           "check_recover", "cosine_lr", "plan_units", "recover_set", "recover_settings", "recover_unit", "resample",
+__all__ = ["BNStatisticsLoss", "NonFiniteError", "Precision", "RecoverConfig", "Unit", "UnitResult", "arc_merge", "augment",
+           "check_finite", "check_recover", "cosine_lr", "plan_units", "recover_set", "recover_settings", "recover_unit", "resample",
            "stage_recover", "stage_schedule", "unit_done"]

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, read_safetensors_metadata,
                                 safetensors_bytes, sha256_file)
 from fadrm_datasets.augment import CROP_RATIO
-from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan,
-                                       num_batches, shard_name)
+from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
+from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, is_shard_name,
+                                       make_epoch_plan, num_batches, shard_name)
 
 from .context import BuildContext
 from .options import BuildError
@@ -48,7 +48,6 @@ TEACHER_MODES = ("train", "eval")
 MAX_EPOCHS_PER_SHARD = 100
 TARGET_SHARD_BYTES = 1 << 30  # keep a shard (built in memory) near 1 GiB at most
 EVAL_CHUNK = 256  # eval-mode teachers see several recorded batches in one forward
-_SHARD_FILE = re.compile(r"^epochs-\d{5}-\d{5}\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -174,15 +173,36 @@ def shard_ranges(epochs: int, per_shard: int) -> list[tuple[int, int]]:
     return [(first, min(epochs, first + per_shard) - 1) for first in range(0, epochs, per_shard)]
 
 
-def _shard_is_current(path: Path, first: int, last: int, fingerprint: str) -> bool:
-    if not path.is_file():
-        return False
+def receipt_path(shard: Path) -> Path:
+    """The sha256 of a shard, written beside it (hidden) once the shard is complete on disk."""
+    return shard.with_name(f".{shard.name}.sha256")
+
+
+def write_shard(path: Path, data: bytes) -> str:
+    """Write a shard, then its receipt; a shard without a receipt (a kill in between) is not trusted."""
+    atomic_write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(receipt_path(path), digest.encode())
+    return digest
+
+
+def shard_digest(path: Path, first: int, last: int, fingerprint: str) -> str | None:
+    """The sha256 of a finished shard that can be reused, or None: the file must hash to its receipt
+    (so a flipped byte anywhere is caught, not just in the header) and hold these epochs and settings."""
+    receipt = receipt_path(path)
+    if not path.is_file() or not receipt.is_file():
+        return None
+    digest = sha256_file(path)
+    if digest != receipt.read_text().strip():
+        log.warning("relabel: %s does not match its receipt (damaged or changed); writing it again", path.name)
+        return None
     try:
         meta = read_safetensors_metadata(path)
-    except Exception:  # unreadable: rewrite it
-        return False
-    return (meta.get("fingerprint") == fingerprint and meta.get("first_epoch") == first
-            and meta.get("last_epoch") == last)
+    except Exception:  # safetensors raises several types for a bad header
+        return None
+    current = (meta.get("fingerprint") == fingerprint and meta.get("first_epoch") == first
+               and meta.get("last_epoch") == last)
+    return digest if current else None
 
 
 def build_shard(models: Sequence[nn.Module], images: torch.Tensor, preset: Preset, config: RelabelConfig,
@@ -246,7 +266,7 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
     for i, (first, last) in enumerate(ranges):
         if i % world_size != rank:
             continue
-        if _shard_is_current(out_dir / shard_name(first, last), first, last, fingerprint):
+        if shard_digest(out_dir / shard_name(first, last), first, last, fingerprint):
             log.info("relabel: %s is done, skipping", shard_name(first, last))
         else:
             todo.append((first, last))
@@ -257,20 +277,22 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
         for first, last in progress_bar(todo, "relabel shards", enabled=progress and len(todo) > 1):
             start = time.perf_counter()
             data = build_shard(models, images, preset, config, first, last, fingerprint, device, progress)
-            atomic_write_bytes(out_dir / shard_name(first, last), data)
+            write_shard(out_dir / shard_name(first, last), data)
             log.info("relabel: wrote %s (%.1f MB, %.1f s)", shard_name(first, last), len(data) / 1e6,
                      time.perf_counter() - start)
     if rank == 0:
         keep = {s["file"] for s in index["shards"]}
         for stale in out_dir.iterdir():
-            if _SHARD_FILE.match(stale.name) and stale.name not in keep:
+            if is_shard_name(stale.name) and stale.name not in keep:
                 log.info("relabel: removing %s (another shard layout)", stale.name)
                 stale.unlink()
-        done = all(_shard_is_current(out_dir / s["file"], s["first_epoch"], s["last_epoch"], fingerprint)
-                   for s in index["shards"])
+                receipt_path(stale).unlink(missing_ok=True)
+        digests = [shard_digest(out_dir / s["file"], s["first_epoch"], s["last_epoch"], fingerprint)
+                   for s in index["shards"]]
+        done = all(digests)
         if done:
-            for shard in index["shards"]:
-                shard["sha256"] = sha256_file(out_dir / shard["file"])
+            for shard, digest in zip(index["shards"], digests):
+                shard["sha256"] = digest
                 shard["bytes"] = (out_dir / shard["file"]).stat().st_size
         index["complete"] = done
         atomic_write_json(out_dir / INDEX, index)
@@ -290,6 +312,13 @@ def _deterministic():
 
 # --- the build stage ----------------------------------------------------------------------------
 
+def check_images(build: BuildDirectory, remedy: str) -> None:
+    """Refuse to use images changed or damaged since recover recorded them."""
+    damaged = build.damaged((IMAGES + "/",))
+    if damaged:
+        raise BuildError(f"{len(damaged)} image(s) changed since recover wrote them ({', '.join(damaged[:3])}); "
+                         f"run `{remedy}` again: it makes their units again")
+
 def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_name: str = "train",
                   epochs_per_shard: int | None = None) -> dict:
     """Relabel a build's images with its teachers into ``<build>/soft_labels`` (resumable)."""
@@ -299,6 +328,7 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
     if found != expected:
         raise BuildError(f"{build.images} holds {found} of {expected} images; finish the recover stage "
                          f"(`fadrm-build recover {preset.name} --ipc {options.ipc}`) before relabelling")
+    check_images(build, f"fadrm-build recover {preset.name} --ipc {options.ipc}")
     start = time.perf_counter()
     teacher_ids = [f"{name}@{weights}" for name, weights in ctx.teachers.weights_ids().items()]
     images, labels, _ = build.load_images(preset.channels)
@@ -314,7 +344,7 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
               "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
               "complete": index["complete"], "seconds": seconds}
-    build.record_stage("relabel", record)
+    build.record_stage("relabel", record, refresh=(SOFT_LABELS + "/",))
     if "teachers" not in build.read_manifest():
         ctx.record_teachers()
     log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),
@@ -322,5 +352,6 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
     return record
 
 
-__all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "choose_epochs_per_shard", "epoch_bytes", "epoch_plan",
-           "relabel_epoch", "shard_ranges", "stage_relabel", "teacher_logits", "teacher_mode", "write_soft_labels"]
+__all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "check_images", "choose_epochs_per_shard", "epoch_bytes",
+           "epoch_plan", "receipt_path", "relabel_epoch", "shard_digest", "shard_ranges", "stage_relabel",
+           "teacher_logits", "teacher_mode", "write_shard", "write_soft_labels"]

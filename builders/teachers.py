@@ -78,12 +78,17 @@ def read_teacher_metadata(path: Path) -> dict[str, str]:
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    # A user's own .pth: the restricted loader accepts tensors only, never arbitrary objects.
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        # A user's own .pth: the restricted loader accepts tensors only, never arbitrary objects.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors and torch.load raise several types for a bad file
+        raise TeacherError(f"cannot read the teacher weights {path} ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); retrain it with `fadrm-build "
+                           "teacher DATASET --retrain`, or pass another --teacher-weights") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
@@ -128,7 +133,9 @@ class Teacher:
 
     name: str
     weights: Path | None  # the weights file; None: torchvision's pretrained weights
-    record: dict  # "source", and for files their "sha256" (+ what training recorded)
+    # "source" (given, trained, or torchvision:<name>); for files their name and "sha256" (+ what
+    # training recorded). No local paths: the record is published with the set.
+    record: dict
 
     @property
     def weights_id(self) -> str:
@@ -176,13 +183,13 @@ def resolve_teachers(preset: Preset, options: BuildOptions, device: torch.device
             path = Path(options.teacher_weights)
             if not path.is_file():
                 raise TeacherError(f"teacher weights file {path} does not exist")
-            teachers.append(Teacher(name, path, {"source": str(path), "sha256": cached_sha256(path)}))
+            teachers.append(Teacher(name, path, {"source": "given", "file": path.name, "sha256": cached_sha256(path)}))
         elif preset.teacher_recipe is None:
             teachers.append(Teacher(name, None, {"source": f"torchvision:{name}"}))
         else:
             path = _cached_or_trained(preset, options, device, name, retrain)
-            teachers.append(Teacher(name, path, {"source": str(path), "sha256": cached_sha256(path),
-                                                 **read_teacher_metadata(path)}))
+            teachers.append(Teacher(name, path, {**read_teacher_metadata(path), "source": "trained",
+                                                 "file": path.name, "sha256": cached_sha256(path)}))
     resolved = TeacherSet(preset, teachers, device)
     resolved.modules()  # given and pretrained weights are checked (and downloaded) before any work
     return resolved
@@ -190,7 +197,25 @@ def resolve_teachers(preset: Preset, options: BuildOptions, device: torch.device
 
 def _cached_or_trained(preset: Preset, options: BuildOptions, device: torch.device, name: str,
                        retrain: bool) -> Path:
+    from filelock import FileLock, Timeout
+
     path = teacher_path(options.teachers_dir, name, preset, options.ipc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Builds of several IPCs share the cache: one trains a missing teacher while the others wait.
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("teacher %s: another builder is training or checking %s; waiting for it", name, path)
+        lock.acquire()
+    try:
+        return _cached_or_trained_locked(preset, options, device, name, retrain, path)
+    finally:
+        lock.release()
+
+
+def _cached_or_trained_locked(preset: Preset, options: BuildOptions, device: torch.device, name: str,
+                              retrain: bool, path: Path) -> Path:
     if path.is_file() and not retrain:
         meta = read_teacher_metadata(path)
         check_cached_recipe(path, meta, preset, options.ipc)

@@ -56,7 +56,7 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
         save_file(tiny_teacher(channels, num_classes).state_dict(), str(teacher_file))
         from fadrm_datasets._io import sha256_file
 
-        teachers["tiny-convnet"] = {"source": str(teacher_file), "sha256": sha256_file(teacher_file),
+        teachers["tiny-convnet"] = {"source": "trained", "file": teacher_file.name, "sha256": sha256_file(teacher_file),
                                     "test_top1": "91.50", "test_top5": "99.90", "arch": "tiny-convnet"}
     if soft_labels:
         from builders.relabel import RelabelConfig, write_soft_labels
@@ -66,11 +66,15 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
                                crop_scale=preset.relabel_crop_scale, seed=seed)
         write_soft_labels([tiny_teacher(channels, num_classes)], ["tiny-convnet"], images, preset,
                           build.soft_labels, config, progress=False)
+    # The local paths a real build records: publishing must leave them all out.
+    options = {"dataset": preset.name, "ipc": ipc, "method": "fadrm", "seed": seed, "device": "cpu",
+               "build_root": str(path.parent), "build_dir": str(path), "data_root": str(path.parent / "data")}
     manifest = dict(dataset=preset.name, ipc=ipc, method="fadrm", seed=seed, preset=preset.to_dict(),
-                    options={"dataset": preset.name, "ipc": ipc, "method": "fadrm", "seed": seed, "device": "cpu"},
-                    teachers=teachers, format_version=1,
+                    options=options, teachers=teachers, format_version=1,
                     evaluations=[{"student": "convnet-bn", "split": "test", "epochs": 3, "top1_best": 55.5, "top1_final": 54.0,
-                                  "top5": 90.25, "command": "fadrm-build evaluate x"}])
+                                  "top5": 90.25, "command": f"fadrm-build evaluate {path} --data-root {path.parent}/data"}])
+    if teacher:
+        manifest["teachers_dir"] = str(teacher_file.parent)
     if classes is not None:
         manifest["classes"] = list(classes)[:num_classes]
     build.update_manifest(**manifest)

@@ -10,7 +10,7 @@ import pytest
 from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs, render_card,
                            split_front_matter)
 from builders.presets import PRESETS
-from builders.publish import PublishError, read_build, stage
+from builders.publish import PublishError, public_manifest, read_build, stage
 from fadrm_datasets._io import sha256_file
 from tests.fakebuild import CLASSES, expected_pixels, make_build
 
@@ -40,8 +40,11 @@ def test_staged_layout_and_manifest(staged, build):
     record = manifest["ipcs"]["10"]
     assert record["num_images"] == 40 and record["soft_label_epochs"] == 2
     assert record["shards"] == ["ipc10/train-00000-of-00001.parquet"] and record["preset"]["image_size"] == 8
-    # The build manifest travels verbatim.
-    assert (folder / "ipc10" / "manifest.json").read_bytes() == (build / "manifest.json").read_bytes()
+    # The build manifest travels without its local paths.
+    published = json.loads((folder / "ipc10" / "manifest.json").read_text())
+    assert published == public_manifest(json.loads((build / "manifest.json").read_text()))
+    assert published["evaluations"][0]["command"] == "fadrm-build evaluate BUILD_DIR --data-root DATA_ROOT"
+    assert "build_root" not in published["options"] and "teachers_dir" not in published
 
 
 def test_parquet_carries_the_datasets_features(staged, build):

@@ -153,7 +153,7 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     assert evaluations[1]["seed"] == 3 and evaluations[1]["command"].startswith("fadrm-build")
     # More student epochs than stored soft-label epochs: a clear error, no traceback.
     result = runner.invoke(cli, ["evaluate", str(build_dir), "--epochs", "5", "--device", "cpu"])
-    assert result.exit_code == 1 and "holds only 2" in result.output
+    assert result.exit_code == 2 and "holds only 2" in result.output  # bad input: exit status 2
     # Building again without evaluating prints no accuracy: the recorded ones are not this run's.
     result = runner.invoke(cli, ["fashion-mnist", "--ipc", "2", "--method", "random-real", "--epochs", "2",
                                  "--no-evaluate", *common], catch_exceptions=False)
