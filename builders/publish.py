@@ -27,7 +27,7 @@ from fadrm_datasets.registry import SETS, parse_version, unique_names
 from fadrm_datasets.softlabels import INDEX
 
 from .card import make_grid, render_card
-from .options import BuildError
+from .options import BuildError, BuildFailed
 
 log = logging.getLogger(__name__)
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the Hub's parquet guidance: shards of a few hundred MB
@@ -411,8 +411,8 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
         if not is_transport_error(error):
             raise
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PublishError(f"cannot reach the Hub ({first}); check the connection or HF_ENDPOINT, then push "
-                           "again") from None
+        raise BuildFailed(f"cannot reach the Hub ({first}); check the connection or HF_ENDPOINT, then push "
+                          "again") from None
     log.info("pushed %s ipc%d as %s (commit %s)", repo_id, ipc, version, commit[:10])
     return PushResult(repo_id, version, ipc, commit, written, moved)
 

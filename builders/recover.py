@@ -417,13 +417,13 @@ def stage_recover(ctx: BuildContext) -> dict:
     patches_sha256 = sha256_file(build.patches)
     check_recover(ctx, patches_sha256)
     config, settings = recover_settings(ctx, patches_sha256)
-    build.record_stage("recover", {"settings": settings, "complete": False})
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     previous = build.read_manifest().get("stages", {}).get("recover", {})
     env = environment(ctx.device)
     if previous.get("environment") not in (None, env):
         log.warning("recover: units made now (%s) will not be bit-identical to those made before (%s); see "
                     "RELIABILITY.md, Determinism", env, previous["environment"])
+    build.record_stage("recover", {**previous, "settings": settings, "complete": False})
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     units = recover_set(ctx.teachers.modules(), patches.images, preset, config, build, options.ipc,
                         options.seed, ctx.device, rank, world)
     seconds = round(time.perf_counter() - start, 2)

@@ -74,7 +74,11 @@ def save_teacher(path: Path, model: nn.Module, metadata: dict[str, str]) -> None
 
 
 def read_teacher_metadata(path: Path) -> dict[str, str]:
-    return read_safetensors_metadata(path)
+    try:
+        return read_safetensors_metadata(path)
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise TeacherError(f"cannot read the teacher weights {path} ({type(error).__name__}); retrain it with "
+                           "`fadrm-build teacher DATASET --retrain`, or pass --teacher-weights") from None
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

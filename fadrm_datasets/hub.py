@@ -303,14 +303,16 @@ def fetch(repo_id: str, ipc: int, version: str, root: str | os.PathLike, downloa
         return _fetch(repo_id, ipc, version, dest, True, token)
 
 
-def _local_manifest(dest: Path) -> dict | None:
-    """The local copy's manifest; None when there is none, or it is unreadable (then it is fetched again:
-    a damaged local file is never blamed on the Hub)."""
+def _local_manifest(dest: Path, download: bool) -> dict | None:
+    """The local copy's manifest; None when there is none, or it is unreadable and may be fetched again
+    (a damaged local file is never blamed on the Hub)."""
     if not (dest / MANIFEST).is_file():
         return None
     try:
         return read_manifest(dest)
     except LayoutError as error:
+        if not download:
+            raise IntegrityError(f"{error}; pass download=True to fetch it again") from None
         log.warning("%s; fetching it again", error)
         return None
 
@@ -324,7 +326,7 @@ def _recorded_commit(dest: Path) -> str | None:
 
 def _fetch(repo_id: str, ipc: int, version: str, dest: Path, download: bool, token: str | None) -> Path:
     label = f"{repo_id} {version} ipc{ipc}"
-    manifest = _local_manifest(dest)
+    manifest = _local_manifest(dest, download)
     online = download and not is_offline()
     commit = None
     if online:

@@ -77,7 +77,7 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
         manifest["teachers_dir"] = str(teacher_file.parent)
     if classes is not None:
         manifest["classes"] = list(classes)[:num_classes]
-    build.update_manifest(**manifest)
+    build.update_manifest(refresh=("images/", "soft_labels/"), **manifest)  # as recover and relabel record them
     return path
 
 

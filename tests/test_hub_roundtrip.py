@@ -201,7 +201,7 @@ def test_existing_version_refused_then_forced_and_another_ipc_merged(hub, tmp_pa
     c = make_build(tmp_path / "c" / "ipc5", seed=5, ipc=5)
     assert run_cli(["push", str(a), "--repo", repo_id, "--version", "v1.0.0"]) == 0
     capsys.readouterr()
-    assert run_cli(["push", str(b), "--repo", repo_id, "--version", "v1.0.0"]) == 1
+    assert run_cli(["push", str(b), "--repo", repo_id, "--version", "v1.0.0"]) == 2  # refused input
     err = capsys.readouterr().err.strip()
     assert err.startswith("fadrm-build: error:") and "already has version v1.0.0" in err and "--force" in err
     assert "\n" not in err

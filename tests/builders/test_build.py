@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -195,42 +190,6 @@ def test_sre2l_and_random_real_methods(trained, data_root):
     assert manifest["stages"]["recover"]["settings"]["config"]["stages"] == [[28, 12]]
     run_cli(["fashion-mnist", "--method", "random-real", *common])
     assert len(pngs(trained / "fashion-mnist" / "ipc1-random-real" / "images")) == 10
-
-
-def _build_command(data_root: Path, root: Path, build_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "builders.cli", "fashion-mnist", "--ipc", "3", "--data-root", str(data_root),
-            "--build-root", str(root), "--build-dir", str(build_dir), "--iterations", "15,15,15,15",
-            "--device", "cpu", "--epochs", "1", "--no-evaluate"]
-
-
-def test_killed_build_resumes_and_matches_an_uninterrupted_one(trained, data_root, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    subprocess.run(_build_command(data_root, trained, whole), check=True, env=env, capture_output=True)
-
-    process = subprocess.Popen(_build_command(data_root, trained, resumed), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if resumed.exists() and len(pngs(resumed / "images")) >= 10:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    # A unit (one ipc_id, all 10 classes) is finished when all its images exist.
-    present = list(pngs(resumed / "images"))
-    finished = {name: (resumed / "images" / name).stat().st_ino for name in present
-                if sum(other.endswith(name[-9:]) for other in present) == 10}
-    assert 10 <= len(finished) < 30, "the kill should land after the first unit and before the last"
-
-    result = subprocess.run(_build_command(data_root, trained, resumed), env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "already done" in result.stderr
-    # Finished units were not redone: their files are the very same inodes.
-    for name, inode in finished.items():
-        assert (resumed / "images" / name).stat().st_ino == inode
-    assert pngs(resumed / "images") == pngs(whole / "images")
-    assert (resumed / "patches.safetensors").read_bytes() == (whole / "patches.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,113 @@
+"""Hostile names and requests: a published repo, a local manifest, a soft-label index or a client of the
+loopback Hub must not make us read, serve or delete anything outside the folder it describes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from fadrm_datasets.layout import LayoutError, inside
+from fadrm_datasets.sets import FADRMDataset, IntegrityError
+from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
+from tests.fakebuild import make_build
+
+
+def test_inside_refuses_every_way_out(tmp_path):
+    assert inside(tmp_path, "ipc10/a.parquet") == (tmp_path / "ipc10" / "a.parquet").resolve()
+    for hostile in ("../x", "ipc10/../../x", "/etc/passwd", "ipc10/../..", "", ".", "a\\..\\..\\x"):
+        with pytest.raises(LayoutError, match="refusing the path"):
+            inside(tmp_path, hostile)
+    (tmp_path / "link").symlink_to("/etc")
+    with pytest.raises(LayoutError, match="leaves"):
+        inside(tmp_path, "link/passwd")
+
+
+def test_a_published_manifest_cannot_make_the_library_delete_outside_its_cache(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    repo = hub.repo_id("hostile")
+    staging = tmp_path / "staging"
+    (staging / "ipc10").mkdir(parents=True)
+    (staging / "ipc10" / "train-00000-of-00001.parquet").write_bytes(b"not a parquet")
+    manifest = {"ipcs": {"10": {}}, "classes": ["a"],
+                "files": {"ipc10/train-00000-of-00001.parquet": "0" * 64, "ipc10/../../../../outside.txt": "1" * 64}}
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset")
+    commit = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=staging).oid
+    api.create_tag(repo, tag="v1.0.0", revision=commit, repo_type="dataset")
+
+    root = tmp_path / "root"
+    version_dir = root / repo.replace("/", "--") / "v1.0.0"
+    outside = (version_dir / "ipc10/../../../../outside.txt").resolve()
+    outside.write_text("precious")
+    assert not outside.is_relative_to(root)
+    with pytest.raises(IntegrityError, match="leaves .* nothing was read or deleted"):
+        FADRMDataset(root, repo_id=repo, ipc=10, version="v1.0.0", download=True)
+    assert outside.read_text() == "precious"
+
+
+def test_a_local_manifest_cannot_make_the_library_read_outside_the_build(tmp_path):
+    build = make_build(tmp_path / "ipc10", teacher=False)
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["files"]["images/../../secret.txt"] = "0" * 64
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match="leaves"):
+        FADRMDataset.from_build(build)
+
+
+def test_a_soft_label_index_cannot_name_a_file_outside_its_store(tmp_path):
+    build = make_build(tmp_path / "ipc10", soft_labels=True, teacher=False)
+    index_path = build / "soft_labels" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["shards"][0]["file"] = "../../epochs-00000-00001.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(SoftLabelStoreError, match="not a shard name"):
+        SoftLabelStore.open(build / "soft_labels")
+
+
+def _post(url: str, body: bytes, token: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_loopback_hub_serves_and_probes_nothing_but_its_objects(hub):
+    from huggingface_hub import HfApi
+
+    repo = hub.repo_id("objects")
+    HfApi().create_repo(repo, repo_type="dataset")
+    hostile = "../../../../../etc/passwd"
+    commit = "\n".join(json.dumps(line) for line in (
+        {"key": "header", "value": {"summary": "x"}},
+        {"key": "lfsFile", "value": {"path": "passwd.bin", "algo": "sha256", "oid": hostile, "size": 10}}))
+    status, text = _post(f"{hub.url}/api/datasets/{repo}/commit/main", commit.encode(), hub.token)
+    assert status == 400 and "Invalid object id" in text
+    # The verify endpoint tells nothing about files that are not objects.
+    for oid in ("..%2F..%2F..%2Fetc%2Fpasswd", "0" * 63 + "g", "A" * 64):
+        status, text = _post(f"{hub.url}/api/lfs-storage/{oid}/verify", b'{"size": 1}', hub.token)
+        assert status == 400 and "Invalid object id" in text
+    status, _ = _post(f"{hub.url}/api/lfs-storage/{'0' * 64}/verify", b'{"size": 1}', hub.token)
+    assert status == 404  # a well-formed id that is not stored
+
+
+@pytest.mark.parametrize("authorization", ["Bearer hf_not_a_token", None])
+def test_the_loopback_hub_checks_credentials_before_reading_a_body(hub, authorization):
+    """A 200 MB body announced with a bad (or no) token is answered at once, never read into memory."""
+    host, port = hub.url.removeprefix("http://").split(":")
+    headers = "POST /api/repos/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    headers += f"Authorization: {authorization}\r\n" if authorization else ""
+    headers += f"Content-Length: {200 * 2**20}\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(headers.encode() + b'{"name": "x"')  # the rest of the body never comes
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 401")
+    assert "Connection: close" in reply  # the unread body is not mistaken for the next request
