@@ -205,18 +205,21 @@ class BuildDirectory:
     def update_manifest(self, refresh: tuple[str, ...] = (), **sections) -> dict:
         """Merge ``sections`` into the manifest and record the sha256 of the files.
 
-        Files under the ``refresh`` prefixes (what the calling stage just wrote or checked) are hashed
-        again; every other file keeps the hash recorded when its own stage wrote it, so a file changed
-        behind a stage's back keeps failing its check instead of being blessed. Files not yet recorded
-        are hashed; files gone are dropped.
+        Only files under the ``refresh`` prefixes (what the calling stage just wrote or checked) are
+        hashed; every other file keeps the hash recorded when its own stage wrote it, so a file changed
+        behind a stage's back keeps failing its check instead of being blessed, and a file no stage has
+        recorded yet (one written by a killed run) stays unrecorded until its stage checks it. Files gone
+        are dropped.
         """
         manifest = self.read_manifest()
         manifest.update(sections)
         recorded = manifest.get("files", {})
         files = {}
         for rel, path in self._files():
-            keep = rel in recorded and not rel.startswith(refresh)
-            files[rel] = recorded[rel] if keep else cached_sha256(path)
+            if rel.startswith(refresh):
+                files[rel] = cached_sha256(path)
+            elif rel in recorded:
+                files[rel] = recorded[rel]
         manifest["files"] = files
         atomic_write_json(self.manifest_path, manifest)
         return manifest
