@@ -87,12 +87,15 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     checks, best = [], None
     start = time.perf_counter()
     bar = progress_bar(range(epochs), f"evaluate {student}", enabled=progress)
+    # One loader for the whole run: its workers start once, not once per epoch.
+    loader = iter(replay_loader(images, labels, store, range(epochs), preset.mean, preset.std,
+                                num_workers=num_workers, persistent_workers=num_workers > 0))
     for epoch in bar:
         model.train()
-        loader = replay_loader(images, labels, store, epoch, preset.mean, preset.std, num_workers=num_workers)
         optimizer.zero_grad(set_to_none=True)
         running, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per batch
-        for i, (x, soft, _) in enumerate(loader):
+        for i in range(batches):
+            x, soft, _ = next(loader)
             group = i // accumulation
             group_size = min(accumulation, batches - group * accumulation)
             x = x.to(device, memory_format=torch.channels_last)

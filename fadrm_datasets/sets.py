@@ -255,8 +255,10 @@ class FADRMDataset(VisionDataset):
             self._uint8 = layout.stack_images(sources, self.channels)
         return self._uint8
 
-    def soft_label_loader(self, epoch: int, num_workers: int = 0, **kwargs: Any):
-        """A DataLoader replaying relabel epoch ``epoch``: (normalised images, soft logits, labels) batches."""
+    def soft_label_loader(self, epochs, num_workers: int = 0, **kwargs: Any):
+        """A DataLoader replaying relabel epochs ``epochs`` (one, or several in order, e.g. ``range(300)``
+        for a whole run, whose workers then start once): (normalised images, soft logits, labels) batches,
+        exactly as the teacher saw them."""
         import torch
 
         from .softlabels import replay_loader
@@ -264,7 +266,7 @@ class FADRMDataset(VisionDataset):
         if self.soft_label_store is None:
             raise RuntimeError("this dataset was opened without soft labels; pass soft_labels=True")
         labels = torch.tensor(self.targets, dtype=torch.long)
-        return replay_loader(self.images_uint8(), labels, self.soft_label_store, epoch, self.mean, self.std,
+        return replay_loader(self.images_uint8(), labels, self.soft_label_store, epochs, self.mean, self.std,
                              num_workers=num_workers, **kwargs)
 
     @property

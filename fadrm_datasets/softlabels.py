@@ -413,29 +413,49 @@ class SoftLabelStore:
 
 # --- replay: sampler, dataset, loader ----------------------------------------------------------
 
-class ReplayBatchSampler(Sampler[list[int]]):
-    """Yields epoch ``epoch``'s recorded batches (lists of sample indices), in recorded order."""
+@dataclass(frozen=True)
+class RecordedBatch:
+    """Batch ``batch`` of epoch ``epoch``, as :class:`ReplayBatchSampler` yields it: it iterates over
+    the sample indices of the batch, and tells the dataset which recorded batch to build."""
 
-    def __init__(self, store: SoftLabelStore, epoch: int):
-        self.store = store
-        self.epoch = store.check_epoch(epoch)
+    epoch: int
+    batch: int
+    indices: tuple[int, ...]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
     def __len__(self) -> int:
-        return self.store.num_batches
+        return len(self.indices)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.store.epoch(self.epoch).batches())
+
+class ReplayBatchSampler(Sampler[RecordedBatch]):
+    """Yields the recorded batches of ``epochs`` (one epoch, or several in order): one DataLoader, and one
+    set of workers, can serve a whole training run."""
+
+    def __init__(self, store: SoftLabelStore, epochs: int | Sequence[int]):
+        self.store = store
+        self.epochs = [store.check_epoch(e) for e in ([epochs] if isinstance(epochs, int) else epochs)]
+
+    def __len__(self) -> int:
+        return self.store.num_batches * len(self.epochs)
+
+    def __iter__(self) -> Iterator[RecordedBatch]:
+        for epoch in self.epochs:
+            for b, indices in enumerate(self.store.epoch(epoch).batches()):
+                yield RecordedBatch(epoch, b, tuple(indices))
 
 
 class ReplayDataset(Dataset):
-    """The distilled set replayed through epoch ``epoch`` of a soft-label store.
+    """The distilled set replayed through the epochs of a soft-label store.
 
     ``images`` uint8 (N, C, H, W) and ``labels`` (N,) in the set's canonical order (sorted by
-    (label, ipc_id)). ``__getitems__(indices)`` takes one recorded batch (as
-    :class:`ReplayBatchSampler` yields it) and returns ``(images float32 (B, C, H, W),
-    soft_logits float32 (B, K), labels int64 (B,))``, the images cropped, flipped, CutMix-ed and
-    normalised with ``mean``/``std`` exactly as the teacher saw them. The stock DataLoader fetcher
-    calls ``__getitems__``; collate with :func:`passthrough_collate` (``replay_loader`` does).
+    (label, ipc_id)). ``__getitems__(batch)`` takes one recorded batch, a :class:`RecordedBatch` as
+    :class:`ReplayBatchSampler` yields it (or the sample indices of a batch of ``epoch``), and returns
+    ``(images float32 (B, C, H, W), soft_logits float32 (B, K), labels int64 (B,))``, the images
+    cropped, flipped, CutMix-ed and normalised with ``mean``/``std`` exactly as the teacher saw them.
+    The stock DataLoader fetcher calls ``__getitems__``; collate with :func:`passthrough_collate`
+    (``replay_loader`` does).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int], store: SoftLabelStore,
@@ -461,14 +481,19 @@ class ReplayDataset(Dataset):
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def _record(self) -> tuple[EpochRecord, torch.Tensor]:
-        record = self.store.epoch(self.epoch)
-        if self._positions is None or self._positions[0] != self.epoch:
-            self._positions = (self.epoch, record.positions())
+    def _record(self, epoch: int) -> tuple[EpochRecord, torch.Tensor]:
+        record = self.store.epoch(epoch)
+        if self._positions is None or self._positions[0] != epoch:
+            self._positions = (epoch, record.positions())
         return record, self._positions[1]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        record, positions = self._record()
+    def __getitems__(self, indices: RecordedBatch | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if isinstance(indices, RecordedBatch):  # the sampler's batch: built as recorded, no lookup
+            record = self.store.epoch(indices.epoch)
+            sl = record.plan.batch_slice(indices.batch)
+            x = record.plan.build_batch(self.images, indices.batch, self.mean, self.std, size=self.store.image_size)
+            return x, record.logits_at(sl), self.labels[record.order[sl]]
+        record, positions = self._record(self.epoch)
         index = torch.as_tensor(list(indices), dtype=torch.long)
         if index.numel() == 0:
             raise ValueError("empty batch")
@@ -487,8 +512,8 @@ class ReplayDataset(Dataset):
         return x, logits, labels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One sample as it appears in its recorded batch (the whole batch is built for CutMix)."""
-        record, positions = self._record()
+        """One sample as it appears in its recorded batch of ``epoch`` (the whole batch is built for CutMix)."""
+        record, positions = self._record(self.epoch)
         pos = int(positions[int(index)])
         sl = record.plan.batch_slice(pos // record.batch_size)
         x, logits, labels = self.__getitems__(record.order[sl].tolist())
@@ -501,20 +526,23 @@ def passthrough_collate(batch):
     return batch
 
 
-def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epoch: int,
+def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epochs: int | Sequence[int],
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   num_workers: int = 0, **loader_kwargs) -> DataLoader:
-    """A DataLoader over epoch ``epoch``'s recorded batches; yields (images, soft_logits, labels)."""
+    """A DataLoader over the recorded batches of ``epochs`` (an epoch, or several in order, e.g.
+    ``range(300)`` for a whole run: its workers then start once); yields (images, soft_logits, labels),
+    ``store.num_batches`` batches per epoch."""
     for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "collate_fn"):
         if key in loader_kwargs:
             raise TypeError(f"replay_loader fixes {key}: the batches are the recorded ones")
-    dataset = ReplayDataset(images, labels, store, epoch, mean, std)
-    return DataLoader(dataset, batch_sampler=ReplayBatchSampler(store, epoch), collate_fn=passthrough_collate,
-                      num_workers=num_workers, **loader_kwargs)
+    sampler = ReplayBatchSampler(store, epochs)
+    dataset = ReplayDataset(images, labels, store, sampler.epochs[0], mean, std)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=passthrough_collate, num_workers=num_workers,
+                      **loader_kwargs)
 
 
 __all__ = [
-    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "ReplayBatchSampler", "ReplayDataset",
+    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "RecordedBatch", "ReplayBatchSampler", "ReplayDataset",
     "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "compress_logits", "cutmix_box", "expand_logits",
     "is_shard_name", "make_epoch_plan", "passthrough_collate", "replay_loader", "sample_crop_boxes",
     "shard_name",
