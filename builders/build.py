@@ -17,6 +17,7 @@ from pathlib import Path
 from fadrm_datasets import __version__
 from fadrm_datasets.layout import BuildDirectory
 
+from . import distributed
 from .context import environment, open_build
 from .evaluate import stage_evaluate
 from .options import BuildOptions
@@ -50,13 +51,15 @@ def run_build(preset: Preset, options: BuildOptions) -> BuildDirectory:
     start = time.perf_counter()
     with open_build(preset, options) as ctx:
         timings = {"teacher": round(time.perf_counter() - start, 2)}
-        check_patches(ctx)
-        check_recover(ctx)
-        ctx.directory.update_manifest(dataset=preset.name, ipc=options.ipc, method=options.method,
-                                      seed=options.seed, preset=preset.to_dict(),
-                                      options=dataclasses.asdict(options), code_version=code_version(),
-                                      environment=environment(ctx.device), format_version=FORMAT_VERSION)
-        ctx.record_teachers()
+        with distributed.main_first():  # rank 0 checks and records; the other ranks start after it
+            if distributed.is_main():
+                check_patches(ctx)
+                check_recover(ctx)
+                ctx.directory.update_manifest(dataset=preset.name, ipc=options.ipc, method=options.method,
+                                              seed=options.seed, preset=preset.to_dict(),
+                                              options=dataclasses.asdict(options), code_version=code_version(),
+                                              environment=environment(ctx.device), format_version=FORMAT_VERSION)
+                ctx.record_teachers()
         stages = [("patches", stage_patches), ("recover", stage_recover), ("relabel", stage_relabel)]
         if preset.evaluate_by_default if options.evaluate is None else options.evaluate:
             stages.append(("evaluate", stage_evaluate))
@@ -64,7 +67,8 @@ def run_build(preset: Preset, options: BuildOptions) -> BuildDirectory:
             start = time.perf_counter()
             stage(ctx)
             timings[name] = round(time.perf_counter() - start, 2)
-        ctx.directory.update_manifest(timings=timings)
+        if distributed.is_main():
+            ctx.directory.update_manifest(timings=timings)
     log.info("build done: %s (%s)", ctx.directory.root, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return ctx.directory
 

@@ -149,6 +149,14 @@ def recover_options(f):
     return f
 
 
+def say(text: str) -> None:
+    """A result line, printed once (by rank 0 under torchrun)."""
+    from .distributed import is_main
+
+    if is_main():
+        click.echo(text)
+
+
 class Refused(click.ClickException):
     """Bad input (an argument, or a file the command reads): one line, exit status 2, as for usage errors."""
 
@@ -241,15 +249,15 @@ def build_command(dataset, evaluate=None, epochs=None, **kwargs):
     options = make_options(preset, **kwargs).replace(evaluate=evaluate)
     evaluated_before = len(BuildDirectory(options.directory).read_manifest().get("evaluations", []))
     build = run_build(preset, options)
-    click.echo(f"built {options.ipc * preset.num_classes} images in {build.root}")
+    say(f"built {options.ipc * preset.num_classes} images in {build.root}")
     manifest = build.read_manifest()
     if len(manifest.get("evaluations", [])) > evaluated_before:  # an older evaluation is not this build's
         from .evaluate import teacher_accuracy
 
         last, teacher = manifest["evaluations"][-1], teacher_accuracy(manifest)
-        click.echo(f"test top-1: set {last['top1_best']:.2f} % (best; final {last['top1_final']:.2f} %, "
-                   f"{last['student']}, {last['epochs']} epochs)"
-                   + (f", teacher {teacher} %" if teacher else ""))
+        say(f"{last['split']} top-1 of the set: {last['top1_final']:.2f} % at the last epoch ({last['student']}, "
+            f"{last['epochs']} epochs; best checkpoint {last['top1_best']:.2f} %, chosen on that split)"
+            + (f", teacher {teacher} %" if teacher else ""))
 
 
 @cli.command("teacher", help="Train (or fetch) DATASET's teachers and cache them as safetensors.")
@@ -270,7 +278,7 @@ def teacher_command(dataset, retrain, ipc, **kwargs):
     for teacher in teachers.teachers:
         accuracy = teacher.record.get("test_top1")
         where = teacher.weights or teacher.record["source"]
-        click.echo(f"{teacher.name}: {where}" + (f" (test top-1 {accuracy} %)" if accuracy else ""))
+        say(f"{teacher.name}: {where}" + (f" (test top-1 {accuracy} %)" if accuracy else ""))
 
 
 @cli.command("patches", help="Select the real patches that seed each synthetic image.")
@@ -286,7 +294,7 @@ def patches_command(dataset, **kwargs):
     with open_build(preset, make_options(preset, **kwargs)) as ctx:
         ctx.directory.patches.unlink(missing_ok=True)  # an explicit rerun reselects
         patches = stage_patches(ctx)
-    click.echo(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {ctx.directory.root}")
+    say(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {ctx.directory.root}")
 
 
 @cli.command("recover", help="Synthesise the images (resumes: finished units are kept).")
@@ -301,7 +309,7 @@ def recover_command(dataset, **kwargs):
     preset = apply_overrides(dataset, kwargs)
     with open_build(preset, make_options(preset, **kwargs)) as ctx:
         record = stage_recover(ctx)
-    click.echo(f"recover {'complete' if record['complete'] else 'partial'}: {ctx.directory.images}")
+    say(f"recover {'complete' if record['complete'] else 'partial'}: {ctx.directory.images}")
 
 
 @cli.command("relabel", help="Record soft labels for DATASET's set: per-epoch crops, flips, CutMix and the "
@@ -322,7 +330,7 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 
     with open_build(dataset, make_options(dataset, ipc=ipc, **kwargs)) as ctx:
         record = stage_relabel(ctx, epochs=epochs, teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
-    click.echo(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
+    say(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
                f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {ctx.directory.soft_labels}")
 
 
@@ -349,13 +357,17 @@ def evaluate_command(build_dir, student, epochs, data_root, download, device, se
     from .evaluate import evaluate_build, teacher_accuracy
     from .options import resolve_device
 
-    with BuildDirectory(build_dir).lock():
+    from .context import hold
+    from .distributed import local_device
+
+    device = local_device(resolve_device(device))
+    with hold(BuildDirectory(build_dir), device):
         record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
-                                device=resolve_device(device), seed=seed, num_workers=num_workers, split=split)
+                                device=device, seed=seed, num_workers=num_workers, split=split)
     teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
-    click.echo(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_best']:.2f} % best, "
-               f"{record['top1_final']:.2f} % final, top-5 {record['top5']:.2f} %"
-               + (f" (teacher {teacher} %)" if teacher else ""))
+    say(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_final']:.2f} % at the last "
+        f"epoch, top-5 {record['top5']:.2f} % (best checkpoint {record['top1_best']:.2f} %, chosen on {split})"
+        + (f"; teacher {teacher} %" if teacher else ""))
 
 
 @cli.command("push", help="Publish the set in BUILD_DIR to the Hugging Face Hub as config ipc<N> of dataset repo "
@@ -374,7 +386,7 @@ def push_command(build_dir, repo_id, version, force, private, staging_dir):
     from .publish import push
 
     result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir)
-    click.echo(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"
+    say(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"
                + (", tag moved" if result.moved_tag else "") + ")")
 
 

@@ -4,7 +4,6 @@ and the teachers, decided once by :func:`open_build` and handed to every stage."
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 from dataclasses import dataclass
 from typing import Iterator
@@ -13,6 +12,7 @@ import torch
 
 from fadrm_datasets.layout import BuildDirectory
 
+from . import distributed
 from .options import BuildOptions
 from .presets import Preset
 from .teachers import TeacherSet, resolve_teachers
@@ -44,15 +44,25 @@ def environment(device: torch.device) -> dict:
 
 
 @contextlib.contextmanager
+def hold(directory: BuildDirectory, device: torch.device) -> Iterator[None]:
+    """Join torchrun's process group (if launched by it) and hold ``directory`` for this job: one builder
+    at a time, a second one refused at once. The ranks of one job share it: rank 0 holds it for them."""
+    held = directory.lock() if distributed.is_main() else contextlib.nullcontext()
+    with distributed.process_group(device), held:
+        yield
+
+
+@contextlib.contextmanager
 def open_build(preset: Preset, options: BuildOptions, retrain: bool = False) -> Iterator[BuildContext]:
     """The build of ``options`` with ``preset``, its directory held for this builder alone (a second one
-    is refused at once) and its teachers resolved once (trained when missing)."""
-    device = torch.device(options.device)
+    is refused at once) and its teachers resolved once (trained when missing). Under torchrun each rank
+    opens it; rank 0 holds the directory and trains a missing teacher."""
+    device = distributed.local_device(torch.device(options.device))
     directory = BuildDirectory(options.directory)
-    # Under torchrun the ranks of one job share the directory: rank 0 holds it for all of them.
-    held = directory.lock() if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()
-    with held:
-        yield BuildContext(preset, options, device, directory, resolve_teachers(preset, options, device, retrain))
+    with hold(directory, device):
+        with distributed.main_first():  # rank 0 trains a missing teacher while the others wait
+            teachers = resolve_teachers(preset, options, device, retrain)
+        yield BuildContext(preset, options, device, directory, teachers)
 
 
-__all__ = ["BuildContext", "environment", "open_build"]
+__all__ = ["BuildContext", "environment", "hold", "open_build"]

@@ -10,6 +10,7 @@ split (or the held-out validation split) are measured every few epochs and at th
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import math
@@ -21,11 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fadrm_datasets._checks import one_of
 from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
+from . import distributed
 from .context import BuildContext
 from .models import build_model
 from .options import BuildError
@@ -86,29 +89,48 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     checks_at = check_epochs(epochs, check_every)
     checks, best = [], None
     start = time.perf_counter()
-    bar = progress_bar(range(epochs), f"evaluate {student}", enabled=progress)
-    # One loader for the whole run: its workers start once, not once per epoch.
+    # Under torchrun (DDP) each optimizer step's recorded batches are dealt to the ranks; each real batch
+    # weighs world / group size and DDP averages over the world, so a step's gradient is the same sum as
+    # with one process. Ranks with fewer batches in a step make weightless passes to keep the all-reduce
+    # in step (never rank 0, whose BatchNorm statistics DDP broadcasts).
+    world, rank = distributed.world_size(), distributed.rank()
+    net = model if world == 1 else DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
+
+    def mine(batch: int) -> bool:
+        return (batch % accumulation) % world == rank
+
     loader = iter(replay_loader(images, labels, store, range(epochs), preset.mean, preset.std,
-                                num_workers=num_workers, persistent_workers=num_workers > 0))
+                                num_workers=num_workers, keep=mine if world > 1 else None,
+                                persistent_workers=num_workers > 0))
+    x = torch.zeros(1, preset.channels, store.image_size, store.image_size, device=device)  # a pad's input
+    soft = torch.zeros(1, preset.num_classes, device=device)
+    bar = progress_bar(range(epochs), f"evaluate {student}", enabled=progress and distributed.is_main())
     for epoch in bar:
-        model.train()
+        net.train()
         optimizer.zero_grad(set_to_none=True)
         running, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per batch
-        for i in range(batches):
-            x, soft, _ = next(loader)
-            group = i // accumulation
-            group_size = min(accumulation, batches - group * accumulation)
-            x = x.to(device, memory_format=torch.channels_last)
-            loss = kd_loss(model(x), soft.to(device), preset.temperature)
-            (loss / group_size).backward()
-            running, seen = running + loss.detach() * len(x), seen + len(x)
-            if (i + 1) % accumulation == 0 or i + 1 == batches:
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
+        for group in range(steps_per_epoch):
+            size = min(accumulation, batches - group * accumulation)
+            own, steps = len(range(rank, size, world)), -(-size // world)
+            for step in range(steps):
+                weight = world if step < own else 0
+                if weight:
+                    x, soft, _ = next(loader)
+                    x, soft = x.to(device, memory_format=torch.channels_last), soft.to(device)
+                syncing = step == steps - 1 or world == 1
+                with contextlib.nullcontext() if syncing else net.no_sync():
+                    loss = kd_loss(net(x), soft, preset.temperature)
+                    (loss * weight / size).backward()
+                if weight:
+                    running, seen = running + loss.detach() * len(x), seen + len(x)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
         if epoch + 1 in checks_at:
-            running = running.item()
-            metrics = evaluate_accuracy(model, test_set, preset, device)
+            running, seen = map(sum, zip(*distributed.gather((running.item(), seen))))
+            measured = evaluate_accuracy(model, test_set, preset, device) if distributed.is_main() else None
+            metrics = distributed.gather(measured)[0]  # rank 0 measures; every rank keeps its numbers
             best = metrics["top1"] if best is None else max(best, metrics["top1"])
             checks.append({"epoch": epoch + 1, "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
                            "loss": round(running / max(1, seen), 4)})
@@ -121,7 +143,8 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             "checks": checks, "split": split, "lr": preset.eval_lr, "weight_decay": preset.eval_weight_decay,
             "temperature": preset.temperature, "batch_size": store.batch_size,
             "grad_accumulation": accumulation, "soft_label_epochs": store.epochs,
-            "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device)}
+            "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device),
+            "processes": world}
 
 
 def manifest_preset(manifest: dict) -> Preset:
@@ -163,9 +186,10 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
                            progress=progress, split=split)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    evaluations = build.read_manifest().get("evaluations", [])
-    evaluations.append(record)
-    build.update_manifest(evaluations=evaluations)
+    if distributed.is_main():
+        evaluations = build.read_manifest().get("evaluations", [])
+        evaluations.append(record)
+        build.update_manifest(evaluations=evaluations)
     log.info("evaluate: %s on %s: best %s top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
              build.root, split, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
     return record

@@ -26,6 +26,7 @@ from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, sa
 from fadrm_datasets.augment import resized_crop, sample_crop_box
 from fadrm_datasets.layout import PATCHES
 
+from . import distributed
 from .context import BuildContext
 from .imaging import normalize
 from .options import DIFFICULTIES, BuildError
@@ -144,7 +145,13 @@ def check_patches(ctx: BuildContext) -> None:
 
 
 def stage_patches(ctx: BuildContext) -> Patches:
-    """Select and save the real patches (reused when the file exists)."""
+    """Select and save the real patches (reused when the file exists); under torchrun rank 0 selects
+    them and the other ranks read its file."""
+    with distributed.main_first():
+        return _select_or_reuse(ctx)
+
+
+def _select_or_reuse(ctx: BuildContext) -> Patches:
     build, options = ctx.directory, ctx.options
     check_patches(ctx)
     if build.patches.is_file():

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from fadrm_datasets._io import cached_sha256, sha256_file
 from fadrm_datasets.augment import resized_crop, sample_crop_box
 from fadrm_datasets.layout import IMAGES, BuildDirectory, decode_png, image_relpath
 
+from . import distributed
 from .context import BuildContext, environment
 from .imaging import normalize, pixel_bounds, save_png, to_uint8
 from .options import INITS, BuildError, BuildFailed
@@ -407,12 +407,15 @@ def stage_recover(ctx: BuildContext) -> dict:
     if patches.ipc != options.ipc:
         raise BuildError(f"{build.patches} holds {patches.ipc} patches per class, not {options.ipc}")
     start = time.perf_counter()
-    if not options.spec.optimise:  # the images are the patches themselves
-        for label in range(preset.num_classes):
-            for ipc_id in range(options.ipc):
-                save_png(build.image_path(label, ipc_id), patches.images[label, ipc_id])
-        record = {"method": options.method, "complete": True, "seconds": round(time.perf_counter() - start, 2)}
-        build.record_stage("recover", record, refresh=(IMAGES + "/",))
+    if not options.spec.optimise:  # the images are the patches themselves (written by rank 0)
+        record = {"method": options.method, "complete": True}
+        with distributed.main_first():
+            if distributed.is_main():
+                for label in range(preset.num_classes):
+                    for ipc_id in range(options.ipc):
+                        save_png(build.image_path(label, ipc_id), patches.images[label, ipc_id])
+                record["seconds"] = round(time.perf_counter() - start, 2)
+                build.record_stage("recover", record, refresh=(IMAGES + "/",))
         return record
     patches_sha256 = sha256_file(build.patches)
     check_recover(ctx, patches_sha256)
@@ -422,10 +425,12 @@ def stage_recover(ctx: BuildContext) -> dict:
     if previous.get("environment") not in (None, env):
         log.warning("recover: units made now (%s) will not be bit-identical to those made before (%s); see "
                     "RELIABILITY.md, Determinism", env, previous["environment"])
-    build.record_stage("recover", {**previous, "settings": settings, "complete": False})
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if distributed.is_main():
+        build.record_stage("recover", {**previous, "settings": settings, "complete": False})
+    # Under torchrun each rank makes its share of the units; the others' statistics come by gather.
     units = recover_set(ctx.teachers.modules(), patches.images, preset, config, build, options.ipc,
-                        options.seed, ctx.device, rank, world)
+                        options.seed, ctx.device, distributed.rank(), distributed.world_size())
+    units = {name: stats for share in distributed.gather(units) for name, stats in share.items()}
     seconds = round(time.perf_counter() - start, 2)
     failed = sorted(name for name, stats in units.items() if "failed" in stats)
     done = not failed and len(build.scan_images()) == preset.num_classes * options.ipc
@@ -433,7 +438,8 @@ def stage_recover(ctx: BuildContext) -> dict:
     unit_stats.update(units)
     record = {"settings": settings, "complete": done, "seconds": seconds, "units": unit_stats,
               "units_total": len(plan_units(preset, options.ipc)), "environment": env}
-    build.record_stage("recover", record, refresh=(IMAGES + "/",))
+    if distributed.is_main():
+        build.record_stage("recover", record, refresh=(IMAGES + "/",))
     if failed:
         raise BuildFailed(f"recover: {len(failed)} unit(s) failed (ipc_id/block {', '.join(failed[:5])}): "
                          f"{units[failed[0]]['failed']}; the finished units are kept. Lower --lr or --r-bn, or "

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, is_shard_name,
                                        make_epoch_plan, num_batches, shard_name)
 
+from . import distributed
 from .context import BuildContext
 from .options import BuildError
 from .presets import Preset
@@ -280,6 +280,7 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
             write_shard(out_dir / shard_name(first, last), data)
             log.info("relabel: wrote %s (%.1f MB, %.1f s)", shard_name(first, last), len(data) / 1e6,
                      time.perf_counter() - start)
+    distributed.barrier()  # rank 0 completes the index once every rank has written its shards
     if rank == 0:
         keep = {s["file"] for s in index["shards"]}
         for stale in out_dir.iterdir():
@@ -334,9 +335,9 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
     images, labels, _ = build.load_images(preset.channels)
     config = RelabelConfig.from_preset(preset, epochs=epochs, teacher_mode=teacher_mode_name, seed=options.seed,
                                        epochs_per_shard=epochs_per_shard)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     index = write_soft_labels(ctx.teachers.modules(), teacher_ids, images, preset, build.soft_labels, config,
-                              ctx.device, rank, world)
+                              ctx.device, distributed.rank(), distributed.world_size())
+    index = distributed.gather(index)[0]  # rank 0's: the one that saw every shard
     seconds = round(time.perf_counter() - start, 2)
     total = sum(s.get("bytes", 0) for s in index["shards"])
     record = {"epochs": config.epochs, "teacher_mode": config.teacher_mode, "teachers": list(ctx.teachers.names),
@@ -344,9 +345,10 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
               "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
               "complete": index["complete"], "seconds": seconds}
-    build.record_stage("relabel", record, refresh=(SOFT_LABELS + "/",))
-    if "teachers" not in build.read_manifest():
-        ctx.record_teachers()
+    if distributed.is_main():
+        build.record_stage("relabel", record, refresh=(SOFT_LABELS + "/",))
+        if "teachers" not in build.read_manifest():
+            ctx.record_teachers()
     log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),
              total / 1e6, seconds, build.soft_labels)
     return record

@@ -37,7 +37,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -431,19 +431,22 @@ class RecordedBatch:
 
 class ReplayBatchSampler(Sampler[RecordedBatch]):
     """Yields the recorded batches of ``epochs`` (one epoch, or several in order): one DataLoader, and one
-    set of workers, can serve a whole training run."""
+    set of workers, can serve a whole training run. ``keep(batch)`` (batch number within its epoch)
+    selects some of each epoch's batches, e.g. a rank's share under torchrun."""
 
-    def __init__(self, store: SoftLabelStore, epochs: int | Sequence[int]):
+    def __init__(self, store: SoftLabelStore, epochs: int | Sequence[int], keep: Callable[[int], bool] | None = None):
         self.store = store
         self.epochs = [store.check_epoch(e) for e in ([epochs] if isinstance(epochs, int) else epochs)]
+        self.batches = [b for b in range(store.num_batches) if keep is None or keep(b)]
 
     def __len__(self) -> int:
-        return self.store.num_batches * len(self.epochs)
+        return len(self.batches) * len(self.epochs)
 
     def __iter__(self) -> Iterator[RecordedBatch]:
         for epoch in self.epochs:
-            for b, indices in enumerate(self.store.epoch(epoch).batches()):
-                yield RecordedBatch(epoch, b, tuple(indices))
+            all_batches = self.store.epoch(epoch).batches()
+            for b in self.batches:
+                yield RecordedBatch(epoch, b, tuple(all_batches[b]))
 
 
 class ReplayDataset(Dataset):
@@ -528,14 +531,14 @@ def passthrough_collate(batch):
 
 def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epochs: int | Sequence[int],
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                  num_workers: int = 0, **loader_kwargs) -> DataLoader:
+                  num_workers: int = 0, keep: Callable[[int], bool] | None = None, **loader_kwargs) -> DataLoader:
     """A DataLoader over the recorded batches of ``epochs`` (an epoch, or several in order, e.g.
     ``range(300)`` for a whole run: its workers then start once); yields (images, soft_logits, labels),
-    ``store.num_batches`` batches per epoch."""
+    ``store.num_batches`` batches per epoch, or those ``keep`` selects."""
     for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "collate_fn"):
         if key in loader_kwargs:
             raise TypeError(f"replay_loader fixes {key}: the batches are the recorded ones")
-    sampler = ReplayBatchSampler(store, epochs)
+    sampler = ReplayBatchSampler(store, epochs, keep)
     dataset = ReplayDataset(images, labels, store, sampler.epochs[0], mean, std)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=passthrough_collate, num_workers=num_workers,
                       **loader_kwargs)

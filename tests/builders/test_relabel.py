@@ -130,7 +130,8 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     result = runner.invoke(cli, ["fashion-mnist", "--ipc", "2", "--method", "random-real", "--epochs", "2",
                                  "--evaluate", *common], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "test top-1: set" in result.output and "teacher 12.34 %" in result.output
+    assert "test top-1 of the set:" in result.output and "at the last epoch" in result.output
+    assert "teacher 12.34 %" in result.output
     build_dir = root / "fashion-mnist" / "ipc2-random-real"
     manifest = BuildDirectory(build_dir).read_manifest()
     assert manifest["stages"]["relabel"]["epochs"] == 2 and manifest["stages"]["relabel"]["complete"]

@@ -1,0 +1,157 @@
+"""Recover's time per image and peak memory: FADRM against the plain baseline, and each piece alone.
+
+Variants, all on the same teacher, unit size (``--batch`` classes) and total iteration count:
+
+- ``baseline``: fp32, every iteration at the full resolution, no ARC (plain BN-statistics matching);
+- ``fadrm``: the preset's schedule (MRO where the preset changes resolution), ARC, AMP on CUDA;
+- ``mro``: the preset's resolutions only (fp32, no ARC);  ``amp``: fp16 autocast only (CUDA);
+- ``stage@R``: one stage at resolution R (for the per-resolution cost behind MRO).
+
+Each variant runs in a process of its own, so peak memory is its own: on CUDA
+``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's resident high-water mark
+over what it held before the first recover call. Each times a second call after a short warm-up.
+Records go to ``benchmarks/results/speed.json``.
+
+    python benchmarks/recover_speed.py --preset fashion-mnist --teacher convnet-bn --iterations 40
+    python benchmarks/recover_speed.py --preset cifar100 --teacher resnet18-cifar --iterations 8
+    python benchmarks/recover_speed.py --preset imagenet --teacher resnet18 --batch 100 --iterations 100 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.accuracy import append_record  # noqa: E402
+from builders.models import build_model  # noqa: E402
+from builders.presets import get_preset  # noqa: E402
+from builders.recover import RecoverConfig, recover_unit  # noqa: E402
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def variant_config(preset, name: str, device: torch.device) -> RecoverConfig:
+    cuda = device.type == "cuda"
+    if name == "baseline":
+        return RecoverConfig.from_preset(preset, arc=False, mro=False, amp=False)
+    if name == "fadrm":
+        return RecoverConfig.from_preset(preset, arc=True, mro=True, amp=cuda)
+    if name == "mro":
+        return RecoverConfig.from_preset(preset, arc=False, mro=True, amp=False)
+    if name == "amp":
+        return RecoverConfig.from_preset(preset, arc=False, mro=False, amp=True)
+    if name.startswith("stage@"):
+        size = int(name[6:])
+        config = RecoverConfig.from_preset(preset, arc=False, mro=False, amp=False)
+        return dataclasses.replace(config, stages=((size, preset.total_iterations),))
+    raise ValueError(f"unknown variant {name!r}")
+
+
+def run_variant(args) -> dict:
+    """In the child process: time one unit of this variant and measure its peak memory."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    preset = get_preset(args.preset)
+    preset = preset.replace(stage_iterations=tuple(max(1, args.iterations // len(preset.stage_iterations))
+                                                   for _ in preset.stage_iterations))
+    teacher = build_model(args.teacher, preset.num_classes, preset.channels, preset.image_size)
+    teacher = teacher.to(device).eval().requires_grad_(False)  # random weights: the cost is the same
+    config = variant_config(preset, args.child, device)
+    labels = torch.arange(args.batch) % preset.num_classes
+    patches = torch.randint(0, 256, (args.batch, preset.channels, preset.image_size, preset.image_size),
+                            dtype=torch.uint8)
+    warm = dataclasses.replace(config, stages=tuple((r, 2) for r, _ in config.stages))
+    before = _rss_bytes()
+    recover_unit([teacher], labels, patches, preset, warm, seed=0, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = recover_unit([teacher], labels, patches, preset, config, seed=1, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = int(result.peak_memory_mb * 2**20)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return {"variant": args.child, "seconds": seconds, "per_image_s": seconds / args.batch, "peak_bytes": peak,
+            "iterations": config.total_iterations, "stages": [list(s) for s in config.stages]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="fashion-mnist")
+    parser.add_argument("--teacher", default=None, help="architecture [the preset's FADRM teacher]")
+    parser.add_argument("--batch", type=int, default=None, help="images per unit [the preset's class block]")
+    parser.add_argument("--iterations", type=int, default=40, help="total iterations per unit")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variants", default=None, help="comma-separated [baseline,fadrm,mro(,amp on CUDA),stage@R]")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (CPU)")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    preset = get_preset(args.preset)
+    args.teacher = args.teacher or preset.teacher
+    args.batch = args.batch or preset.class_block
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(run_variant(args)))
+        return
+
+    cuda = args.device.startswith("cuda")
+    resolutions = sorted(set(preset.stage_resolutions))
+    default = ["baseline", "fadrm", "mro", *(["amp"] if cuda else []), *(f"stage@{r}" for r in resolutions)]
+    variants = args.variants.split(",") if args.variants else default
+    command = shlex.join(["python", "benchmarks/recover_speed.py", *(sys.argv[1:] if argv is None else argv)])
+    results = {}
+    for variant in variants:
+        child = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
+                 "--teacher", args.teacher, "--batch", str(args.batch), "--child", variant]
+        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+        results[variant] = json.loads(out.strip().splitlines()[-1])
+        r = results[variant]
+        print(f"{variant:>12}: {r['per_image_s'] * 1e3:8.2f} ms/image  peak {r['peak_bytes'] / 2**20:8.1f} MiB  "
+              f"stages {r['stages']}", flush=True)
+    device = torch.cuda.get_device_name(0) if cuda else f"cpu ({args.threads} thread{'s' * (args.threads > 1)})"
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    base = results.get("baseline")
+    for variant, r in results.items():
+        if base is None or variant == "baseline" or variant.startswith("stage@"):
+            continue
+        for what, key in (("time", "per_image_s"), ("memory", "peak_bytes")):
+            append_record(Path(args.output), {
+                "device": device, "preset": args.preset, "model": args.teacher, "batch": args.batch,
+                "iterations": args.iterations, "what": what, "variant": variant, "baseline": base[key],
+                "ours": r[key], "ratio": round(base[key] / r[key], 3) if r[key] else None,
+                "command": command, "time": stamp})
+    full = f"stage@{preset.image_size}"
+    for variant in results:
+        if variant.startswith("stage@") and variant != full and full in results:
+            size = int(variant[6:])
+            append_record(Path(args.output), {
+                "device": device, "preset": args.preset, "model": args.teacher, "batch": args.batch,
+                "iterations": args.iterations, "what": "time", "variant": variant, "baseline": results[full]["per_image_s"],
+                "ours": results[variant]["per_image_s"],
+                "ratio": round(results[full]["per_image_s"] / results[variant]["per_image_s"], 3),
+                "pixel_ratio": round((preset.image_size / size) ** 2, 3), "command": command, "time": stamp})
+
+
+if __name__ == "__main__":
+    main()

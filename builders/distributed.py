@@ -1,0 +1,78 @@
+"""Running a build under ``torchrun``: one process per rank, the same files as one process.
+
+``torchrun --nproc-per-node N -m builders.cli ...`` starts N copies of the command with ``RANK`` and
+``WORLD_SIZE`` set; each joins the process group (gloo on the CPU, NCCL on CUDA), takes its share of the
+work (recover units, relabel shards, student batches) and rank 0 alone writes what the ranks share (the
+manifest, the soft-label index, the patches). Without torchrun every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun, a CUDA rank uses the GPU of its ``LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Join torchrun's process group for the duration (once; nested uses share it)."""
+    if world_size() == 1 or dist.is_initialized():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (it may write: train a teacher, select patches); the others wait for it,
+    then run the block themselves (and find its files)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank (a one-item list without torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+__all__ = ["barrier", "gather", "is_main", "local_device", "main_first", "process_group", "rank", "world_size"]

@@ -1,0 +1,59 @@
+"""``torchrun``: a build split over two CPU processes (gloo) writes the same files as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakedata import make_fashion_mnist
+from tests.reliability.conftest import REPO, TEACHER, build_args, files_of
+
+pytest.importorskip("torch.distributed.run")
+
+
+def _run(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "builders.cli"] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+        "-m", "builders.cli"]
+    # Same threads in every process: the files are byte-identical at the same torch, device and threads.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_write_the_same_files_as_one(tmp_path):
+    from builders.models import build_model
+    from builders.teachers import save_teacher
+
+    data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
+    root = tmp_path / "build"
+    save_teacher(root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors", build_model(TEACHER, 10, 1, 28),
+                 {"arch": TEACHER, "test_top1": "10.00"})
+    for processes in (1, 2):
+        build_dir = tmp_path / f"p{processes}"
+        built = _run(build_args(root, data, build_dir, ipc=3), processes)
+        assert built.returncode == 0, built.stderr[-3000:]
+        relabel = ["relabel", "fashion-mnist", "--ipc", "3", "--epochs", "6", "--epochs-per-shard", "2",
+                   "--data-root", str(data), "--build-root", str(root), "--build-dir", str(build_dir),
+                   "--teacher", TEACHER, "--device", "cpu"]
+        relabelled = _run(relabel, processes)  # 3 shards: ranks 0, 1, 0
+        assert relabelled.returncode == 0, relabelled.stderr[-3000:]
+        evaluated = _run(["evaluate", str(build_dir), "--epochs", "3", "--device", "cpu", "--data-root", str(data)],
+                         processes)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        assert evaluated.stdout.count("top-1") == 1  # one result line, from rank 0
+    one, two = tmp_path / "p1", tmp_path / "p2"
+    for part in ("images", "soft_labels"):
+        assert files_of(one / part) == files_of(two / part), part
+    assert (one / "patches.safetensors").read_bytes() == (two / "patches.safetensors").read_bytes()
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert manifest["stages"]["recover"]["complete"] and len(manifest["stages"]["recover"]["units"]) == 3
+    assert json.loads((two / "soft_labels" / "index.json").read_text())["complete"]
+    evaluation, = manifest["evaluations"]
+    assert evaluation["processes"] == 2 and 0 <= evaluation["top1_final"] <= 100
+    assert json.loads((one / "manifest.json").read_text())["evaluations"][0]["processes"] == 1
+    assert Path(two / "manifest.json").read_bytes().count(b'"evaluations"') == 1
