@@ -9,7 +9,8 @@ Variants, all on the same teacher, unit size (``--batch`` classes) and total ite
 
 Each variant runs in a process of its own, so peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's resident high-water mark
-over what it held before the first recover call. Each times a second call after a short warm-up.
+over what it held before the first recover call. Each times a second call after a short warm-up; the
+variants run ``--repeats`` times, interleaved, and the median time is kept (the CPU is shared).
 Records go to ``benchmarks/results/speed.json``.
 
     python benchmarks/recover_speed.py --preset fashion-mnist --teacher convnet-bn --iterations 40
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", default=None, help="comma-separated [baseline,fadrm,mro(,amp on CUDA),stage@R]")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant; the median time is kept")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -120,15 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     default = ["baseline", "fadrm", "mro", *(["amp"] if cuda else []), *(f"stage@{r}" for r in resolutions)]
     variants = args.variants.split(",") if args.variants else default
     command = shlex.join(["python", "benchmarks/recover_speed.py", *(sys.argv[1:] if argv is None else argv)])
+    runs: dict[str, list[dict]] = {variant: [] for variant in variants}
+    for _ in range(args.repeats):  # interleaved, so a busy moment of the machine hits every variant
+        for variant in variants:
+            child = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
+                     "--teacher", args.teacher, "--batch", str(args.batch), "--child", variant]
+            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
     results = {}
-    for variant in variants:
-        child = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
-                 "--teacher", args.teacher, "--batch", str(args.batch), "--child", variant]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-        results[variant] = json.loads(out.strip().splitlines()[-1])
-        r = results[variant]
-        print(f"{variant:>12}: {r['per_image_s'] * 1e3:8.2f} ms/image  peak {r['peak_bytes'] / 2**20:8.1f} MiB  "
-              f"stages {r['stages']}", flush=True)
+    for variant, measured in runs.items():
+        r = sorted(measured, key=lambda m: m["per_image_s"])[len(measured) // 2]
+        results[variant] = {**r, "peak_bytes": max(m["peak_bytes"] for m in measured),
+                            "per_image_s_runs": [round(m["per_image_s"], 5) for m in measured]}
+        print(f"{variant:>12}: {r['per_image_s'] * 1e3:8.2f} ms/image (median of {len(measured)})  "
+              f"peak {results[variant]['peak_bytes'] / 2**20:8.1f} MiB  stages {r['stages']}", flush=True)
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({args.threads} thread{'s' * (args.threads > 1)})"
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     base = results.get("baseline")
