@@ -401,15 +401,16 @@ a table, and plots accuracy against the number of classes seen (--plot)."""
 @click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True,
               help="Real images to test on: the test split, or the validation images held out of the training "
               "split (for choosing settings).")
-@click.option("--teacher-mode", type=click.Choice(TEACHER_MODES), default="eval", show_default=True,
-              help="eval: the teacher's BatchNorm uses its running statistics; train: each batch's statistics.")
+@click.option("--teacher-mode", type=click.Choice(TEACHER_MODES), default="train", show_default=True,
+              help="train: the teacher's BatchNorm uses each batch's statistics (as the set's relabel; chosen on "
+              "the validation split); eval: its running statistics.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the students' initialisations and "
               "batches (the same for every method).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option("--data-root", default=None, help="Where the original dataset lives. [default: the builds']")
 @click.option("--output", default="continual.json", show_default=True, type=click.Path(dir_okay=False),
-              help="JSON list of records; records of the same dataset, IPC, steps, method, mode and split are "
-              "replaced, others kept.")
+              help="JSON list of records; records of the same dataset, IPC, steps, method, mode, split and "
+              "teacher mode are replaced, others kept.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="The PNG plot. [default: --output with .png]")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

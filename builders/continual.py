@@ -13,8 +13,10 @@ partners and logits over all classes). Instead the set's own teachers (those its
 label each augmented batch live, and their logits are restricted to the classes seen so far
 (``scenario.restrict``), so the target distribution puts no mass on a class the learner has not met.
 The batches follow the set's student protocol (the preset's crop, flip and CutMix, here drawn among
-the step's images only), as do the optimiser, batch, accumulation and temperature. The student has
-one output per seen class (position in the order). Only the final epoch's accuracy is reported.
+the step's images only), as do the optimiser, batch, accumulation and temperature; the teacher's
+BatchNorm uses each batch's statistics, as in the set's relabel (chosen over running statistics on
+the validation split, BENCHMARKS.md). The student has one output per seen class (position in the
+order). Only the final epoch's accuracy is reported.
 
 Every method meets the same student initialisations and batch plans (seeded by order and step, not by
 method), so differences between methods are not differences of luck.
@@ -69,7 +71,7 @@ class ContinualSettings:
     modes: tuple[str, ...] = ("fresh",)
     epochs: int = 150  # per step; sized so the Fashion-MNIST benchmark runs in about an hour on one core
     split: str = "test"  # "val": the held-out training images, for choosing settings
-    teacher_mode: str = "eval"
+    teacher_mode: str = "train"  # BatchNorm on each batch's statistics, as the set's relabel; chosen on val
     previous_temperature: float = 2.0  # carried: distillation from the previous step's model
     seed: int = 0  # student initialisations and batch plans
 
@@ -302,7 +304,7 @@ def run_continual(build_dirs: list[str | Path], settings: ContinualSettings, dev
 
 # --- reporting ------------------------------------------------------------------------------------
 
-RECORD_KEY = ("dataset", "ipc", "steps", "method", "mode", "split")
+RECORD_KEY = ("dataset", "ipc", "steps", "method", "mode", "split", "teacher_mode")
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -321,7 +323,7 @@ def read_records(path: str | Path) -> list[dict]:
 
 def save_records(records: list[dict], path: str | Path) -> list[dict]:
     """Write ``records`` into the JSON list at ``path``, replacing earlier records of the same dataset, IPC,
-    steps, method, mode and split (other records stay); returns the list written."""
+    steps, method, mode, split and teacher mode (other records stay); returns the list written."""
     new_keys = {tuple(r[k] for k in RECORD_KEY) for r in records}
     kept = [r for r in read_records(path) if tuple(r.get(k) for k in RECORD_KEY) not in new_keys]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
