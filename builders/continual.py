@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets._io import atomic_write_json, cached_sha256
+from fadrm_datasets._io import atomic_write_json
 from fadrm_datasets.continual import PEER_ORDER_SEEDS, ClassIncrementalScenario
 from fadrm_datasets.layout import BuildDirectory
 from fadrm_datasets.sets import FADRMDataset, HubError
@@ -55,7 +55,7 @@ from .progress import progress as progress_bar
 from .relabel import TEACHER_MODES, teacher_logits, teacher_mode
 from .seeding import derive_seed
 from .sources import EVAL_SPLITS, load_split
-from .teachers import TeacherError, evaluate_accuracy, load_teacher
+from .teachers import evaluate_accuracy, load_teacher, recorded_teacher_file
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +98,6 @@ class ContinualSet:
     data_root: str
 
 
-def _teacher_file(name: str, record: dict, build: BuildDirectory, manifest: dict) -> Path | None:
-    """The weights file of a teacher the manifest records; None for torchvision's pretrained weights."""
-    source = str(record.get("source", ""))
-    if source.startswith("torchvision:"):
-        return None
-    candidates = [Path(source), build.root / source]
-    if manifest.get("teachers_dir"):
-        candidates.append(Path(manifest["teachers_dir"]) / Path(source).name)
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise TeacherError(f"teacher {name} of {build.root}: {source} not found; rerun `fadrm-build teacher "
-                           f"{manifest.get('dataset')}` with the set's --build-root, or run where it was built")
-    if record.get("sha256") and cached_sha256(path) != record["sha256"]:
-        raise TeacherError(f"teacher {name}: {path} is not the teacher {build.root} was built with (sha256 "
-                           "differs); restore that teacher or rebuild the set")
-    return path
-
-
 def open_set(build_dir: str | Path, device: torch.device, data_root: str | None = None) -> ContinualSet:
     """A build directory's images (checked against its manifest), preset, and teachers."""
     build = BuildDirectory(build_dir)
@@ -129,8 +111,10 @@ def open_set(build_dir: str | Path, device: torch.device, data_root: str | None 
         raise BuildError(f"{build.root} records no teacher in its manifest; run `fadrm-build teacher "
                          f"{preset.name}` and rebuild the set")
     # channels_last: the layout the students train in (2.5x faster teacher forwards on this CPU than mixed layouts)
-    teachers = [load_teacher(preset, name, _teacher_file(name, record, build, manifest), device)
-                .to(memory_format=torch.channels_last) for name, record in records.items()]
+    files = {name: recorded_teacher_file(name, record, preset.name, build.root, manifest.get("teachers_dir"))
+             for name, record in records.items()}
+    teachers = [load_teacher(preset, name, path, device).to(memory_format=torch.channels_last)
+                for name, path in files.items()]
     try:
         dataset = FADRMDataset.from_build(build.root)
     except HubError as error:  # files that do not match the manifest, or no images

@@ -28,6 +28,7 @@ from fadrm_datasets.softlabels import INDEX
 
 from .card import make_grid, render_card
 from .options import BuildError
+from .teachers import TeacherError, recorded_teacher_file
 
 log = logging.getLogger(__name__)
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the Hub's parquet guidance: shards of a few hundred MB
@@ -165,19 +166,13 @@ def _teacher_files(contents: BuildContents) -> dict[str, Path]:
     """name -> safetensors file of every teacher the build trained (torchvision ones are skipped)."""
     found = {}
     for name, record in (contents.manifest.get("teachers") or {}).items():
-        source = str(record.get("source", ""))
-        if not source.endswith(".safetensors"):
+        if not str(record.get("source", "")).endswith(".safetensors"):
             continue
-        candidates = [Path(source), contents.root / source]
-        if contents.manifest.get("teachers_dir"):
-            candidates.append(Path(contents.manifest["teachers_dir"]) / Path(source).name)
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise PublishError(f"teacher {name}: {source} not found; rerun `fadrm-build teacher "
-                               f"{contents.dataset}` or publish from the machine that built the set")
-        if record.get("sha256") and sha256_file(path) != record["sha256"]:
-            raise PublishError(f"teacher {name}: {path} does not match the sha256 in the build manifest")
-        found[name] = path
+        try:
+            found[name] = recorded_teacher_file(name, record, contents.dataset, contents.root,
+                                                contents.manifest.get("teachers_dir"))
+        except TeacherError as error:
+            raise PublishError(str(error)) from None
     return found
 
 

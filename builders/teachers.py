@@ -120,6 +120,27 @@ def load_teacher(preset: Preset, name: str, weights: Path | None = None,
     return model.to(device)
 
 
+def recorded_teacher_file(name: str, record: dict, dataset: str, build_root: Path,
+                          teachers_dir: str | None = None) -> Path | None:
+    """The weights file of a teacher a build's manifest records (``record["source"]``: the path as recorded,
+    under the build, or in the build's ``teachers_dir``), checked against the recorded sha256; None for
+    torchvision's pretrained weights."""
+    source = str(record.get("source", ""))
+    if source.startswith("torchvision:"):
+        return None
+    candidates = [Path(source), Path(build_root) / source]
+    if teachers_dir:
+        candidates.append(Path(teachers_dir) / Path(source).name)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise TeacherError(f"teacher {name} of {build_root}: {source} not found; rerun `fadrm-build teacher "
+                           f"{dataset}` with the set's --build-root, or run where the set was built")
+    if record.get("sha256") and cached_sha256(path) != record["sha256"]:
+        raise TeacherError(f"teacher {name}: {path} is not the teacher {build_root} was built with (its sha256 "
+                           "differs from the manifest's); restore that teacher or rebuild the set")
+    return path
+
+
 # --- the build's teachers, decided once -------------------------------------------------------
 
 @dataclass
@@ -279,5 +300,5 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
 
 
 __all__ = ["Teacher", "TeacherError", "TeacherSet", "check_cached_recipe", "evaluate_accuracy", "load_teacher",
-           "read_teacher_metadata", "recipe_metadata", "resolve_teachers", "save_teacher", "teacher_path",
-           "train_teacher"]
+           "read_teacher_metadata", "recipe_metadata", "recorded_teacher_file", "resolve_teachers", "save_teacher",
+           "teacher_path", "train_teacher"]
