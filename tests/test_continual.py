@@ -90,6 +90,9 @@ def test_each_steps_training_and_test_subsets_hold_exactly_its_seen_classes(trai
             assert set(subset.original_targets.tolist()) == set(seen)
             assert len(subset) == per_class * len(seen)  # none of a seen class is left out
             assert list(subset.indices) == sorted(subset.indices)
+            new = scenario.indices(data.targets, step, new_only=True)
+            assert set(np.asarray(data.targets)[new].tolist()) == set(scenario.new_classes(step))
+            assert len(new) == per_class * len(scenario.new_classes(step))
             assert [int(t) for t in subset.targets] == [seen.index(c) for c in subset.original_targets]
             for i in range(len(subset)):
                 image, label = subset[i][:2]
