@@ -23,7 +23,7 @@ imported only when called: :func:`to_avalanche` (``avalanche-lib``) and :func:`t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
