@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from .continual import MODES as CONTINUAL_MODES
 from .options import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
 from .relabel import TEACHER_MODES
@@ -388,6 +389,110 @@ def push_command(build_dir, repo_id, version, force, private, staging_dir):
     result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir)
     say(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"
                + (", tag moved" if result.moved_tag else "") + ")")
+
+
+def _int_list(ctx, param, value):
+    """``N,N,...``: integers (class-order seeds)."""
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"give integers separated by commas, e.g. 0,1,2,3,4; got {value!r}") from None
+    if len(set(numbers)) != len(numbers):
+        raise click.BadParameter(f"{value!r} names an order twice")
+    return numbers
+
+
+def _names(choices):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        names = tuple(v.strip() for v in value.split(",") if v.strip())
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise click.BadParameter(f"{', '.join(unknown) or 'nothing'} given; choose among {', '.join(choices)}")
+        return tuple(dict.fromkeys(names))
+    return parse
+
+
+CONTINUAL_HELP = """Class-incremental learning on built sets: at each step a student learns the classes seen so far
+from the set's images, labelled live by the set's teacher restricted to those classes, and is tested on
+the real test images of those classes (the final epoch's top-1).
+
+\b
+Give build directories, or a dataset, IPC and methods to find them under --build-root:
+  fadrm-build continual build/fashion-mnist/ipc10 build/fashion-mnist/ipc10-random-real
+  fadrm-build continual --dataset fashion-mnist --ipc 10 --methods fadrm,sre2l,random-real --steps 5
+
+\b
+Modes: fresh (the peers' protocol: a new student per step, trained from scratch) and carried (one
+student through the steps, its head grown per step, distilled from the previous step's model).
+Writes the records (per-step accuracy per order, mean and std over orders) into --output, prints
+a table, and plots accuracy against the number of classes seen (--plot)."""
+
+
+@cli.command("continual", help=CONTINUAL_HELP)
+@click.argument("build_dirs", nargs=-1, metavar="[BUILD_DIR]...", type=click.Path(file_okay=False))
+@click.option("--dataset", default=None, help="With --ipc and --methods: find the builds under --build-root.")
+@click.option("--ipc", type=int, default=None, callback=_positive, help="Images per class of the builds to find.")
+@click.option("--methods", default=None, callback=_names(tuple(METHODS)), metavar="M,M,...",
+              help=f"Methods of the builds to find ({', '.join(METHODS)}).")
+@click.option("--build-root", default="build", show_default=True, type=click.Path(file_okay=False),
+              help="Where the builds to find live: BUILD_ROOT/<dataset>/ipc<N>[-<method>].")
+@click.option("--steps", default=5, show_default=True, type=int, callback=_positive,
+              help="Steps; they split the classes equally.")
+@click.option("--orders", default="0,1,2,3,4", show_default=True, callback=_int_list, metavar="S,S,...",
+              help="Class orders, by seed: numpy.random.RandomState(S).permutation(classes), as the peers draw them.")
+@click.option("--modes", default="fresh", show_default=True, callback=_names(CONTINUAL_MODES),
+              metavar="fresh,carried", help="fresh: a new student per step (the peers'); carried: one student.")
+@click.option("--epochs", default=150, show_default=True, type=int, callback=_positive,
+              help="Training epochs per step, over the step's images.")
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True,
+              help="Real images to test on: the test split, or the validation images held out of the training "
+              "split (for choosing settings).")
+@click.option("--teacher-mode", type=click.Choice(TEACHER_MODES), default="train", show_default=True,
+              help="train: the teacher's BatchNorm uses each batch's statistics (as the set's relabel; chosen on "
+              "the validation split); eval: its running statistics.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the students' initialisations and "
+              "batches (the same for every method).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option("--data-root", default=None, help="Where the original dataset lives. [default: the builds']")
+@click.option("--output", default="continual.json", show_default=True, type=click.Path(dir_okay=False),
+              help="JSON list of records; records of the same dataset, IPC, steps, method, mode, split and "
+              "teacher mode are replaced, others kept.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="The PNG plot. [default: --output with .png]")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@handle_errors
+def continual_command(build_dirs, dataset, ipc, methods, build_root, steps, orders, modes, epochs, split,
+                      teacher_mode, seed, device, data_root, output, plot_path):
+    from pathlib import Path
+
+    from .continual import ContinualSettings, format_table, plot, read_records, run_continual, save_records
+    from .options import BuildOptions, resolve_device
+
+    finding = {"--dataset": dataset, "--ipc": ipc, "--methods": methods}
+    if build_dirs and any(v is not None for v in finding.values()):
+        raise click.UsageError("give build directories, or --dataset, --ipc and --methods, not both")
+    if not build_dirs:
+        missing = [name for name, value in finding.items() if value is None]
+        if missing:
+            raise click.UsageError(f"give build directories, or {', '.join(missing)} to find them under --build-root")
+        preset = get_preset(dataset)
+        build_dirs = [BuildOptions(dataset=preset.name, ipc=ipc, method=m, build_root=build_root, device="cpu")
+                      .directory for m in methods]
+    read_records(output)  # a file that cannot take the records is refused before the run, not after
+    settings = ContinualSettings(steps=steps, orders=orders, modes=modes, epochs=epochs, split=split,
+                                 teacher_mode=teacher_mode, seed=seed)
+    try:
+        records = run_continual(list(build_dirs), settings, resolve_device(device), data_root=data_root)
+    except KeyboardInterrupt:
+        click.echo("interrupted: records are written when the whole run ends; nothing of this run was saved",
+                   err=True)
+        sys.exit(130)
+    save_records(records, output)
+    click.echo(format_table(records))
+    picture = plot(records, plot_path or Path(output).with_suffix(".png"))
+    click.echo(f"records -> {output}; plot -> {picture}")
 
 
 def main(argv: list[str] | None = None) -> None:

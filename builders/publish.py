@@ -28,6 +28,7 @@ from fadrm_datasets.softlabels import INDEX
 
 from .card import make_grid, render_card
 from .options import BuildError, BuildFailed
+from .teachers import TeacherError, recorded_teacher_file
 
 log = logging.getLogger(__name__)
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the Hub's parquet guidance: shards of a few hundred MB
@@ -168,23 +169,14 @@ def _teacher_files(contents: BuildContents) -> dict[str, Path]:
     """name -> safetensors file of every teacher the build trained (given and torchvision ones are named
     only), found in the build's teacher cache and checked against the recorded sha256."""
     found = {}
-    teachers_dir = contents.manifest.get("teachers_dir")
     for name, record in (contents.manifest.get("teachers") or {}).items():
-        if not isinstance(record, dict) or record.get("source") != "trained":
+        source = str(record.get("source", "")) if isinstance(record, dict) else ""
+        if source != "trained" and not source.endswith(".safetensors"):  # given and torchvision: named only
             continue
-        if not teachers_dir or not isinstance(record.get("file"), str):
-            raise PublishError(f"teacher {name}: the manifest does not say where its weights are; run the build "
-                               "command again to record them")
         try:
-            path = layout.inside(teachers_dir, record["file"])
-        except layout.LayoutError as error:
-            raise PublishError(f"teacher {name}: {error}") from None
-        if not path.is_file():
-            raise PublishError(f"teacher {name}: {path} not found; rerun `fadrm-build teacher "
-                               f"{contents.dataset}` or publish from the machine that built the set")
-        if sha256_file(path) != record.get("sha256"):
-            raise PublishError(f"teacher {name}: {path} does not match the sha256 in the build manifest")
-        found[name] = path
+            found[name] = recorded_teacher_file(name, record, contents.manifest)
+        except TeacherError as error:
+            raise PublishError(str(error)) from None
     return found
 
 

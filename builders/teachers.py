@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fadrm_datasets._io import atomic_write_bytes, cached_sha256, read_safetensors_metadata, safetensors_bytes
+from fadrm_datasets.layout import LayoutError, inside
 
 from .imaging import normalize, random_flip, random_pad_crop
 from .models import build_model
@@ -127,6 +128,37 @@ def load_teacher(preset: Preset, name: str, weights: Path | None = None,
         raise TeacherError(f"weights do not fit {name!r} for {preset.name}: {first}") from None
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+def recorded_teacher_file(name: str, record: dict, manifest: dict) -> Path | None:
+    """The weights file of a teacher a build's manifest records, checked against the recorded sha256;
+    None for torchvision's pretrained weights. A trained teacher lies in the build's ``teachers_dir``
+    (its name refused if it leaves it), a given one where ``options.teacher_weights`` says; manifests
+    older than these records name the file's path as their ``source``."""
+    source = str(record.get("source", ""))
+    if source.startswith("torchvision:"):
+        return None
+    teachers_dir = manifest.get("teachers_dir")
+    if source == "given":
+        path = Path(str((manifest.get("options") or {}).get("teacher_weights") or ""))
+    elif source == "trained":
+        if not teachers_dir or not isinstance(record.get("file"), str):
+            raise TeacherError(f"teacher {name}: the manifest does not say where its weights are; run the build "
+                               "command again to record them")
+        try:
+            path = inside(teachers_dir, record["file"])
+        except LayoutError as error:
+            raise TeacherError(f"teacher {name}: {error}") from None
+    else:
+        candidates = [Path(source)] + ([Path(teachers_dir) / Path(source).name] if teachers_dir else [])
+        path = next((p for p in candidates if p.is_file()), candidates[0])
+    if not path.is_file():
+        raise TeacherError(f"teacher {name}: {path} not found; rerun `fadrm-build teacher {manifest.get('dataset')}` "
+                           "with the set's --build-root, or run where the set was built")
+    if record.get("sha256") and cached_sha256(path) != record["sha256"]:
+        raise TeacherError(f"teacher {name}: {path} is not the teacher the set was built with (its sha256 differs "
+                           "from the manifest's); restore that teacher or rebuild the set")
+    return path
 
 
 # --- the build's teachers, decided once -------------------------------------------------------
@@ -308,5 +340,5 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
 
 
 __all__ = ["Teacher", "TeacherError", "TeacherSet", "check_cached_recipe", "evaluate_accuracy", "load_teacher",
-           "read_teacher_metadata", "recipe_metadata", "resolve_teachers", "save_teacher", "teacher_path",
-           "train_teacher"]
+           "read_teacher_metadata", "recipe_metadata", "recorded_teacher_file", "resolve_teachers", "save_teacher",
+           "teacher_path", "train_teacher"]
