@@ -178,28 +178,25 @@ def apply_plan(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.Tens
     from the plan. Returns float32 (B, C, size, size) on the images' device. This one function is
     what both the relabel (teacher side) and the replay (student side) call.
     """
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    else:
-        images = images.float()
     b, c, h, w = images.shape
     size = size or h
     boxes = crop_boxes.tolist() if torch.is_tensor(crop_boxes) else list(crop_boxes)
+    flipped = torch.as_tensor(flips).bool().tolist()
     out = torch.empty(b, c, size, size, device=images.device)
-    for i, box in enumerate(boxes):
-        out[i:i + 1] = resized_crop(images[i:i + 1], tuple(box), size)
-    flip = torch.as_tensor(flips, device=images.device).bool().view(-1, 1, 1, 1)
-    out = torch.where(flip, out.flip(3), out)
+    for i, (top, left, bh, bw) in enumerate(boxes):
+        # Only the crop is converted to float: the same values as converting the whole image first.
+        crop = images[i:i + 1, :, top:top + bh, left:left + bw]
+        crop = crop.float() / 255.0 if crop.dtype == torch.uint8 else crop.float()
+        crop = resized_crop(crop, (0, 0, bh, bw), size)
+        out[i:i + 1] = crop.flip(3) if flipped[i] else crop
     top, left, bh, bw = (int(v) for v in (cutmix_box.tolist() if torch.is_tensor(cutmix_box) else cutmix_box))
     if bh > 0 and bw > 0:
         partner = torch.as_tensor(partners, device=images.device).long()
-        mixed = out.clone()
-        mixed[:, :, top:top + bh, left:left + bw] = out[partner][:, :, top:top + bh, left:left + bw]
-        out = mixed
+        region = out[:, :, top:top + bh, left:left + bw]
+        region.copy_(region[partner])  # advanced indexing copies first: every partner's box is the original
     if mean is not None:
-        m = torch.tensor(mean, dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
-        out = (out - m) / s
+        out.sub_(torch.tensor(mean, dtype=out.dtype, device=out.device).view(1, -1, 1, 1))
+        out.div_(torch.tensor(std, dtype=out.dtype, device=out.device).view(1, -1, 1, 1))
     return out
 
 
