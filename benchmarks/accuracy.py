@@ -71,6 +71,8 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
                     "--data-root", args.data_root, "--split", args.split, *epochs]
         if args.student:
             evaluate += ["--student", args.student]
+        if args.labels != "soft":
+            evaluate += ["--labels", args.labels]
         run_cli(evaluate)
         done = BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
     teachers = BuildDirectory(build_dir).read_manifest().get("teachers") or {}
@@ -92,7 +94,8 @@ def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
               "grad_accumulation": preset.eval_grad_accumulation, "teacher_mode": store.teacher_mode,
               "teachers": store.teachers, "soft_label_epochs": store.epochs}
     for record in reversed(manifest.get("evaluations", [])):
-        if all(record.get(key) == value for key, value in wanted.items()):
+        same_labels = record.get("labels", "soft") == args.labels  # older records were all soft
+        if same_labels and all(record.get(key) == value for key, value in wanted.items()):
             return record
     return None
 
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", default=None, help="recover iterations per stage, e.g. 100,100,100,100")
     parser.add_argument("--student", default=None, help="student architecture (preset: convnet-bn)")
     parser.add_argument("--teacher-mode", choices=("train", "eval"), default="train")
+    parser.add_argument("--labels", choices=("soft", "hard"), default="soft",
+                        help="hard: train the student on the same batches with hard labels (DD-Ranking's HLR)")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="val: the held-out training images, for choosing settings")
     parser.add_argument("--extra", default="", help="more build flags, e.g. '--alpha 0.7 --lr 0.05'")
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                 "top1_final_std": round(statistics.stdev(final), 2) if len(final) > 1 else 0.0,
                 "top1_final_per_seed": final, "top1_best_mean": round(statistics.fmean(best), 2),
                 "top1_best_per_seed": best, "top5_mean": round(statistics.fmean(r["top5"] for r in runs), 2),
-                "split": args.split, "label": args.label, "extra": args.extra,
+                "split": args.split, "label": args.label, "extra": args.extra, "labels": args.labels,
                 "epochs": runs[0]["epochs"], "lr": runs[0]["lr"], "temperature": runs[0]["temperature"],
                 "iterations": args.iterations, "teacher_mode": args.teacher_mode,
                 "teachers": runs[0]["teacher_records"],

@@ -21,6 +21,7 @@ from fadrm_datasets.registry import SETS
 from fadrm_datasets.sets import SET_CLASSES
 
 from .options import BuildError
+from .scores import label_robust_score
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +198,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-# The columns a reader of a card wants from each evaluation record (builders.evaluate).
-EVALUATION_COLUMNS = [("student", "student"), ("split", "split"), ("epochs", "epochs"),
-                      ("top1_best", "top-1 % (best)"), ("top1_final", "top-1 % (final)"), ("top5", "top-5 %"),
-                      ("temperature", "T"), ("seed", "seed")]
+# The columns a reader of a card wants from each evaluation record (builders.evaluate): the last
+# epoch's accuracy first; the best checkpoint beside it, labelled as chosen on the measured split.
+EVALUATION_COLUMNS = [("student", "student"), ("labels", "labels"), ("split", "split"), ("epochs", "epochs"),
+                      ("top1_final", "top-1 % (last epoch)"), ("top5", "top-5 %"),
+                      ("top1_best", "best checkpoint % (chosen on the split)"), ("temperature", "T"),
+                      ("seed", "seed"), ("command", "command")]
 
 
 def evaluations_table(evaluations: list[dict] | None) -> str | None:
@@ -208,19 +211,81 @@ def evaluations_table(evaluations: list[dict] | None) -> str | None:
     runs = [run for run in evaluations or [] if isinstance(run, dict)]
     if not runs:
         return None
+    defaults = {"labels": "soft"}  # records older than hard-label evaluations were all soft
     return markdown_table([title for _, title in EVALUATION_COLUMNS],
-                          [[run.get(key, "") for key, _ in EVALUATION_COLUMNS] for run in runs])
+                          [[run.get(key, defaults.get(key, "")) for key, _ in EVALUATION_COLUMNS] for run in runs])
 
 
-def ipc_section(ipc: int, info: dict) -> str:
+def _mean_std(record: dict) -> str:
+    spread = f" ± {record['top1_final_std']:.2f}" if len(record.get("seeds") or []) > 1 else ""
+    return f"{record['top1_final_mean']:.2f}{spread}"
+
+
+def _teachers_of(record: dict) -> str:
+    return ", ".join(f"{name} ({info.get('test_top1')} %)" for name, info in (record.get("teachers") or {}).items())
+
+
+def measured_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
+    """Benchmark records of ``dataset`` at ``ipc`` on the test split (``benchmarks/accuracy.py``): one
+    row per method, student and labels, with the last epoch's top-1 over seeds and the command."""
+    rows = []
+    for r in records:
+        if r.get("dataset") == dataset and r.get("ipc") == ipc and r.get("split") == "test" and "top1_final_mean" in r:
+            rows.append([r["method"] + (f" ({r['label']})" if r.get("label") else ""), r.get("student", ""),
+                         r.get("labels", "soft"), len(r.get("seeds") or []), _mean_std(r),
+                         f"{r['top1_best_mean']:.2f}", _teachers_of(r), f"`{r.get('command', '')}`"])
+    return rows
+
+
+MEASURED_HEADER = ["method", "student", "labels", "seeds", "top-1 % (last epoch, mean ± std)",
+                   "best checkpoint % (chosen on the test split)", "teachers", "command"]
+
+
+def score_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
+    """DD-Ranking's IOR, HLR and LRS per method and student, where the records hold what they need: the
+    set's soft- and hard-label accuracy, the random real subset's soft-label accuracy, and the full real
+    data's hard-label accuracy (the teacher's own test top-1, when the student is the teacher's
+    architecture: the same network trained on the whole training split with hard labels)."""
+    found = {(r["method"], r.get("student"), r.get("labels", "soft")): r for r in records
+             if r.get("dataset") == dataset and r.get("ipc") == ipc and r.get("split") == "test"
+             and not r.get("label") and "top1_final_mean" in r}
+    rows = []
+    for (method, student, labels), soft in sorted(found.items()):
+        hard, random = found.get((method, student, "hard")), found.get(("random-real", student, "soft"))
+        teacher = (soft.get("teachers") or {}).get(student)
+        if labels != "soft" or method == "random-real" or not (hard and random and teacher):
+            continue
+        full = float(teacher["test_top1"])
+        scores = label_robust_score(soft["top1_final_mean"], random["top1_final_mean"], hard["top1_final_mean"], full)
+        rows.append([method, student, f"{soft['top1_final_mean']:.2f}", f"{random['top1_final_mean']:.2f}",
+                     f"{hard['top1_final_mean']:.2f}", f"{full:.2f}", scores["ior"], scores["hlr"], scores["lrs"]])
+    return rows
+
+
+SCORE_HEADER = ["method", "student", "set, soft labels %", "random real, soft labels %", "set, hard labels %",
+                "full real data, hard labels %", "IOR", "HLR", "LRS"]
+
+
+def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset: str | None = None) -> str:
     """The card's section about one IPC: metrics, hyperparameters, teachers, grid."""
     parts = [f"## IPC {ipc}", ""]
     parts.append(f"{info.get('num_images', '?')} images; method `{info.get('method', 'fadrm')}`, seed "
                  f"{info.get('seed', '?')}; released in {info.get('version', '?')}"
                  + (f"; soft labels: {info['soft_label_epochs']} epochs" if info.get("soft_label_epochs") else "")
                  + ".")
+    measured = measured_rows(records or [], dataset, ipc)
+    if measured:
+        parts += ["", "### Accuracy", "", "Top-1 on the real test split after the last epoch (the headline), "
+                  "mean ± sample std over seeds, for this method and the baselines under the same protocol; "
+                  "the best of the checkpoints stands beside it, labelled, because the test split chose it.",
+                  "", markdown_table(MEASURED_HEADER, measured)]
+        scores = score_rows(records or [], dataset, ipc)
+        if scores:
+            parts += ["", "DD-Ranking's scores (IOR and HLR in points; LRS from accuracies as fractions):", "",
+                      markdown_table(SCORE_HEADER, scores)]
     table = evaluations_table(info.get("evaluations"))
-    parts += ["", "### Accuracy", "", table if table else "Not evaluated yet."]
+    parts += ["", "### This build's evaluations" if measured else "### Accuracy", "",
+              table if table else "Not evaluated yet."]
     teachers = info.get("teachers") or {}
     if teachers:
         rows = [[name, rec.get("test_top1", ""), rec.get("test_top5", ""), rec.get("file") or rec.get("source", "")]
@@ -250,7 +315,8 @@ def size_category(total: int) -> str:
 
 
 def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versions: list[str],
-                existing_card: str | None = None, template: str | Path | None = None) -> str:
+                existing_card: str | None = None, template: str | Path | None = None,
+                records: list[dict] | None = None) -> str:
     """README.md for the repo: the template's front matter + ``configs:`` for every IPC, then the body."""
     import yaml
 
@@ -277,7 +343,7 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
         "class_name": SET_CLASSES[dataset].__name__ if flat else "FADRMDataset",
         "repo_arg": "" if flat else f'repo_id="{repo_id}", ',
         "size_category": size_category(sum(int(v.get("num_images", 0)) for v in repo_manifest["ipcs"].values())),
-        "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)]) for i in ipcs),
+        "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)], records, dataset) for i in ipcs),
         "about": dataset_text(dataset),
     }
     front = _substitute(front, mapping)
@@ -293,5 +359,5 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body.lstrip("\n")
 
 
-__all__ = ["GridLayout", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
-           "merge_configs", "render_card", "split_front_matter"]
+__all__ = ["GridLayout", "MEASURED_HEADER", "SCORE_HEADER", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
+           "measured_rows", "merge_configs", "render_card", "score_rows", "split_front_matter"]

@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from fadrm_datasets.softlabels import TARGETS
+
 from .continual import MODES as CONTINUAL_MODES
 from .options import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
@@ -347,24 +349,25 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the student's initialisation.")
 @click.option("--num-workers", default=0, show_default=True, type=int, help="DataLoader workers for the replay.")
+@click.option("--labels", "targets", type=click.Choice(TARGETS), default="soft", show_default=True,
+              help="soft: the stored teacher logits (KD); hard: the same batches with CutMix-mixed one-hot labels.")
 @click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True,
               help="Real images to test on: the test split, or the validation images held out of the "
               "training split (for choosing settings).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
-def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers, split):
+def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers, targets, split):
     from fadrm_datasets.layout import BuildDirectory
-
-    from .evaluate import evaluate_build, teacher_accuracy
-    from .options import resolve_device
 
     from .context import hold
     from .distributed import local_device
+    from .evaluate import evaluate_build, teacher_accuracy
+    from .options import resolve_device
 
     device = local_device(resolve_device(device))
     with hold(BuildDirectory(build_dir), device):
         record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
-                                device=device, seed=seed, num_workers=num_workers, split=split)
+                                device=device, seed=seed, num_workers=num_workers, split=split, targets=targets)
     teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
     say(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_final']:.2f} % at the last "
         f"epoch, top-5 {record['top5']:.2f} % (best checkpoint {record['top1_best']:.2f} %, chosen on {split})"
@@ -381,12 +384,16 @@ def evaluate_command(build_dir, student, epochs, data_root, download, device, se
 @click.option("--private", is_flag=True, help="Create the repo private (when it does not exist yet).")
 @click.option("--staging-dir", default=None, type=click.Path(file_okay=False),
               help="Stage the repo layout here and keep it (default: a temporary folder).")
+@click.option("--results", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Accuracy records (benchmarks/results/accuracy.json) to put on the card: the set and its "
+              "baselines, the last epoch's top-1 over seeds, the commands.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
-def push_command(build_dir, repo_id, version, force, private, staging_dir):
-    from .publish import push
+def push_command(build_dir, repo_id, version, force, private, staging_dir, results):
+    from .publish import push, read_records
 
-    result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir)
+    records = read_records(results) if results else None
+    result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir, records=records)
     say(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"
                + (", tag moved" if result.moved_tag else "") + ")")
 

@@ -52,6 +52,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
                     reduction="batchmean", log_target=True) * (t * t)
 
 
+def hard_label_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against CutMix's mixed one-hot targets, averaged over the batch."""
+    return -(targets * F.log_softmax(student_logits, dim=1)).sum(dim=1).mean()
+
+
 def check_epochs(epochs: int, every: int | None = None) -> set[int]:
     """The (1-based) epochs after which the test split is measured: every few, and the last."""
     every = every or max(1, epochs // 10)
@@ -61,9 +66,10 @@ def check_epochs(epochs: int, every: int | None = None) -> set[int]:
 def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
                   test_set, student: str | None = None, epochs: int | None = None, device="cpu", seed: int = 0,
                   num_workers: int = 0, check_every: int | None = None, progress: bool = True,
-                  split: str = "test") -> dict:
+                  split: str = "test", targets: str = "soft") -> dict:
     """Train a student on the replayed store; returns metrics on ``test_set`` (top-1 best/final, top-5,
-    checks). ``split`` names that set ("test" or "val") in the log and the record."""
+    checks). ``split`` names that set ("test" or "val") in the log and the record. ``targets="hard"``
+    trains on the same replayed batches with hard labels (CutMix-mixed one-hot, cross-entropy)."""
     student = student or preset.student
     epochs = epochs or preset.eval_epochs
     if epochs > store.epochs:
@@ -101,7 +107,7 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
         return (batch % accumulation) % world == rank
 
     loader = iter(replay_loader(images, labels, store, range(epochs), preset.mean, preset.std,
-                                num_workers=num_workers, keep=mine if world > 1 else None,
+                                num_workers=num_workers, keep=mine if world > 1 else None, targets=targets,
                                 persistent_workers=num_workers > 0))
     x = torch.zeros(1, preset.channels, store.image_size, store.image_size, device=device)  # a pad's input
     soft = torch.zeros(1, preset.num_classes, device=device)
@@ -120,7 +126,8 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
                     x, soft = x.to(device, memory_format=torch.channels_last), soft.to(device)
                 syncing = step == steps - 1 or world == 1
                 with contextlib.nullcontext() if syncing else net.no_sync():
-                    loss = kd_loss(net(x), soft, preset.temperature)
+                    out = net(x)
+                    loss = kd_loss(out, soft, preset.temperature) if targets == "soft" else hard_label_loss(out, soft)
                     (loss * weight / size).backward()
                 if weight:
                     running, seen = running + loss.detach() * len(x), seen + len(x)
@@ -144,7 +151,7 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             "temperature": preset.temperature, "batch_size": store.batch_size,
             "grad_accumulation": accumulation, "soft_label_epochs": store.epochs,
             "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device),
-            "processes": world}
+            "processes": world, "labels": targets}
 
 
 def manifest_preset(manifest: dict) -> Preset:
@@ -160,7 +167,7 @@ def manifest_preset(manifest: dict) -> Preset:
 def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student: str | None = None,
                    epochs: int | None = None, data_root: str | None = None, download: bool = False,
                    device="cpu", seed: int = 0, num_workers: int = 0, command: str | None = None,
-                   progress: bool = True, split: str = "test") -> dict:
+                   progress: bool = True, split: str = "test", targets: str = "soft") -> dict:
     """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``."""
     one_of("split", split, EVAL_SPLITS)
     build = BuildDirectory(Path(build_dir))
@@ -183,7 +190,7 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     # "val" (held-out training images) is for choosing settings; "test" is for reporting.
     test_set = load_split(preset, data_root, split, download)
     record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
-                           progress=progress, split=split)
+                           progress=progress, split=split, targets=targets)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     if distributed.is_main():
@@ -210,5 +217,5 @@ def teacher_accuracy(manifest: dict) -> str | None:
     return None
 
 
-__all__ = ["check_epochs", "evaluate_build", "kd_loss", "manifest_preset", "stage_evaluate", "teacher_accuracy",
+__all__ = ["check_epochs", "evaluate_build", "hard_label_loss", "kd_loss", "manifest_preset", "stage_evaluate", "teacher_accuracy",
            "train_student"]

@@ -5,7 +5,7 @@
 - ``resnet18-cifar``: torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, the
   variant used for 32/64 px inputs.
 - any torchvision classification model by its name (``resnet18``, ``densenet121``,
-  ``shufflenet_v2_x0_5``, ``mobilenet_v2``, ...).
+  ``shufflenet_v2_x0_5``, ``mobilenet_v2``, ...); a one-channel image is fed as three equal channels.
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ class ConvNetBN(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class GreyAsRGB(nn.Module):
+    """A torchvision model (built for RGB) fed a one-channel image as three equal channels: the model,
+    and its pretrained stem if any, stay as they are."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.expand(-1, 3, -1, -1))
+
+
 def _resnet18_cifar(num_classes: int, in_channels: int) -> nn.Module:
     from torchvision.models import resnet18
 
@@ -75,12 +87,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
             f"unknown model {name!r}; use convnet-bn[-w<width>][-d<depth>], resnet18-cifar, "
             "or a torchvision classification model name such as resnet18 or mobilenet_v2"
         )
-    if in_channels != 3:
-        raise UnknownModelError(
-            f"torchvision model {name!r} takes 3-channel input; for {in_channels}-channel data "
-            "use convnet-bn or resnet18-cifar"
-        )
-    return torchvision.models.get_model(name, num_classes=num_classes)
+    model = torchvision.models.get_model(name, num_classes=num_classes)
+    return model if in_channels == 3 else GreyAsRGB(model)
 
 
-__all__ = ["ConvNetBN", "UnknownModelError", "build_model"]
+__all__ = ["ConvNetBN", "GreyAsRGB", "UnknownModelError", "build_model"]

@@ -236,7 +236,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
           existing_manifest: dict | None = None, existing_card: str | None = None,
           remote_files: set[str] | None = None, versions: list[str] | None = None,
           template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-          contents: BuildContents | None = None) -> dict:
+          contents: BuildContents | None = None, records: list[dict] | None = None) -> dict:
     """Write the repo layout for one build into ``staging``; returns the new top-level manifest.
 
     ``existing_manifest``/``existing_card``/``remote_files`` describe the repo as it is (for merging
@@ -287,7 +287,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
         "files": {},
     }
     all_versions = sorted(set(versions or []) | {version}, key=parse_version)
-    card = render_card(manifest, repo_id, version, contents.ipc, all_versions, existing_card, template)
+    card = render_card(manifest, repo_id, version, contents.ipc, all_versions, existing_card, template, records)
     atomic_write_bytes(staging / README, card.encode())
 
     staged = {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
@@ -301,6 +301,17 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     manifest["files"] = dict(sorted(files.items()))
     atomic_write_json(staging / MANIFEST, manifest)
     return manifest
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Accuracy records (a JSON list of objects), refused in one line when they are anything else."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise PublishError(f"cannot read the records {path}: {' '.join(str(error).split())}") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise PublishError(f"{path} is not a JSON list of records (benchmarks/results/accuracy.json's format)")
+    return records
 
 
 def check_version(version: str) -> None:
@@ -352,8 +363,10 @@ def validate_card(card: str) -> None:
 
 def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False, private: bool = False,
          token: str | None = None, staging_dir: str | Path | None = None,
-         template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> PushResult:
-    """Stage ``build_dir`` and push it to ``repo_id`` as ``version`` (one commit, then a tag)."""
+         template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+         records: list[dict] | None = None) -> PushResult:
+    """Stage ``build_dir`` and push it to ``repo_id`` as ``version`` (one commit, then a tag). ``records``
+    (``benchmarks/accuracy.py``'s) put the measured accuracy of the set and its baselines on the card."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -377,7 +390,7 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
             versions = [t for t in tags if parse_version(t)]
             # Everything is staged and checked before the first write to the Hub.
             manifest = stage(build_dir, repo_id, version, staging, existing_manifest, existing_card, remote_files,
-                             versions, template, max_shard_bytes, contents)
+                             versions, template, max_shard_bytes, contents, records)
             validate_card((staging / README).read_text())
             written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
             api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
@@ -410,4 +423,4 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
 
 
 __all__ = ["LOCAL_OPTIONS", "PublishError", "PushResult", "arrow_schema", "features_json", "public_manifest", "push",
-           "read_build", "stage", "validate_card", "write_parquet"]
+           "read_build", "read_records", "stage", "validate_card", "write_parquet"]

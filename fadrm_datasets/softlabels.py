@@ -40,14 +40,17 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ._checks import one_of
 from .augment import resized_crop, sample_crop_boxes
 from .layout import LayoutError, inside, read_json_object
 
 FORMAT = "fadrm-soft-labels"
 FORMAT_VERSION = 1
 INDEX = "index.json"
+TARGETS = ("soft", "hard")  # what a replayed batch carries: the teacher's logits, or mixed one-hot labels
 
 PLAN_TENSORS = ("order", "crop_boxes", "flips", "partners", "lams", "cutmix_boxes")
 DENSE_TENSORS = ("logits",)
@@ -454,12 +457,15 @@ class ReplayDataset(Dataset):
     :class:`ReplayBatchSampler` yields it (or the sample indices of a batch of ``epoch``), and returns
     ``(images float32 (B, C, H, W), soft_logits float32 (B, K), labels int64 (B,))``, the images
     cropped, flipped, CutMix-ed and normalised with ``mean``/``std`` exactly as the teacher saw them.
-    The stock DataLoader fetcher calls ``__getitems__``; collate with :func:`passthrough_collate`
-    (``replay_loader`` does).
+    With ``targets="hard"`` the second tensor is instead CutMix's mixed one-hot target
+    (``lam * onehot(y) + (1 - lam) * onehot(y_partner)``): the same batches with hard labels. The stock
+    DataLoader fetcher calls ``__getitems__``; collate with :func:`passthrough_collate` (``replay_loader``
+    does).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int], store: SoftLabelStore,
-                 epoch: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 epoch: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 targets: str = "soft"):
         if images.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
         if images.shape[0] != store.num_samples:
@@ -476,7 +482,18 @@ class ReplayDataset(Dataset):
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
         self.epoch = store.check_epoch(epoch)
+        self.targets = one_of("targets", targets, TARGETS)
         self._positions: tuple[int, torch.Tensor] | None = None
+
+    def _targets(self, record: EpochRecord, b: int) -> torch.Tensor:
+        """Batch ``b``'s soft logits, or its mixed one-hot hard targets, in recorded position order."""
+        sl = record.plan.batch_slice(b)
+        if self.targets == "soft":
+            return record.logits_at(sl)
+        labels = self.labels[record.order[sl]]
+        own = F.one_hot(labels, self.store.num_classes).float()
+        lam = float(record.plan.lams[b])
+        return lam * own + (1.0 - lam) * own[record.plan.partners[sl]]
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -492,7 +509,7 @@ class ReplayDataset(Dataset):
             record = self.store.epoch(indices.epoch)
             sl = record.plan.batch_slice(indices.batch)
             x = record.plan.build_batch(self.images, indices.batch, self.mean, self.std, size=self.store.image_size)
-            return x, record.logits_at(sl), self.labels[record.order[sl]]
+            return x, self._targets(record, indices.batch), self.labels[record.order[sl]]
         record, positions = self._record(self.epoch)
         index = torch.as_tensor(list(indices), dtype=torch.long)
         if index.numel() == 0:
@@ -504,7 +521,7 @@ class ReplayDataset(Dataset):
             raise ValueError(f"indices {list(indices)[:8]}... are not one recorded batch of epoch {self.epoch}; "
                              "draw batches with ReplayBatchSampler(store, epoch)")
         x = record.plan.build_batch(self.images, b, self.mean, self.std, size=self.store.image_size)
-        logits = record.logits_at(sl)
+        logits = self._targets(record, b)
         labels = self.labels[record.order[sl]]
         if not torch.equal(record.order[sl], index):  # asked in another order: follow it
             rows = pos - sl.start
@@ -528,21 +545,23 @@ def passthrough_collate(batch):
 
 def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epochs: int | Sequence[int],
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                  num_workers: int = 0, keep: Callable[[int], bool] | None = None, **loader_kwargs) -> DataLoader:
+                  num_workers: int = 0, keep: Callable[[int], bool] | None = None, targets: str = "soft",
+                  **loader_kwargs) -> DataLoader:
     """A DataLoader over the recorded batches of ``epochs`` (an epoch, or several in order, e.g.
     ``range(300)`` for a whole run: its workers then start once); yields (images, soft_logits, labels),
-    ``store.num_batches`` batches per epoch, or those ``keep`` selects."""
+    ``store.num_batches`` batches per epoch, or those ``keep`` selects; ``targets="hard"`` yields
+    CutMix's mixed one-hot targets in place of the soft logits."""
     for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last", "collate_fn"):
         if key in loader_kwargs:
             raise TypeError(f"replay_loader fixes {key}: the batches are the recorded ones")
     sampler = ReplayBatchSampler(store, epochs, keep)
-    dataset = ReplayDataset(images, labels, store, sampler.epochs[0], mean, std)
+    dataset = ReplayDataset(images, labels, store, sampler.epochs[0], mean, std, targets)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=passthrough_collate, num_workers=num_workers,
                       **loader_kwargs)
 
 
 __all__ = [
-    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "RecordedBatch", "ReplayBatchSampler", "ReplayDataset",
+    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "TARGETS", "RecordedBatch", "ReplayBatchSampler", "ReplayDataset",
     "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "compress_logits", "cutmix_box", "expand_logits",
     "is_shard_name", "make_epoch_plan", "passthrough_collate", "replay_loader", "sample_crop_boxes",
     "shard_name",

@@ -116,7 +116,9 @@ def test_card_front_matter_and_body(staged):
     assert front["task_categories"] == ["image-classification"] and front["license"] == "unknown"
     assert front["size_categories"] == ["n<1K"] and "tiny-test" in front["tags"]
     assert "${" not in card
-    assert "| convnet-bn | test | 3 | 55.5 | 54 | 90.25 |" in body  # the evaluation table
+    # The evaluation table: the last epoch first, the best checkpoint labelled, the command.
+    assert "| student | labels | split | epochs | top-1 % (last epoch) | top-5 % | best checkpoint % (chosen on" in body
+    assert "| convnet-bn | soft | test | 3 | 54 | 90.25 | 55.5 |  |  | fadrm-build evaluate BUILD_DIR --data-root" in body
     assert "| tiny-convnet | 91.50 | 99.90 | tiny-convnet.safetensors |" in body  # teachers
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
     assert 'load_dataset("org/fadrm-tiny", "ipc10", revision="v1.0.0"' in body
@@ -221,3 +223,32 @@ def test_installed_builder_finds_the_cards(tmp_path):
     found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert found.stdout.strip() == str(tmp_path / "site" / "builders" / "cards"), found.stderr
     assert (Path(found.stdout.strip()) / CARD_TEMPLATE).is_file()
+
+
+def test_card_shows_final_accuracy_over_seeds_scores_and_commands(build, tmp_path):
+    """From benchmark records: the last epoch's top-1 (mean ± std) as the headline, the best checkpoint
+    labelled, the baselines and other students under the same protocol, the scores, the commands."""
+    teachers = {"convnet-bn": {"epochs": "4", "test_top1": "91.57"}}
+
+    def record(method, final, std, best, labels="soft", student="convnet-bn", label=None):
+        return {"dataset": "tiny-test", "ipc": 10, "method": method, "student": student, "labels": labels,
+                "seeds": [0, 1, 2], "top1_final_mean": final, "top1_final_std": std, "top1_best_mean": best,
+                "split": "test", "label": label, "teachers": teachers,
+                "command": f"python benchmarks/accuracy.py --ipc 10 --methods {method} --labels {labels}"}
+
+    records = [record("fadrm", 88.84, 0.34, 89.12), record("random-real", 87.58, 0.09, 88.01),
+               record("sre2l", 85.74, 0.11, 86.0), record("fadrm", 70.0, 1.0, 71.0, labels="hard"),
+               record("fadrm", 80.5, 0.5, 81.0, student="mobilenet_v2"),
+               {**record("fadrm", 1.0, 0.0, 1.0), "split": "val"}, {**record("fadrm", 2.0, 0.0, 2.0), "ipc": 50}]
+    manifest = stage(build, "org/fadrm-tiny", "v1.0.0", tmp_path / "s", records=records)
+    _, body = split_front_matter((tmp_path / "s" / "README.md").read_text())
+    assert "top-1 % (last epoch, mean ± std) | best checkpoint % (chosen on the test split)" in body
+    assert "| fadrm | convnet-bn | soft | 3 | 88.84 ± 0.34 | 89.12 | convnet-bn (91.57 %) |" in body
+    assert "| random-real | convnet-bn | soft | 3 | 87.58 ± 0.09 |" in body and "| sre2l | convnet-bn |" in body
+    assert "| fadrm | mobilenet_v2 | soft | 3 | 80.50 ± 0.50 |" in body
+    assert "`python benchmarks/accuracy.py --ipc 10 --methods fadrm --labels soft`" in body
+    assert "1.00 ± 0.00" not in body and "2.00 ± 0.00" not in body  # the val record and the IPC 50 one
+    # IOR = 88.84 - 87.58, HLR = 91.57 - 70.00: the scores row of the set whose hard labels were measured
+    assert "| fadrm | convnet-bn | 88.84 | 87.58 | 70.00 | 91.57 | 1.26 | 21.57 |" in body
+    assert manifest["ipcs"]["10"]["evaluations"][0]["top1_final"] == 54.0
+    assert "### This build's evaluations" in body

@@ -159,3 +159,37 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     result = runner.invoke(cli, ["fashion-mnist", "--ipc", "2", "--method", "random-real", "--epochs", "2",
                                  "--no-evaluate", *common], catch_exceptions=False)
     assert result.exit_code == 0 and "built 20 images" in result.output and "test top-1" not in result.output
+
+
+def test_hard_labels_replay_the_same_batches_with_mixed_one_hot_targets(tmp_path):
+    from fadrm_datasets.softlabels import replay_loader
+
+    images, labels = tiny_set()
+    store = write_store(tmp_path, images=images)
+    soft = list(replay_loader(images, labels, store, 0))
+    hard = list(replay_loader(images, labels, store, 0, targets="hard"))
+    record = store.epoch(0)
+    for b, ((xs, _, ys), (xh, targets, yh)) in enumerate(zip(soft, hard)):
+        assert torch.equal(xs, xh) and torch.equal(ys, yh)  # the same images and labels
+        sl = record.plan.batch_slice(b)
+        lam = float(record.plan.lams[b])
+        partner_labels = ys[record.plan.partners[sl]]
+        assert torch.allclose(targets.sum(1), torch.ones(len(ys)))
+        rows = torch.arange(len(ys))
+        expected = torch.zeros_like(targets)
+        expected[rows, ys] += lam
+        expected[rows, partner_labels] += 1 - lam
+        assert torch.allclose(targets, expected)
+
+
+def test_label_robust_score_follows_ddranking_formula():
+    import math
+
+    from builders.scores import label_robust_score
+
+    # a = 0.5 * (90 - 88) / 100 - 0.5 * (92 - 70) / 100 = -0.1
+    scores = label_robust_score(syn_soft=90.0, random_soft=88.0, syn_hard=70.0, full_hard=92.0)
+    assert scores["ior"] == 2.0 and scores["hlr"] == 22.0
+    assert scores["lrs"] == round((math.exp(-0.1) - math.exp(-1)) / (math.e - math.exp(-1)), 4)
+    assert label_robust_score(100.0, 0.0, 100.0, 0.0)["lrs"] == 1.0  # a = 1: the best possible
+    assert label_robust_score(0.0, 100.0, 0.0, 100.0)["lrs"] == 0.0  # a = -1: the worst

@@ -104,8 +104,13 @@ def test_convnet_runs_at_every_mro_resolution():
 def test_unknown_model_names():
     with pytest.raises(UnknownModelError, match="unknown model"):
         build_model("resnet99", 10)
-    with pytest.raises(UnknownModelError, match="3-channel"):
-        build_model("resnet18", 10, in_channels=1)
+
+
+def test_torchvision_students_see_a_grey_image_as_three_equal_channels():
+    model = build_model("mobilenet_v2", 10, in_channels=1, image_size=28).eval()
+    grey = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(grey), model.model(grey.repeat(1, 3, 1, 1)))
+    assert build_model("mobilenet_v2", 10).features[0][0].in_channels == 3  # RGB models are left as they are
 
 
 def test_teacher_round_trip_with_metadata(tmp_path):
