@@ -61,8 +61,9 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
     if args.iterations:
         build += ["--iterations", args.iterations]
     build += shlex.split(args.extra)
-    run_cli(build)
-    run_cli(["relabel", DATASET, *common, *epochs, "--teacher-mode", args.teacher_mode])
+    if not args.evaluate_only:
+        run_cli(build)
+        run_cli(["relabel", DATASET, *common, *epochs, "--teacher-mode", args.teacher_mode])
     done = None if args.fresh else matching_evaluation(build_dir, args, seed)
     if done is not None:  # long tables resume: a finished run with the same protocol is not repeated
         print(f"reusing the evaluation of {done['time']} in {build_dir} (final top-1 {done['top1_final']})", flush=True)
@@ -73,6 +74,8 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
             evaluate += ["--student", args.student]
         if args.labels != "soft":
             evaluate += ["--labels", args.labels]
+        if args.lr is not None:
+            evaluate += ["--lr", str(args.lr)]
         run_cli(evaluate)
         done = BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
     teachers = BuildDirectory(build_dir).read_manifest().get("teachers") or {}
@@ -89,7 +92,7 @@ def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
     preset = manifest_preset(manifest)
     store = SoftLabelStore.open(BuildDirectory(build_dir).soft_labels)
     wanted = {"split": args.split, "seed": seed, "student": args.student or preset.student,
-              "epochs": args.epochs or preset.eval_epochs, "lr": preset.eval_lr,
+              "epochs": args.epochs or preset.eval_epochs, "lr": args.lr or preset.eval_lr,
               "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
               "grad_accumulation": preset.eval_grad_accumulation, "teacher_mode": store.teacher_mode,
               "teachers": store.teachers, "soft_label_epochs": store.epochs}
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="soft-label and student epochs (preset: 300)")
     parser.add_argument("--iterations", default=None, help="recover iterations per stage, e.g. 100,100,100,100")
     parser.add_argument("--student", default=None, help="student architecture (preset: convnet-bn)")
+    parser.add_argument("--lr", type=float, default=None, help="student learning rate (preset: 3e-3)")
     parser.add_argument("--teacher-mode", choices=("train", "eval"), default="train")
     parser.add_argument("--labels", choices=("soft", "hard"), default="soft",
                         help="hard: train the student on the same batches with hard labels (DD-Ranking's HLR)")
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="val: the held-out training images, for choosing settings")
     parser.add_argument("--extra", default="", help="more build flags, e.g. '--alpha 0.7 --lr 0.05'")
     parser.add_argument("--label", default=None, help="a name for this configuration in the records")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="the builds exist: only evaluate them (another student, hard labels, another lr)")
     parser.add_argument("--fresh", action="store_true",
                         help="train every student again, even where the build already holds an evaluation "
                              "made with the same protocol (reused by default, so a long table resumes)")

@@ -343,6 +343,7 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @click.option("--student", default=None, help="Student architecture. [default: the preset's]")
 @click.option("--epochs", type=int, default=None, callback=_positive,
               help="Student epochs (at most the stored soft-label epochs). [default: the preset's]")
+@click.option("--lr", type=float, default=None, help="Student learning rate (AdamW). [default: the preset's]")
 @click.option("--data-root", default=None, help="Where the original dataset lives. [default: the build's]")
 @click.option("--download/--no-download", default=False, show_default=True,
               help="Download the original test split when it is missing.")
@@ -356,7 +357,7 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
               "training split (for choosing settings).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
-def evaluate_command(build_dir, student, epochs, data_root, download, device, seed, num_workers, targets, split):
+def evaluate_command(build_dir, student, epochs, lr, data_root, download, device, seed, num_workers, targets, split):
     from fadrm_datasets.layout import BuildDirectory
 
     from .context import hold
@@ -367,7 +368,8 @@ def evaluate_command(build_dir, student, epochs, data_root, download, device, se
     device = local_device(resolve_device(device))
     with hold(BuildDirectory(build_dir), device):
         record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
-                                device=device, seed=seed, num_workers=num_workers, split=split, targets=targets)
+                                device=device, seed=seed, num_workers=num_workers, split=split, targets=targets,
+                                lr=lr)
     teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
     say(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_final']:.2f} % at the last "
         f"epoch, top-5 {record['top5']:.2f} % (best checkpoint {record['top1_best']:.2f} %, chosen on {split})"

@@ -167,14 +167,18 @@ def manifest_preset(manifest: dict) -> Preset:
 def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student: str | None = None,
                    epochs: int | None = None, data_root: str | None = None, download: bool = False,
                    device="cpu", seed: int = 0, num_workers: int = 0, command: str | None = None,
-                   progress: bool = True, split: str = "test", targets: str = "soft") -> dict:
-    """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``."""
+                   progress: bool = True, split: str = "test", targets: str = "soft",
+                   lr: float | None = None) -> dict:
+    """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``
+    (``lr`` overrides the preset's student learning rate, e.g. for another student architecture)."""
     one_of("split", split, EVAL_SPLITS)
     build = BuildDirectory(Path(build_dir))
     manifest = build.read_manifest()
     if not manifest:
         raise BuildError(f"{build.root} has no {build.manifest_path.name}; build the set first")
     preset = preset or manifest_preset(manifest)
+    if lr is not None:
+        preset = preset.replace(eval_lr=lr)
     if not (build.soft_labels / INDEX).is_file():
         raise BuildError(f"{build.root} has no soft labels; run `fadrm-build relabel {preset.name} "
                          f"--ipc {manifest.get('ipc', 'N')}` first")
