@@ -67,8 +67,7 @@ def run_build(preset: Preset, options: BuildOptions) -> BuildDirectory:
             start = time.perf_counter()
             stage(ctx)
             timings[name] = round(time.perf_counter() - start, 2)
-        if distributed.is_main():
-            ctx.directory.update_manifest(timings=timings)
+        distributed.main_only(ctx.directory.update_manifest, timings=timings)
     log.info("build done: %s (%s)", ctx.directory.root, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return ctx.directory
 

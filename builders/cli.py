@@ -276,6 +276,10 @@ def teacher_command(dataset, retrain, ipc, **kwargs):
 
     from .teachers import resolve_teachers
 
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun: one process trains and caches; the build's ranks share the cache
+        return
     options = make_options(dataset, ipc=ipc, **kwargs)
     teachers = resolve_teachers(dataset, options, torch.device(options.device), retrain=retrain)
     for teacher in teachers.teachers:
@@ -290,12 +294,13 @@ def teacher_command(dataset, retrain, ipc, **kwargs):
 @common_options
 @handle_errors
 def patches_command(dataset, **kwargs):
+    from . import distributed
     from .context import open_build
     from .patches import stage_patches
 
     preset = apply_overrides(dataset, kwargs)
     with open_build(preset, make_options(preset, **kwargs)) as ctx:
-        ctx.directory.patches.unlink(missing_ok=True)  # an explicit rerun reselects
+        distributed.main_only(ctx.directory.patches.unlink, missing_ok=True)  # an explicit rerun reselects
         patches = stage_patches(ctx)
     say(f"selected {patches.images.shape[0]} x {patches.ipc} patches -> {ctx.directory.root}")
 
@@ -392,8 +397,11 @@ def evaluate_command(build_dir, student, epochs, lr, data_root, download, device
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
 def push_command(build_dir, repo_id, version, force, private, staging_dir, results):
+    from .distributed import is_main
     from .publish import push, read_records
 
+    if not is_main():  # under torchrun: one push, from rank 0
+        return
     records = read_records(results) if results else None
     result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir, records=records)
     say(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"

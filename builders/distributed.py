@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -66,6 +66,13 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
+def main_only(write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Rank 0 runs ``write`` (a file the ranks share, such as the manifest) and the others wait until it
+    has, so no rank reads it half-updated; returns its result on rank 0, None on the others."""
+    with main_first():
+        return write(*args, **kwargs) if is_main() else None
+
+
 def gather(value: Any) -> list[Any]:
     """Every rank's ``value``, in rank order, on every rank (a one-item list without torchrun)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -75,4 +82,5 @@ def gather(value: Any) -> list[Any]:
     return values
 
 
-__all__ = ["barrier", "gather", "is_main", "local_device", "main_first", "process_group", "rank", "world_size"]
+__all__ = ["barrier", "gather", "is_main", "local_device", "main_first", "main_only", "process_group", "rank",
+           "world_size"]

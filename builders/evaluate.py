@@ -197,10 +197,8 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
                            progress=progress, split=split, targets=targets)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    if distributed.is_main():
-        evaluations = build.read_manifest().get("evaluations", [])
-        evaluations.append(record)
-        build.update_manifest(evaluations=evaluations)
+    distributed.main_only(lambda: build.update_manifest(
+        evaluations=[*build.read_manifest().get("evaluations", []), record]))
     log.info("evaluate: %s on %s: best %s top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
              build.root, split, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
     return record

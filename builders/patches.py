@@ -130,18 +130,31 @@ def chooser_weights(ctx: BuildContext) -> dict[str, str]:
     return {} if ctx.options.difficulty == "random" else ctx.teachers.weights_ids(1)
 
 
+def _selection(ctx: BuildContext) -> tuple[Preset, dict]:
+    """The preset the patches are chosen with, and what decides the choice, as their file records it."""
+    options = ctx.options
+    preset = ctx.preset.replace(patch_crop_scale=(1.0, 1.0)) if options.spec.whole_images else ctx.preset
+    return preset, {"difficulty": options.difficulty, "seed": options.seed, "ipc": options.ipc,
+                    "crop_scale": list(preset.patch_crop_scale), "candidates": preset.patch_candidates,
+                    "teacher_weights": json.dumps(chooser_weights(ctx))}
+
+
 def check_patches(ctx: BuildContext) -> None:
-    """Refuse to reuse patches chosen by other teacher weights (checked before anything is written);
-    patches changed or damaged since they were written are deleted, to be selected again."""
+    """Refuse to reuse patches chosen otherwise (other teacher weights, seed, difficulty...), checked
+    before anything is written; patches changed or damaged since they were written are deleted, to be
+    selected again."""
     path = ctx.directory.patches
     if path.is_file() and ctx.directory.damaged((PATCHES,)):
         log.warning("patches: %s changed since it was written; selecting the patches again", path)
         path.unlink()
     if path.is_file():
-        recorded = read_safetensors_metadata(path).get("teacher_weights")
-        if recorded is not None and json.loads(recorded) != chooser_weights(ctx):
-            raise BuildError(f"{path} was selected with other teacher weights; pass --build-dir to build elsewhere, "
-                             "or delete it and images/ to start over")
+        recorded = read_safetensors_metadata(path)
+        wanted = _selection(ctx)[1]
+        other = [key for key in wanted if key in recorded and recorded[key] != wanted[key]]  # older files hold fewer
+        if other:
+            what = "other teacher weights" if other == ["teacher_weights"] else f"another {', '.join(other)}"
+            raise BuildError(f"{path} was selected with {what}; pass --build-dir to build elsewhere, or delete it "
+                             "and images/ to start over")
 
 
 def stage_patches(ctx: BuildContext) -> Patches:
@@ -160,11 +173,10 @@ def _select_or_reuse(ctx: BuildContext) -> Patches:
     start = time.perf_counter()
     train = load_split(ctx.preset, options.data_root, "distill", options.download)
     build.update_manifest(classes=list(ctx.preset.class_names or train.classes))
-    preset = ctx.preset.replace(patch_crop_scale=(1.0, 1.0)) if options.spec.whole_images else ctx.preset
+    preset, selection = _selection(ctx)
     teacher = None if options.difficulty == "random" else ctx.teachers.modules()[0]
     patches = select_patches(preset, train, teacher, options.ipc, options.difficulty, options.seed, ctx.device)
-    patches.save(build.patches, {"difficulty": options.difficulty, "seed": options.seed, "ipc": options.ipc,
-                                 "teacher_weights": json.dumps(chooser_weights(ctx))})
+    patches.save(build.patches, selection)
     build.record_stage("patches", {"difficulty": options.difficulty,
                                    "seconds": round(time.perf_counter() - start, 2),
                                    "mean_teacher_ce": round(patches.cross_entropy.mean().item(), 4)},

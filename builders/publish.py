@@ -11,12 +11,15 @@ Pushing another IPC to the same repo keeps the other IPCs and merges the card's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 
 from fadrm_datasets import layout
@@ -186,22 +189,25 @@ LOCAL_OPTIONS = ("build_root", "build_dir", "data_root")
 
 def public_manifest(manifest: dict) -> dict:
     """The build manifest as it is published: no local paths. Options naming folders are dropped, a
-    given teacher's file is named by its name, and any local path quoted elsewhere (a recorded command)
-    is replaced by a placeholder such as ``BUILD_DIR``."""
+    given teacher's file is named by its name, and any absolute local path quoted elsewhere (a recorded
+    command) is replaced, whole, by a placeholder such as ``BUILD_DIR``; relative paths name nothing
+    of the machine and stay."""
     options = manifest.get("options") or {}
-    placeholders = {str(options.get("build_dir") or ""): "BUILD_DIR", str(options.get("build_root") or ""): "BUILD_ROOT",
-                    str(options.get("data_root") or ""): "DATA_ROOT", str(manifest.get("teachers_dir") or ""): "TEACHERS_DIR",
-                    str(options.get("teacher_weights") or ""): "TEACHER_WEIGHTS"}
-    for path in [p for p in placeholders if p]:
-        placeholders.setdefault(str(Path(path).resolve()), placeholders[path])
-    placeholders[str(Path.home())] = "~"
-    ordered = sorted((p for p in placeholders if p and p not in (".", "/")), key=len, reverse=True)
+    named = {"BUILD_DIR": options.get("build_dir"), "BUILD_ROOT": options.get("build_root"),
+             "DATA_ROOT": options.get("data_root"), "TEACHERS_DIR": manifest.get("teachers_dir"),
+             "TEACHER_WEIGHTS": options.get("teacher_weights"), "~": str(Path.home())}
+    placeholders = {}
+    for placeholder, path in named.items():
+        if path and Path(str(path)).is_absolute() and Path(str(path)) != Path("/"):
+            for form in {str(path).rstrip("/"), str(Path(str(path)).resolve())}:
+                placeholders.setdefault(form, placeholder)
+    # Longest first, and only where the path ends (``/tmp/x`` is not replaced inside ``/tmp/xy``).
+    pattern = re.compile("|".join(f"{re.escape(p)}(?=$|[/\\s'\"])" for p in sorted(placeholders, key=len, reverse=True))
+                         ) if placeholders else None
 
     def scrub(value):
         if isinstance(value, str):
-            for path in ordered:
-                value = value.replace(path, placeholders[path])
-            return value
+            return pattern.sub(lambda m: placeholders[m.group(0)], value) if pattern else value
         if isinstance(value, list):
             return [scrub(v) for v in value]
         if isinstance(value, dict):
@@ -331,6 +337,27 @@ def _download_text(api, repo_id: str, filename: str) -> str | None:
     return Path(path).read_text()
 
 
+@contextlib.contextmanager
+def _hub_errors(repo_id: str) -> Iterator[None]:
+    """The Hub's refusals and an unreachable Hub, as one line each."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise PublishError(f"the Hub refused the token ({status}) for {repo_id}: log in with `hf auth login` "
+                               "or set HF_TOKEN to a token that can write there") from None
+        raise PublishError(f"the Hub refused the push to {repo_id}: {error}".splitlines()[0]) from None
+    except Exception as error:
+        if not is_transport_error(error):
+            raise
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BuildFailed(f"cannot reach the Hub ({first}); check the connection or HF_ENDPOINT, then push "
+                          "again") from None
+
+
 def _remote_state(api, repo_id: str) -> tuple[dict[str, str], set[str], dict | None, str | None]:
     """(tags, files, manifest, card) of the repo as it is; all empty when it does not exist yet."""
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -368,7 +395,6 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
     """Stage ``build_dir`` and push it to ``repo_id`` as ``version`` (one commit, then a tag). ``records``
     (``benchmarks/accuracy.py``'s) put the measured accuracy of the set and its baselines on the card."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     check_version(version)
     if "/" not in repo_id:
@@ -376,48 +402,38 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
     contents = read_build(build_dir)  # fail on an unfinished build before touching the Hub
     ipc = contents.ipc
     api = HfApi(token=token)
-    try:
+    with _hub_errors(repo_id):
         tags, remote_files, existing_manifest, existing_card = _remote_state(api, repo_id)
-        if version in tags and not force:
-            raise PublishError(f"{repo_id} already has version {version} (commit {tags[version][:10]}); releases "
-                               "are immutable: publish a new version, or pass --force to move the tag")
-        own_staging = staging_dir is None
-        staging = Path(tempfile.mkdtemp(prefix="fadrm-push-")) if own_staging else Path(staging_dir)
-        try:
-            if not own_staging and staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir(parents=True, exist_ok=True)
-            versions = [t for t in tags if parse_version(t)]
-            # Everything is staged and checked before the first write to the Hub.
-            manifest = stage(build_dir, repo_id, version, staging, existing_manifest, existing_card, remote_files,
-                             versions, template, max_shard_bytes, contents, records)
-            validate_card((staging / README).read_text())
-            written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
+    if version in tags and not force:
+        raise PublishError(f"{repo_id} already has version {version} (commit {tags[version][:10]}); releases "
+                           "are immutable: publish a new version, or pass --force to move the tag")
+    own_staging = staging_dir is None
+    staging = Path(tempfile.mkdtemp(prefix="fadrm-push-")) if own_staging else Path(staging_dir)
+    try:
+        if not own_staging and staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        versions = [t for t in tags if parse_version(t)]
+        # Everything is staged and checked before the first write to the Hub (a local failure, such as a
+        # full disk, is reported as itself, not as the Hub's).
+        manifest = stage(build_dir, repo_id, version, staging, existing_manifest, existing_card, remote_files,
+                         versions, template, max_shard_bytes, contents, records)
+        validate_card((staging / README).read_text())
+        written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
+        with _hub_errors(repo_id):
             api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staging,
-                                     commit_message=f"Publish ipc{ipc} as {version}",
-                                     delete_patterns=[layout.ipc_prefix(ipc) + "*"])
-        finally:
-            if own_staging:
-                shutil.rmtree(staging, ignore_errors=True)
-        commit = info.oid
-        moved = version in tags
+            commit = api.upload_folder(repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staging,
+                                       commit_message=f"Publish ipc{ipc} as {version}",
+                                       delete_patterns=[layout.ipc_prefix(ipc) + "*"]).oid
+    finally:
+        if own_staging:
+            shutil.rmtree(staging, ignore_errors=True)
+    moved = version in tags
+    with _hub_errors(repo_id):
         if moved:
             api.delete_tag(repo_id, tag=version, repo_type=REPO_TYPE)
         api.create_tag(repo_id, tag=version, revision=commit, repo_type=REPO_TYPE,
                        tag_message=f"{manifest['dataset']} ipc{ipc} {version}")
-    except HfHubHTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        if status in (401, 403):
-            raise PublishError(f"the Hub refused the token ({status}) for {repo_id}: log in with `hf auth login` "
-                               "or set HF_TOKEN to a token that can write there") from None
-        raise PublishError(f"the Hub refused the push to {repo_id}: {error}".splitlines()[0]) from None
-    except Exception as error:
-        if not is_transport_error(error):
-            raise
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise BuildFailed(f"cannot reach the Hub ({first}); check the connection or HF_ENDPOINT, then push "
-                          "again") from None
     log.info("pushed %s ipc%d as %s (commit %s)", repo_id, ipc, version, commit[:10])
     return PushResult(repo_id, version, ipc, commit, written, moved)
 

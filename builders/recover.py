@@ -425,8 +425,7 @@ def stage_recover(ctx: BuildContext) -> dict:
     if previous.get("environment") not in (None, env):
         log.warning("recover: units made now (%s) will not be bit-identical to those made before (%s); see "
                     "RELIABILITY.md, Determinism", env, previous["environment"])
-    if distributed.is_main():
-        build.record_stage("recover", {**previous, "settings": settings, "complete": False})
+    distributed.main_only(build.record_stage, "recover", {**previous, "settings": settings, "complete": False})
     # Under torchrun each rank makes its share of the units; the others' statistics come by gather.
     units = recover_set(ctx.teachers.modules(), patches.images, preset, config, build, options.ipc,
                         options.seed, ctx.device, distributed.rank(), distributed.world_size())
@@ -438,8 +437,7 @@ def stage_recover(ctx: BuildContext) -> dict:
     unit_stats.update(units)
     record = {"settings": settings, "complete": done, "seconds": seconds, "units": unit_stats,
               "units_total": len(plan_units(preset, options.ipc)), "environment": env}
-    if distributed.is_main():
-        build.record_stage("recover", record, refresh=(IMAGES + "/",))
+    distributed.main_only(build.record_stage, "recover", record, refresh=(IMAGES + "/",))
     if failed:
         raise BuildFailed(f"recover: {len(failed)} unit(s) failed (ipc_id/block {', '.join(failed[:5])}): "
                          f"{units[failed[0]]['failed']}; the finished units are kept. Lower --lr or --r-bn, or "

@@ -345,10 +345,9 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
               "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
               "complete": index["complete"], "seconds": seconds}
-    if distributed.is_main():
-        build.record_stage("relabel", record, refresh=(SOFT_LABELS + "/",))
-        if "teachers" not in build.read_manifest():
-            ctx.record_teachers()
+    distributed.main_only(build.record_stage, "relabel", record, refresh=(SOFT_LABELS + "/",))
+    if "teachers" not in build.read_manifest():
+        distributed.main_only(ctx.record_teachers)
     log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),
              total / 1e6, seconds, build.soft_labels)
     return record

@@ -149,9 +149,14 @@ def recorded_teacher_file(name: str, record: dict, manifest: dict) -> Path | Non
             path = inside(teachers_dir, record["file"])
         except LayoutError as error:
             raise TeacherError(f"teacher {name}: {error}") from None
-    else:
-        candidates = [Path(source)] + ([Path(teachers_dir) / Path(source).name] if teachers_dir else [])
-        path = next((p for p in candidates if p.is_file()), candidates[0])
+    else:  # a manifest older than these records names the file's path: only its name is trusted
+        if not teachers_dir:
+            raise TeacherError(f"teacher {name}: the manifest does not say where its weights are; run the build "
+                               "command again to record them")
+        try:
+            path = inside(teachers_dir, Path(source).name)
+        except LayoutError as error:
+            raise TeacherError(f"teacher {name}: {error}") from None
     if not path.is_file():
         raise TeacherError(f"teacher {name}: {path} not found; rerun `fadrm-build teacher {manifest.get('dataset')}` "
                            "with the set's --build-root, or run where the set was built")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 from ._io import atomic_write_json, sha256_file
@@ -263,13 +264,18 @@ def _hub_call(repo_id: str, version: str, token: str | None, call):
         raise _Unreachable(f"cannot reach {_endpoint()} ({_first_line(error)})") from None
 
 
-# The HTTP stacks huggingface_hub may use; their errors (and OSError) mean the Hub did not answer.
+# The HTTP stacks huggingface_hub may use: their errors mean the Hub did not answer.
 _TRANSPORTS = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "h11")
 
 
 def is_transport_error(error: BaseException) -> bool:
-    """The Hub did not answer: no connection, a timeout, a transfer cut short."""
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] in _TRANSPORTS
+    """The Hub did not answer: no connection, a timeout, a transfer cut short. A local OSError (a full
+    disk, a permission) is not one: it is reported as itself."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror, LocalEntryNotFoundError)):
+        return True
+    return type(error).__module__.split(".")[0] in _TRANSPORTS
 
 
 def _commit_of(repo_id: str, version: str, token: str | None) -> str:
@@ -336,7 +342,8 @@ def _fetch(repo_id: str, ipc: int, version: str, dest: Path, download: bool, tok
             if manifest is None:
                 raise HubError(f"cannot download {label}: {error}; check the connection, or set HF_ENDPOINT") from None
             log.warning("%s; using the local copy of %s without checking its tag", error, label)
-    if manifest is not None and commit is not None and _recorded_commit(dest) not in (None, commit):
+    moved = manifest is not None and commit is not None and _recorded_commit(dest) not in (None, commit)
+    if moved:
         log.warning("%s: the tag %s now points at commit %s, not %s as when it was downloaded; fetching its "
                     "changed files", repo_id, version, commit[:10], str(_recorded_commit(dest))[:10])
         manifest = None
@@ -346,7 +353,8 @@ def _fetch(repo_id: str, ipc: int, version: str, dest: Path, download: bool, tok
         if not online:
             raise OfflineError(f"{label} is not downloaded under {dest} and HF_HUB_OFFLINE is set; "
                                "unset HF_HUB_OFFLINE to download it")
-        (dest / MANIFEST).unlink(missing_ok=True)
+        if not moved:  # an unreadable one: the client would keep it (its etag matches); a moved tag's is replaced
+            (dest / MANIFEST).unlink(missing_ok=True)
         _snapshot(repo_id, version, commit, dest, [MANIFEST], token)
         try:
             manifest = read_manifest(dest)

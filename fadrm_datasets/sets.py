@@ -157,6 +157,11 @@ class FADRMDataset(VisionDataset):
         self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith(wanted)}
         self._configure(manifest, manifest.get("preset", {}))
         self._load()
+        unrecorded = [path for path in self._files
+                      if path.relative_to(self.build_dir).as_posix() not in self._verify_files]
+        if unrecorded:
+            raise IntegrityError(f"{unrecorded[0]} is not recorded in {self.build_dir / layout.MANIFEST} (left by an "
+                                 "interrupted recover, or copied in): run the build command again to finish it")
         if not self._check_integrity():
             raise IntegrityError(f"the files of {self.build_dir} do not match the sha256 in its {layout.MANIFEST}: "
                                  "rerun the stage that wrote them (`fadrm-build ...` resumes) before using the set")

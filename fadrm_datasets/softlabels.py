@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._checks import one_of
 from .augment import resized_crop, sample_crop_boxes
-from .layout import LayoutError, inside, read_json_object
+from .layout import SOFT_LABELS, LayoutError, inside, read_json_object
 
 FORMAT = "fadrm-soft-labels"
 FORMAT_VERSION = 1
@@ -333,8 +333,8 @@ class SoftLabelStore:
     def open(cls, directory: str | Path) -> "SoftLabelStore":
         """Open a store: ``directory`` is the ``soft_labels`` folder or a build directory holding one."""
         directory = Path(directory)
-        if not (directory / INDEX).is_file() and (directory / "soft_labels" / INDEX).is_file():
-            directory = directory / "soft_labels"
+        if not (directory / INDEX).is_file() and (directory / SOFT_LABELS / INDEX).is_file():
+            directory = directory / SOFT_LABELS
         path = directory / INDEX
         if not path.is_file():
             raise SoftLabelStoreError(f"no soft-label store in {directory}: {INDEX} is missing "

@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from builders import presets
-from builders.cli import main
 from fadrm_datasets import hub as fhub
 from fadrm_datasets import registry
 from fadrm_datasets.sets import SET_CLASSES
 from tests import fakedata
+from tests.builders.test_build import run_cli
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,6 @@ def tiny_preset(preset: presets.Preset, teacher: str) -> presets.Preset:
     return preset.replace(teacher=teacher, teachers_plus=(teacher, teacher.rsplit("-d", 1)[0] + "-d2"),
                           teacher_recipe=recipe, student=teacher, patch_candidates=2,
                           stage_iterations=(1,) * len(preset.stage_resolutions), relabel_epochs=1, eval_epochs=1)
-
-
-def run_cli(args: list[str]) -> None:
-    try:
-        main(args)
-    except SystemExit as exit_:
-        assert exit_.code in (0, None), f"fadrm-build {' '.join(args)} exited with {exit_.code}"
 
 
 @pytest.fixture

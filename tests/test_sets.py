@@ -171,3 +171,16 @@ def test_a_local_build_is_checked_against_its_manifest_when_opened(build, tmp_pa
     png.write_bytes(png.read_bytes()[:-4] + b"xxxx")
     with pytest.raises(IntegrityError, match="do not match the sha256"):
         FADRMDataset.from_build(copy)
+
+
+def test_a_local_build_refuses_images_its_manifest_does_not_record(build, tmp_path):
+    import shutil
+
+    from fadrm_datasets.sets import IntegrityError
+
+    copy = tmp_path / "ipc10"
+    shutil.copytree(build, copy)
+    extra = copy / "images" / "00003" / "00010.png"  # as a killed recover, or a hand, would leave it
+    shutil.copy(copy / "images" / "00003" / "00009.png", extra)
+    with pytest.raises(IntegrityError, match="00010.png is not recorded"):
+        FADRMDataset.from_build(copy)

@@ -734,7 +734,9 @@ class _Handler(BaseHTTPRequestHandler):
         object id) and the read-only POSTs a downloading client makes."""
         if segments[:2] == ["api", "lfs-storage"]:
             return True
-        return segments[-1:] == ["validate-yaml"] or "paths-info" in segments
+        # /api/validate-yaml, and /api/{type}s/{namespace}/{name}/paths-info/{revision}
+        return segments == ["api", "validate-yaml"] or (len(segments) >= 5 and segments[0] == "api"
+                                                        and segments[4] == "paths-info")
 
     def _repo_api(self, repo_type: str, repo_id: str, action: list[str], raw_path: str) -> None:
         method = self.command
@@ -974,6 +976,8 @@ class _Handler(BaseHTTPRequestHandler):
         # under; it streams to disk, so no upload is held in memory.
         self.hub.store.blob_path(oid)  # refuses anything but a sha256 before reading a byte
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            if hashlib.sha256(self.body).hexdigest() != oid:
+                raise HubError(400, f"Uploaded content does not match sha256 {oid}")
             self.hub.store.put_blob(self.body)
         else:
             self._body = b""  # consumed by the stream below

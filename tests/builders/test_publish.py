@@ -252,3 +252,16 @@ def test_card_shows_final_accuracy_over_seeds_scores_and_commands(build, tmp_pat
     assert "| fadrm | convnet-bn | 88.84 | 87.58 | 70.00 | 91.57 | 1.26 | 21.57 |" in body
     assert manifest["ipcs"]["10"]["evaluations"][0]["top1_final"] == 54.0
     assert "### This build's evaluations" in body
+
+
+def test_published_manifest_keeps_relative_paths_and_words_whole():
+    """Only absolute local paths are replaced, and only whole: the default relative roots name nothing of
+    the machine, and words that contain them stay as they are."""
+    manifest = {"options": {"build_root": "build", "data_root": "data", "build_dir": "/srv/x/ipc10"},
+                "evaluations": [{"command": "fadrm-build evaluate build/fashion-mnist/ipc10 --data-root data"},
+                                {"command": "fadrm-build evaluate /srv/x/ipc10 --data-root /srv/x/ipc10b"}],
+                "note": "metadata of the build"}
+    public = public_manifest(manifest)
+    assert public["evaluations"][0]["command"] == "fadrm-build evaluate build/fashion-mnist/ipc10 --data-root data"
+    assert public["evaluations"][1]["command"] == "fadrm-build evaluate BUILD_DIR --data-root /srv/x/ipc10b"
+    assert public["note"] == "metadata of the build" and "build_root" not in public["options"]

@@ -112,3 +112,17 @@ def test_a_missing_build_directory_gets_one_line(tmp_path, capsys):
     shutil.rmtree(tmp_path, ignore_errors=True)
     code, err = run_cli(["evaluate", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_a_full_disk_during_push_is_reported_as_itself(built, hub, monkeypatch, capsys):
+    import errno
+
+    from builders import publish
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/staging/ipc2/train-00000-of-00001.parquet")
+
+    monkeypatch.setattr(publish, "write_parquet", full)
+    repo = hub.repo_id("full")
+    code, err = run_cli(["push", str(built), "--repo", repo, "--version", "v1.0.0"], capsys)
+    assert code == 1 and "no space left on the device" in err and "cannot reach" not in err

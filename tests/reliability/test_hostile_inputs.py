@@ -68,6 +68,13 @@ def test_a_soft_label_index_cannot_name_a_file_outside_its_store(tmp_path):
     index_path.write_text(json.dumps(index))
     with pytest.raises(SoftLabelStoreError, match="not a shard name"):
         SoftLabelStore.open(build / "soft_labels")
+    # A shard's name that resolves outside the store (a link planted in it) is refused too.
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
+    (build / "soft_labels" / "epochs-00007-00008.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    index["shards"][0]["file"] = "epochs-00007-00008.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(SoftLabelStoreError, match="leaves"):
+        SoftLabelStore.open(build / "soft_labels")
 
 
 def _post(url: str, body: bytes, token: str | None) -> tuple[int, str]:
@@ -111,3 +118,15 @@ def test_the_loopback_hub_checks_credentials_before_reading_a_body(hub, authoriz
         reply = sock.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 401")
     assert "Connection: close" in reply  # the unread body is not mistaken for the next request
+
+
+def test_a_chunked_lfs_upload_must_hash_to_its_object_id(hub):
+    host, port = hub.url.removeprefix("http://").split(":")
+    body = b"not what the id says"
+    request = (f"PUT /api/lfs-storage/{'ab' * 32} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               f"{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 400") and "does not match sha256" in reply
+    assert not (hub.data_dir / "blobs" / ("ab" * 32)).exists()

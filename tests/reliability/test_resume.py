@@ -142,6 +142,20 @@ def test_a_refused_rerun_leaves_the_record_as_it_was(build_root, fake_data, clea
     assert (clean_build / "manifest.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("method, change, message", [
+    ("fadrm", ["--difficulty", "hard"], "another difficulty"),
+    ("random-real", ["--seed", "1"], "another seed"),
+])
+def test_a_rerun_choosing_its_patches_otherwise_is_refused(method, change, message, build_root, fake_data,
+                                                            tmp_path, capsys):
+    build_dir = tmp_path / method
+    assert run_cli(build_args(build_root, fake_data, build_dir, "--method", method))[0] == 0
+    before = (build_dir / "manifest.json").read_bytes()
+    code, err = run_cli(build_args(build_root, fake_data, build_dir, "--method", method, *change), capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert (build_dir / "manifest.json").read_bytes() == before
+
+
 class NaNTeacher(torch.nn.Module):
     """Wraps a teacher whose outputs turn NaN: what a diverging optimisation does to a unit."""
 
