@@ -39,8 +39,8 @@ def build_root(tmp_path_factory) -> Path:
         make_build(path, seed=seed, ipc=2, num_classes=10, size=28, channels=1, teacher=False, classes=None)
         BuildDirectory(path).update_manifest(
             dataset="fashion-mnist", method=method, preset=FASHION_MNIST.replace(student=STUDENT).to_dict(),
-            options={"data_root": str(data)},
-            teachers={STUDENT: {"source": str(teacher), "sha256": sha256_file(teacher)}})
+            options={"data_root": str(data)}, teachers_dir=str(teacher.parent),
+            teachers={STUDENT: {"source": "trained", "file": teacher.name, "sha256": sha256_file(teacher)}})
     return root
 
 
