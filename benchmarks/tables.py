@@ -56,15 +56,23 @@ def main(argv: list[str] | None = None) -> None:
             ("random real images through FADRM's optimisation", dict(method="fadrm", label="random-patches")),
             ("random real images, no optimisation (random-real)", dict(method="random-real", label=None)),
             ("FADRM (selected patches, optimised)", dict(method="fadrm", label=None))]
-    print(markdown_table(["set", "top-1 %"], [[name, cell(newest(test, ipc=10, split="test", student="convnet-bn",
-                                                                     labels="soft", **match))]
-                                               for name, match in gain]))
+    found = [(name, newest(test, ipc=10, student="convnet-bn", labels="soft", **match)) for name, match in gain]
+    print(markdown_table(["set", "top-1 %", "per seed"],
+                         [[name, cell(r), ", ".join(f"{v:.2f}" for v in r["top1_final_per_seed"]) if r else ""]
+                          for name, r in found]))
 
     print("\nOther students (IPC 10, soft labels, each student's lr chosen on the validation split):\n")
-    students = sorted({r["student"] for r in test if r["student"] != "convnet-bn" and r["ipc"] == 10})
-    rows = [[s, *(cell(newest(test, ipc=10, method=m, student=s, labels="soft", label=None)) for m in METHODS[:3])]
-            for s in students]
-    print(markdown_table(["student", *METHODS[:3]], rows) if rows else "none measured")
+    students = sorted({r["student"] for r in test if r["ipc"] == 10 and r["labels"] == "soft"})
+    rows = []
+    for student in students:
+        found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None) for m in METHODS[:3]]
+        lr = next((r["lr"] for r in found if r), None)
+        rows.append([student, lr, *(cell(r) for r in found)])
+    print(markdown_table(["student", "lr", *METHODS[:3]], rows) if rows else "none measured")
+
+    print("\nEach student's lr, chosen on the validation split (FADRM, seed 0, last epoch):\n")
+    val = sorted((r["student"], r["lr"], r["top1_final_mean"]) for r in records if r.get("split") == "val")
+    print(markdown_table(["student", "lr", "val top-1 %"], [list(v) for v in val]) if val else "none measured")
 
     print("\nDD-Ranking's scores:\n")
     rows = [[ipc, *row] for ipc in ipcs for row in score_rows(test, args.dataset, ipc)]

@@ -88,7 +88,8 @@ def test_unknown_dataset():
 
 @pytest.mark.parametrize("name, channels, size", [
     ("convnet-bn", 1, 28), ("convnet-bn-w16-d2", 3, 32), ("resnet18-cifar", 3, 32), ("resnet18-cifar", 1, 28),
-    ("mobilenet_v2", 3, 32), ("shufflenet_v2_x0_5", 3, 32),
+    ("mobilenet_v2", 3, 32), ("shufflenet_v2_x0_5", 3, 32), ("shufflenet_v2_x0_5-cifar", 1, 28),
+    ("mobilenet_v2-cifar", 3, 32),
 ])
 def test_models_build_and_classify(name, channels, size):
     model = build_model(name, 7, channels, size).eval()
@@ -104,6 +105,22 @@ def test_convnet_runs_at_every_mro_resolution():
 def test_unknown_model_names():
     with pytest.raises(UnknownModelError, match="unknown model"):
         build_model("resnet99", 10)
+    with pytest.raises(UnknownModelError, match="unknown model 'resnet99-cifar'"):
+        build_model("resnet99-cifar", 10)
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "mobilenet_v2"])
+def test_cifar_variants_keep_four_times_the_resolution_of_the_imagenet_stem(name):
+    """The small-image stem (stride-1 first convolution, no max-pool) leaves the last feature map 4x
+    (ShuffleNetV2: stride 2 and max-pool undone) or 2x (MobileNetV2: stride 2 undone) as wide."""
+    def last_map(model):
+        features = model.model.features if hasattr(model.model, "features") else None
+        body = features if features is not None else torch.nn.Sequential(
+            model.model.conv1, model.model.maxpool, model.model.stage2, model.model.stage3, model.model.stage4)
+        return body(torch.randn(1, 3, 64, 64)).shape[-1]
+
+    imagenet, small = build_model(name, 10, 1, 64).eval(), build_model(f"{name}-cifar", 10, 1, 64).eval()
+    assert last_map(small) == last_map(imagenet) * (4 if name.startswith("shufflenet") else 2)
 
 
 def test_torchvision_students_see_a_grey_image_as_three_equal_channels():
