@@ -345,7 +345,10 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @cli.command("evaluate", help="Train a student on the built set in BUILD_DIR with its soft labels, and test it "
              "on the real test split; the result is appended to the manifest.")
 @click.argument("build_dir", metavar="BUILD_DIR", type=click.Path(exists=True, file_okay=False))
-@click.option("--student", default=None, help="Student architecture. [default: the preset's]")
+@click.option("--student", default=None,
+              help="Student architecture: convnet-bn[-w<width>][-d<depth>], resnet18-cifar, a torchvision "
+                   "model name, or one with -cifar for its small-image stem (shufflenet_v2_x0_5-cifar). "
+                   "[default: the preset's]")
 @click.option("--epochs", type=int, default=None, callback=_positive,
               help="Student epochs (at most the stored soft-label epochs). [default: the preset's]")
 @click.option("--lr", type=float, default=None, help="Student learning rate (AdamW). [default: the preset's]")
