@@ -61,17 +61,21 @@ def main(argv: list[str] | None = None) -> None:
                          [[name, cell(r), ", ".join(f"{v:.2f}" for v in r["top1_final_per_seed"]) if r else ""]
                           for name, r in found]))
 
-    print("\nOther students (IPC 10, soft labels, each student's lr chosen on the validation split):\n")
+    print("\nStudents (IPC 10, soft labels, each student's lr chosen on the validation split):\n")
     students = sorted({r["student"] for r in test if r["ipc"] == 10 and r["labels"] == "soft"})
     rows = []
     for student in students:
         found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None) for m in METHODS[:3]]
-        lr = next((r["lr"] for r in found if r), None)
-        rows.append([student, lr, *(cell(r) for r in found)])
+        lrs = {r["lr"] for r in found if r}
+        if len(lrs) > 1:
+            raise SystemExit(f"{student}: the methods were evaluated at different lrs {sorted(lrs)}")
+        rows.append([student, lrs.pop() if lrs else "", *(cell(r) for r in found)])
     print(markdown_table(["student", "lr", *METHODS[:3]], rows) if rows else "none measured")
 
-    print("\nEach student's lr, chosen on the validation split (FADRM, seed 0, last epoch):\n")
-    val = sorted((r["student"], r["lr"], r["top1_final_mean"]) for r in records if r.get("split") == "val")
+    print("\nEach student's lr, chosen on the validation split (FADRM, IPC 10, seed 0, last epoch):\n")
+    val = sorted((r["student"], r["lr"], f"{r['top1_final_mean']:.2f}") for r in records
+                 if r.get("split") == "val" and r["method"] == "fadrm" and r["ipc"] == 10
+                 and r["labels"] == "soft" and r["label"] is None and r["seeds"] == [0])
     print(markdown_table(["student", "lr", "val top-1 %"], [list(v) for v in val]) if val else "none measured")
 
     print("\nDD-Ranking's scores:\n")

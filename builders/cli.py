@@ -347,7 +347,8 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @click.argument("build_dir", metavar="BUILD_DIR", type=click.Path(exists=True, file_okay=False))
 @click.option("--student", default=None,
               help="Student architecture: convnet-bn[-w<width>][-d<depth>], resnet18-cifar, a torchvision "
-                   "model name, or one with -cifar for its small-image stem (shufflenet_v2_x0_5-cifar). "
+                   "model name, or shufflenet_v2/mobilenet/mnasnet/efficientnet/regnet names with -cifar for "
+                   "their small-image stem (shufflenet_v2_x0_5-cifar). "
                    "[default: the preset's]")
 @click.option("--epochs", type=int, default=None, callback=_positive,
               help="Student epochs (at most the stored soft-label epochs). [default: the preset's]")

@@ -6,10 +6,12 @@
   variant used for 32/64 px inputs.
 - any torchvision classification model by its name (``resnet18``, ``densenet121``,
   ``shufflenet_v2_x0_5``, ``mobilenet_v2``, ...); a one-channel image is fed as three equal channels.
-- ``<torchvision name>-cifar`` (``shufflenet_v2_x0_5-cifar``, ``mobilenet_v2-cifar``): the same
-  small-image stem as ``resnet18-cifar`` (first convolution at stride 1, no max-pool). An ImageNet
-  stem divides the image by 32, so a 28 px image is 1x1 before the last stage and the network
-  barely learns (ShuffleNetV2 x0.5 on Fashion-MNIST IPC 10: 44.5 % validation top-1).
+- ``<torchvision name>-cifar`` for the families whose stem is one stride-2 convolution and at most a
+  top-level max-pool (ShuffleNetV2, MobileNetV2/V3, MNASNet, EfficientNet, RegNet; for example
+  ``shufflenet_v2_x0_5-cifar``): that convolution at stride 1 (kernel unchanged), no max-pool. An
+  ImageNet stem divides the image by 32, so a 28 px image is 1x1 after the last stage and the
+  network learns poorly (ShuffleNetV2 x0.5, Fashion-MNIST IPC 10: 44.54 / 69.30 % validation
+  top-1 at lr 1e-3 / 3e-3, against 82.26 / 86.28 with this stem; BENCHMARKS.md). The larger feature maps cost about 3x the compute.
 """
 
 from __future__ import annotations
@@ -70,9 +72,13 @@ def _resnet18_cifar(num_classes: int, in_channels: int) -> nn.Module:
     return model
 
 
+# Families whose ImageNet stem is one stride-2 convolution and at most a top-level ``maxpool``, so
+# that ``_small_image_stem`` undoes all of its downsampling.
+SMALL_STEM_FAMILIES = ("shufflenet_v2", "mobilenet_v2", "mobilenet_v3", "mnasnet", "efficientnet", "regnet")
+
+
 def _small_image_stem(model: nn.Module) -> nn.Module:
-    """Undo the ImageNet stem's first two downsamplings: its first convolution to stride 1, and no
-    max-pool, as in ``resnet18-cifar``."""
+    """Undo the ImageNet stem's downsampling: its first convolution to stride 1, no max-pool."""
     first = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
     first.stride = (1, 1)
     if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
@@ -97,11 +103,12 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     import torchvision.models
 
     base, small_images = (name[: -len("-cifar")], True) if name.endswith("-cifar") else (name, False)
-    if base not in torchvision.models.list_models(torchvision.models):
+    if base not in torchvision.models.list_models(torchvision.models) or (
+            small_images and not base.startswith(SMALL_STEM_FAMILIES)):
         raise UnknownModelError(
             f"unknown model {name!r}; use convnet-bn[-w<width>][-d<depth>], resnet18-cifar, "
-            "a torchvision classification model name such as resnet18 or mobilenet_v2, "
-            "or such a name with -cifar for its small-image stem"
+            "a torchvision classification model name such as resnet18 or mobilenet_v2, or -cifar after "
+            f"a model of these families for its small-image stem: {', '.join(SMALL_STEM_FAMILIES)}"
         )
     model = torchvision.models.get_model(base, num_classes=num_classes)
     if small_images:
@@ -109,4 +116,4 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     return model if in_channels == 3 else GreyAsRGB(model)
 
 
-__all__ = ["ConvNetBN", "GreyAsRGB", "UnknownModelError", "build_model"]
+__all__ = ["SMALL_STEM_FAMILIES", "ConvNetBN", "GreyAsRGB", "UnknownModelError", "build_model"]

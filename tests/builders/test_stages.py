@@ -109,18 +109,25 @@ def test_unknown_model_names():
         build_model("resnet99-cifar", 10)
 
 
-@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "mobilenet_v2"])
-def test_cifar_variants_keep_four_times_the_resolution_of_the_imagenet_stem(name):
+@pytest.mark.parametrize("name, factor", [("shufflenet_v2_x0_5", 4), ("mobilenet_v2", 2)])
+def test_cifar_variants_undo_the_imagenet_stems_downsampling(name, factor):
     """The small-image stem (stride-1 first convolution, no max-pool) leaves the last feature map 4x
     (ShuffleNetV2: stride 2 and max-pool undone) or 2x (MobileNetV2: stride 2 undone) as wide."""
     def last_map(model):
-        features = model.model.features if hasattr(model.model, "features") else None
-        body = features if features is not None else torch.nn.Sequential(
-            model.model.conv1, model.model.maxpool, model.model.stage2, model.model.stage3, model.model.stage4)
+        net = model.model
+        body = net.features if name.startswith("mobilenet") else torch.nn.Sequential(
+            net.conv1, net.maxpool, net.stage2, net.stage3, net.stage4)
         return body(torch.randn(1, 3, 64, 64)).shape[-1]
 
     imagenet, small = build_model(name, 10, 1, 64).eval(), build_model(f"{name}-cifar", 10, 1, 64).eval()
-    assert last_map(small) == last_map(imagenet) * (4 if name.startswith("shufflenet") else 2)
+    assert last_map(small) == last_map(imagenet) * factor
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in small.modules())
+
+
+@pytest.mark.parametrize("name", ["densenet121-cifar", "vgg11-cifar", "resnet50-cifar", "vit_b_16-cifar"])
+def test_cifar_variants_are_refused_where_one_stride_is_not_the_whole_stem(name):
+    with pytest.raises(UnknownModelError, match="small-image stem: shufflenet_v2, mobilenet_v2"):
+        build_model(name, 10)
 
 
 def test_torchvision_students_see_a_grey_image_as_three_equal_channels():
