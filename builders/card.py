@@ -227,14 +227,16 @@ def _teachers_of(record: dict) -> str:
 
 def measured_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
     """Benchmark records of ``dataset`` at ``ipc`` on the test split (``benchmarks/accuracy.py``): one
-    row per method, student and labels, with the last epoch's top-1 over seeds and the command."""
-    rows = []
+    row per method, student and labels, with the last epoch's top-1 over seeds and the command. A later
+    record of the same configuration (say, at the lr a wider search chose) replaces an earlier one."""
+    newest: dict[tuple, dict] = {}
     for r in records:
         if r.get("dataset") == dataset and r.get("ipc") == ipc and r.get("split") == "test" and "top1_final_mean" in r:
-            rows.append([r["method"] + (f" ({r['label']})" if r.get("label") else ""), r.get("student", ""),
-                         r.get("labels", "soft"), len(r.get("seeds") or []), _mean_std(r),
-                         f"{r['top1_best_mean']:.2f}", _teachers_of(r), f"`{r.get('command', '')}`"])
-    return rows
+            newest.pop(key := (r["method"], r.get("label"), r.get("student"), r.get("labels", "soft")), None)
+            newest[key] = r
+    return [[r["method"] + (f" ({r['label']})" if r.get("label") else ""), r.get("student", ""),
+             r.get("labels", "soft"), len(r.get("seeds") or []), _mean_std(r),
+             f"{r['top1_best_mean']:.2f}", _teachers_of(r), f"`{r.get('command', '')}`"] for r in newest.values()]
 
 
 MEASURED_HEADER = ["method", "student", "labels", "seeds", "top-1 % (last epoch, mean ± std)",
