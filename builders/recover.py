@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets._io import cached_sha256, sha256_file
+from fadrm_datasets._io import cached_sha256
 from fadrm_datasets.augment import resized_crop, sample_crop_box
 from fadrm_datasets.layout import IMAGES, BuildDirectory, decode_png, image_relpath
 
@@ -417,7 +417,7 @@ def stage_recover(ctx: BuildContext) -> dict:
                 record["seconds"] = round(time.perf_counter() - start, 2)
                 build.record_stage("recover", record, refresh=(IMAGES + "/",))
         return record
-    patches_sha256 = sha256_file(build.patches)
+    patches_sha256 = cached_sha256(build.patches)  # check_patches hashed it already
     check_recover(ctx, patches_sha256)
     config, settings = recover_settings(ctx, patches_sha256)
     previous = build.read_manifest().get("stages", {}).get("recover", {})

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, read_safetensors_metadata,
-                                safetensors_bytes, sha256_file)
+from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, cached_sha256, read_safetensors_metadata,
+                                safetensors_bytes)
 from fadrm_datasets.augment import CROP_RATIO
 from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, is_shard_name,
@@ -192,7 +192,7 @@ def shard_digest(path: Path, first: int, last: int, fingerprint: str) -> str | N
     receipt = receipt_path(path)
     if not path.is_file() or not receipt.is_file():
         return None
-    digest = sha256_file(path)
+    digest = cached_sha256(path)  # the final check and the manifest's record reuse it
     if digest != receipt.read_text().strip():
         log.warning("relabel: %s does not match its receipt (damaged or changed); writing it again", path.name)
         return None

@@ -141,20 +141,13 @@ def recorded_teacher_file(name: str, record: dict, manifest: dict) -> Path | Non
     teachers_dir = manifest.get("teachers_dir")
     if source == "given":
         path = Path(str((manifest.get("options") or {}).get("teacher_weights") or ""))
-    elif source == "trained":
-        if not teachers_dir or not isinstance(record.get("file"), str):
+    else:  # trained; a manifest older than these records names the file's path: only its name is trusted
+        file = record.get("file") if source == "trained" else Path(source).name
+        if not teachers_dir or not isinstance(file, str):
             raise TeacherError(f"teacher {name}: the manifest does not say where its weights are; run the build "
                                "command again to record them")
         try:
-            path = inside(teachers_dir, record["file"])
-        except LayoutError as error:
-            raise TeacherError(f"teacher {name}: {error}") from None
-    else:  # a manifest older than these records names the file's path: only its name is trusted
-        if not teachers_dir:
-            raise TeacherError(f"teacher {name}: the manifest does not say where its weights are; run the build "
-                               "command again to record them")
-        try:
-            path = inside(teachers_dir, Path(source).name)
+            path = inside(teachers_dir, file)
         except LayoutError as error:
             raise TeacherError(f"teacher {name}: {error}") from None
     if not path.is_file():
