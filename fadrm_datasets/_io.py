@@ -37,15 +37,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# A build rewrites its manifest after every stage; within one process, a file whose size and
-# mtime did not change since it was last hashed is not read again.
-_HASHES: dict[tuple[str, int, int], str] = {}
+# A build rewrites its manifest after every stage and a set is checked on every open; within one
+# process, a file whose size, mtime and inode did not change since it was last hashed is not read again.
+_HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
 def cached_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file this process writes or checks repeatedly (keyed by path, size and mtime)."""
+    """sha256 of a file this process writes or checks repeatedly: hashed in full the first time, and
+    again only when its size, mtime or inode changes (nothing hashed by another process is trusted)."""
     stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]

@@ -22,7 +22,7 @@ import os
 import socket
 from pathlib import Path
 
-from ._io import atomic_write_json, sha256_file
+from ._io import atomic_write_json, cached_sha256
 from .layout import MANIFEST, LayoutError, check_manifest, inside, ipc_of, ipc_prefix, read_json_object
 from .registry import newest_version, parse_version
 
@@ -123,40 +123,29 @@ def _endpoint() -> str:
 
 # --- integrity ------------------------------------------------------------------------------------
 
-# Files this process has hashed in full: (path, size, mtime, inode) -> sha256. A set is hashed in full
-# the first time a process opens it and whenever one of its files changes on disk; nothing verified
-# by another process (or an earlier run) is trusted.
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}
-
-
-def check_paths(directory: Path, files) -> None:
-    """Refuse a manifest or index naming a path outside ``directory``, before anything is read or deleted."""
+def check_paths(directory: Path, files) -> dict[str, Path]:
+    """Refuse a manifest or index naming a path outside ``directory``, before anything is read or deleted;
+    returns each name's resolved path."""
+    paths = {}
     for rel in files:
         try:
-            inside(directory, rel)
+            paths[rel] = inside(directory, rel)
         except LayoutError as error:
             raise IntegrityError(f"{error}: the set's {MANIFEST} is malformed or hostile; nothing was read "
                                  "or deleted. Report it, or pick another version=") from None
+    return paths
 
 
 def verify_files(directory: Path, files: dict[str, str]) -> list[str]:
-    """Paths in ``files`` that are missing under ``directory`` or whose sha256 differs."""
-    directory = Path(directory)
-    check_paths(directory, files)
+    """Paths in ``files`` that are missing under ``directory`` or whose sha256 differs. A set is hashed in
+    full the first time a process opens it and whenever one of its files changes on disk."""
+    paths = check_paths(Path(directory), files)
     bad = []
     for rel, expected in sorted(files.items()):
-        path = inside(directory, rel)
         try:
-            stat = path.stat()
-        except OSError:
-            bad.append(rel)
-            continue
-        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-        if _VERIFIED.get(key) == expected:
-            continue
-        if sha256_file(path) == expected:
-            _VERIFIED[key] = expected
-        else:
+            if cached_sha256(paths[rel]) != expected:
+                bad.append(rel)
+        except OSError:  # missing or unreadable
             bad.append(rel)
     return bad
 
