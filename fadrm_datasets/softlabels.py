@@ -385,12 +385,27 @@ class SoftLabelStore:
         epoch = self.check_epoch(epoch)
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
+        names = PLAN_TENSORS + (DENSE_TENSORS if self.topk is None else TOPK_TENSORS)
+        tensors = self._read(epoch, names)
+        plan = EpochPlan.from_tensors(tensors, self.batch_size)
+        stored = {name: tensors[name] for name in names if name not in PLAN_TENSORS}
+        record = EpochRecord(epoch, plan, stored, self.num_classes)
+        self._cache = (epoch, record)
+        return record
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s sample order alone (what a batch sampler needs), without its soft labels."""
+        epoch = self.check_epoch(epoch)
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1].plan.order
+        return self._read(epoch, ("order",))["order"]
+
+    def _read(self, epoch: int, names: Sequence[str]) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
 
         shard = self._shard_of(epoch)
         row = epoch - shard["first_epoch"]
         path = self.directory / shard["file"]
-        names = PLAN_TENSORS + (DENSE_TENSORS if self.topk is None else TOPK_TENSORS)
         try:
             with safe_open(str(path), framework="pt") as f:
                 tensors = {name: f.get_slice(name)[row:row + 1][0] for name in names}
@@ -399,11 +414,7 @@ class SoftLabelStore:
         if tensors["order"].numel() != self.num_samples:
             raise SoftLabelStoreError(f"{path}: epoch {epoch} holds {tensors['order'].numel()} samples, "
                                       f"the index says {self.num_samples}")
-        plan = EpochPlan.from_tensors(tensors, self.batch_size)
-        stored = {name: tensors[name] for name in names if name not in PLAN_TENSORS}
-        record = EpochRecord(epoch, plan, stored, self.num_classes)
-        self._cache = (epoch, record)
-        return record
+        return tensors
 
     def __getstate__(self):  # workers get the index, not the cached epoch
         state = self.__dict__.copy()
@@ -443,10 +454,11 @@ class ReplayBatchSampler(Sampler[RecordedBatch]):
         return len(self.batches) * len(self.epochs)
 
     def __iter__(self) -> Iterator[RecordedBatch]:
+        size = self.store.batch_size
         for epoch in self.epochs:
-            all_batches = self.store.epoch(epoch).batches()
+            order = self.store.order(epoch).tolist()  # the soft labels are read where the batch is built
             for b in self.batches:
-                yield RecordedBatch(epoch, b, tuple(all_batches[b]))
+                yield RecordedBatch(epoch, b, tuple(order[b * size:(b + 1) * size]))
 
 
 class ReplayDataset(Dataset):

@@ -163,6 +163,9 @@ def test_dataset_checks_its_inputs_and_batches(tmp_path):
     dataset = ReplayDataset(images, labels, store, 0, PRESET.mean, PRESET.std)
     batches = store.epoch(0).batches()
     assert [len(b) for b in batches] == [8, 8, 4] and len(ReplayBatchSampler(store, 0)) == 3
+    # The sampler reads only the order, and yields the recorded batches.
+    fresh = SoftLabelStore.open(tmp_path / "sl")
+    assert [list(b) for b in ReplayBatchSampler(fresh, 0)] == batches and fresh._cache is None
     with pytest.raises(ValueError, match="ReplayBatchSampler"):
         dataset.__getitems__(batches[0][:3])
     # The same batch asked in another order comes back in that order, same images.
