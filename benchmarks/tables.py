@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
 from builders.card import SCORE_HEADER, markdown_table, score_rows  # noqa: E402
 
 METHODS = ("random-real", "sre2l", "fadrm", "fadrm+")
+STUDENT_METHODS = METHODS[:3]  # the cross-architecture table's methods
 
 
 def cell(record: dict | None) -> str:
@@ -35,11 +36,26 @@ def newest(records: list[dict], **match) -> dict | None:
     return found[-1] if found else None
 
 
+def student_records(test: list[dict]) -> dict[str, tuple[float | str, list[dict | None]]]:
+    """Per student at IPC 10 with soft labels: its lr and the newest record of each method, refusing a
+    row whose methods were evaluated at different lrs (a half-finished rerun at a newly chosen lr)."""
+    students = sorted({r["student"] for r in test if r["ipc"] == 10 and r["labels"] == "soft"})
+    rows = {}
+    for student in students:
+        found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None) for m in STUDENT_METHODS]
+        lrs = {r["lr"] for r in found if r}
+        if len(lrs) > 1:
+            raise SystemExit(f"{student}: the methods were evaluated at different lrs {sorted(lrs)}")
+        rows[student] = (lrs.pop() if lrs else "", found)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--plot", default=None, help="also draw top-1 against IPC, one line per method (PNG)")
+    parser.add_argument("--plot", default=None,
+                        help="also draw top-1 against IPC (one line per method) beside top-1 per student (PNG)")
     args = parser.parse_args(argv)
     records = [{"labels": "soft", "label": None, **r} for r in json.loads(Path(args.records).read_text())
                if r.get("dataset") == args.dataset and "top1_final_mean" in r]  # older records were all soft
@@ -62,15 +78,9 @@ def main(argv: list[str] | None = None) -> None:
                           for name, r in found]))
 
     print("\nStudents (IPC 10, soft labels, each student's lr chosen on the validation split):\n")
-    students = sorted({r["student"] for r in test if r["ipc"] == 10 and r["labels"] == "soft"})
-    rows = []
-    for student in students:
-        found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None) for m in METHODS[:3]]
-        lrs = {r["lr"] for r in found if r}
-        if len(lrs) > 1:
-            raise SystemExit(f"{student}: the methods were evaluated at different lrs {sorted(lrs)}")
-        rows.append([student, lrs.pop() if lrs else "", *(cell(r) for r in found)])
-    print(markdown_table(["student", "lr", *METHODS[:3]], rows) if rows else "none measured")
+    by_student = student_records(test)
+    rows = [[student, lr, *(cell(r) for r in found)] for student, (lr, found) in by_student.items()]
+    print(markdown_table(["student", "lr", *STUDENT_METHODS], rows) if rows else "none measured")
 
     print("\nEach student's lr, chosen on the validation split (FADRM, IPC 10, seed 0, last epoch):\n")
     val = sorted((r["student"], r["lr"], f"{r['top1_final_mean']:.2f}") for r in records
@@ -82,30 +92,49 @@ def main(argv: list[str] | None = None) -> None:
     rows = [[ipc, *row] for ipc in ipcs for row in score_rows(test, args.dataset, ipc)]
     print(markdown_table(["IPC", *SCORE_HEADER], rows) if rows else "none measured")
     if args.plot:
-        plot(test, args.plot, args.dataset)
+        plot(test, by_student, args.plot, args.dataset)
 
 
-def plot(records: list[dict], path: str, dataset: str) -> None:
-    """Top-1 after the last epoch against IPC, one line per method, ± one std over seeds."""
+def plot(records: list[dict], by_student: dict, path: str, dataset: str) -> None:
+    """Left: top-1 after the last epoch against IPC, one line per method. Right: top-1 per student at
+    IPC 10, one bar per method. Both ± one std over seeds; one colour per method in both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    figure, (axes, bars) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=120, width_ratios=(1, 1.3))
+    colours = {method: f"C{i}" for i, method in enumerate(METHODS)}
     for method in METHODS:
         points = [(ipc, r) for ipc in sorted({r["ipc"] for r in records})
                   if (r := newest(records, ipc=ipc, method=method, split="test", student="convnet-bn",
                                   labels="soft", label=None))]
         if points:
             axes.errorbar([ipc for ipc, _ in points], [r["top1_final_mean"] for _, r in points],
-                          yerr=[r["top1_final_std"] for _, r in points], marker="o", capsize=3, label=method)
+                          yerr=[r["top1_final_std"] for _, r in points], marker="o", capsize=3, label=method,
+                          color=colours[method])
+    ipcs = sorted({r["ipc"] for r in records})
     axes.set_xscale("log")
+    axes.set_xticks(ipcs, [str(ipc) for ipc in ipcs])
+    axes.minorticks_off()
     axes.set_xlabel("images per class (IPC)")
     axes.set_ylabel("test top-1 %, last epoch")
     axes.set_title(f"{dataset}: ConvNet-BN student, soft labels")
     axes.grid(alpha=0.3)
     axes.legend()
+
+    width = 0.8 / len(STUDENT_METHODS)
+    for i, method in enumerate(STUDENT_METHODS):
+        places = [(x, found[i]) for x, (_, found) in enumerate(by_student.values()) if found[i]]
+        bars.bar([x + (i - 1) * width for x, _ in places], [r["top1_final_mean"] for _, r in places], width,
+                 yerr=[r["top1_final_std"] for _, r in places], capsize=2, color=colours[method], label=method)
+    bars.set_xticks(range(len(by_student)), [f"{s}\nlr {lr}" for s, (lr, _) in by_student.items()], fontsize=8)
+    means = [r["top1_final_mean"] for _, found in by_student.values() for r in found if r] or [0]
+    bars.set_ylim(max(0, min(means) - 3), min(100, max(means) + 3))  # the differences are a few points
+    bars.set_ylabel("test top-1 %, last epoch")
+    bars.set_title(f"{dataset}: other students, IPC 10, soft labels")
+    bars.grid(alpha=0.3, axis="y")
+    bars.legend(loc="upper center", ncol=len(STUDENT_METHODS))
     figure.tight_layout()
     figure.savefig(path)
 

@@ -1,13 +1,14 @@
-"""The accuracy benchmark's bookkeeping on a tiny fake Fashion-MNIST (the real runs are long)."""
+"""The accuracy benchmark's bookkeeping and tables on a tiny fake Fashion-MNIST and hand-made records (the real runs are long)."""
 
 from __future__ import annotations
 
 import json
 import logging
 
+import pytest
 import torch
 
-from benchmarks import accuracy
+from benchmarks import accuracy, tables
 from builders.models import build_model
 from builders.teachers import save_teacher
 from tests.fakedata import make_fashion_mnist
@@ -42,3 +43,33 @@ def test_accuracy_table_resumes_from_finished_evaluations(tmp_path, capsys, capl
     assert records[0]["student"] == "convnet-bn" and "top1_best_mean" in records[0]
     assert records[0]["seeds"] == [0, 1] and records[0]["epochs"] == 2 and records[0]["lr"] == 3e-3
     assert records[0]["teachers"] == {"convnet-bn": {"epochs": None, "test_top1": "10.0"}}
+
+
+def _record(ipc, method, student="convnet-bn", lr=0.003, per_seed=(80.0, 82.0), split="test"):
+    mean = sum(per_seed) / len(per_seed)
+    std = (sum((v - mean) ** 2 for v in per_seed) / (len(per_seed) - 1)) ** 0.5
+    return {"dataset": "fashion-mnist", "ipc": ipc, "method": method, "student": student, "lr": lr, "split": split,
+            "labels": "soft", "seeds": list(range(len(per_seed))), "top1_final_per_seed": list(per_seed),
+            "top1_final_mean": round(mean, 2), "top1_final_std": round(std, 2)}
+
+
+def test_tables_print_the_newest_record_per_student_and_plot_both_panels(tmp_path, capsys):
+    records = [_record(10, m) for m in ("random-real", "sre2l", "fadrm")]
+    records += [_record(10, m, student="tiny", lr=0.001, per_seed=(50.0, 52.0)) for m in ("random-real", "sre2l", "fadrm")]
+    # a rerun of every method at a newly chosen lr supersedes the first rows
+    records += [_record(10, m, student="tiny", lr=0.006, per_seed=(60.0, 64.0)) for m in ("random-real", "sre2l", "fadrm")]
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps(records))
+    tables.main(["--records", str(path), "--plot", str(tmp_path / "accuracy.png")])
+    out = capsys.readouterr().out
+    assert "| tiny | 0.006 | 62.00 ± 2.83 (n=2) | 62.00 ± 2.83 (n=2) | 62.00 ± 2.83 (n=2) |" in out
+    assert "50.00" not in out and "51.00" not in out
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tables_refuse_a_student_row_mixing_lrs(tmp_path):
+    records = [_record(10, "fadrm", student="tiny", lr=0.006), _record(10, "random-real", student="tiny", lr=0.003)]
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(SystemExit, match="tiny: the methods were evaluated at different lrs"):
+        tables.main(["--records", str(path)])
