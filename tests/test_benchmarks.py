@@ -1,4 +1,4 @@
-"""The accuracy benchmark's bookkeeping and tables on a tiny fake Fashion-MNIST and hand-made records (the real runs are long)."""
+"""The accuracy benchmark's bookkeeping and tables, on a tiny fake Fashion-MNIST and hand-made records."""
 
 from __future__ import annotations
 
