@@ -105,15 +105,15 @@ def plot(records: list[dict], by_student: dict, path: str, dataset: str) -> None
 
     figure, (axes, bars) = plt.subplots(1, 2, figsize=(12, 4.2), dpi=120, width_ratios=(1, 1.3))
     colours = {method: f"C{i}" for i, method in enumerate(METHODS)}
+    ipcs = sorted({r["ipc"] for r in records})
     for method in METHODS:
-        points = [(ipc, r) for ipc in sorted({r["ipc"] for r in records})
+        points = [(ipc, r) for ipc in ipcs
                   if (r := newest(records, ipc=ipc, method=method, split="test", student="convnet-bn",
                                   labels="soft", label=None))]
         if points:
             axes.errorbar([ipc for ipc, _ in points], [r["top1_final_mean"] for _, r in points],
                           yerr=[r["top1_final_std"] for _, r in points], marker="o", capsize=3, label=method,
                           color=colours[method])
-    ipcs = sorted({r["ipc"] for r in records})
     axes.set_xscale("log")
     axes.set_xticks(ipcs, [str(ipc) for ipc in ipcs])
     axes.minorticks_off()
@@ -126,13 +126,13 @@ def plot(records: list[dict], by_student: dict, path: str, dataset: str) -> None
     width = 0.8 / len(STUDENT_METHODS)
     for i, method in enumerate(STUDENT_METHODS):
         places = [(x, found[i]) for x, (_, found) in enumerate(by_student.values()) if found[i]]
-        bars.bar([x + (i - 1) * width for x, _ in places], [r["top1_final_mean"] for _, r in places], width,
+        bars.bar([x + (i - (len(STUDENT_METHODS) - 1) / 2) * width for x, _ in places], [r["top1_final_mean"] for _, r in places], width,
                  yerr=[r["top1_final_std"] for _, r in places], capsize=2, color=colours[method], label=method)
     bars.set_xticks(range(len(by_student)), [f"{s}\nlr {lr}" for s, (lr, _) in by_student.items()], fontsize=8)
     means = [r["top1_final_mean"] for _, found in by_student.values() for r in found if r] or [0]
     bars.set_ylim(max(0, min(means) - 3), min(100, max(means) + 3))  # the differences are a few points
     bars.set_ylabel("test top-1 %, last epoch")
-    bars.set_title(f"{dataset}: other students, IPC 10, soft labels")
+    bars.set_title(f"{dataset}: each student, IPC 10, soft labels")
     bars.grid(alpha=0.3, axis="y")
     bars.legend(loc="upper center", ncol=len(STUDENT_METHODS))
     figure.tight_layout()
