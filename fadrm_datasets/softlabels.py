@@ -76,6 +76,11 @@ def num_batches(num_samples: int, batch_size: int) -> int:
     return math.ceil(num_samples / batch_size)
 
 
+def batch_positions(b: int, batch_size: int, num_samples: int) -> slice:
+    """Where batch ``b`` lies in an epoch's order: every batch is full but the last."""
+    return slice(b * batch_size, min(num_samples, (b + 1) * batch_size))
+
+
 # --- the plan and its application (shared by the writer and the reader) ----------------------
 
 @dataclass
@@ -101,12 +106,12 @@ class EpochPlan:
     def batch_slice(self, b: int) -> slice:
         if not 0 <= b < self.num_batches:
             raise IndexError(f"batch {b} out of range (the epoch has {self.num_batches} batches)")
-        return slice(b * self.batch_size, min(self.num_samples, (b + 1) * self.batch_size))
+        return batch_positions(b, self.batch_size, self.num_samples)
 
     def batches(self) -> list[list[int]]:
         """The recorded batches as lists of sample indices, in order."""
         order = self.order.tolist()
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[batch_positions(b, self.batch_size, len(order))] for b in range(self.num_batches)]
 
     def build_batch(self, images: torch.Tensor, b: int, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, size: int | None = None) -> torch.Tensor:
@@ -454,11 +459,10 @@ class ReplayBatchSampler(Sampler[RecordedBatch]):
         return len(self.batches) * len(self.epochs)
 
     def __iter__(self) -> Iterator[RecordedBatch]:
-        size = self.store.batch_size
         for epoch in self.epochs:
             order = self.store.order(epoch).tolist()  # the soft labels are read where the batch is built
             for b in self.batches:
-                yield RecordedBatch(epoch, b, tuple(order[b * size:(b + 1) * size]))
+                yield RecordedBatch(epoch, b, tuple(order[batch_positions(b, self.store.batch_size, len(order))]))
 
 
 class ReplayDataset(Dataset):
