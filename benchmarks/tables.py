@@ -126,9 +126,11 @@ def plot(records: list[dict], by_student: dict, path: str, dataset: str) -> None
     width = 0.8 / len(STUDENT_METHODS)
     for i, method in enumerate(STUDENT_METHODS):
         places = [(x, found[i]) for x, (_, found) in enumerate(by_student.values()) if found[i]]
-        bars.bar([x + (i - (len(STUDENT_METHODS) - 1) / 2) * width for x, _ in places], [r["top1_final_mean"] for _, r in places], width,
+        offset = (i - (len(STUDENT_METHODS) - 1) / 2) * width  # the method's bars, centred on each student
+        bars.bar([x + offset for x, _ in places], [r["top1_final_mean"] for _, r in places], width,
                  yerr=[r["top1_final_std"] for _, r in places], capsize=2, color=colours[method], label=method)
-    bars.set_xticks(range(len(by_student)), [f"{s}\nlr {lr}" for s, (lr, _) in by_student.items()], fontsize=8)
+    names = [f"{student}\nlr {lr}" for student, (lr, _) in by_student.items()]
+    bars.set_xticks(range(len(by_student)), names, fontsize=8)
     means = [r["top1_final_mean"] for _, found in by_student.values() for r in found if r] or [0]
     bars.set_ylim(max(0, min(means) - 3), min(100, max(means) + 3))  # the differences are a few points
     bars.set_ylabel("test top-1 %, last epoch")
