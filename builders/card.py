@@ -366,4 +366,4 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
 
 
 __all__ = ["GridLayout", "MEASURED_HEADER", "SCORE_HEADER", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
-           "measured_rows", "merge_configs", "render_card", "score_rows", "split_front_matter"]
+           "measured_rows", "merge_configs", "newest_test_records", "render_card", "score_rows", "split_front_matter"]
