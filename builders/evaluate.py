@@ -6,12 +6,15 @@ on epoch ``e`` of the soft-label store in training epoch ``e`` (the exact record
 CutMix), with loss KL(student/T || teacher/T) * T^2 at ``T = preset.temperature`` and gradient
 accumulation over ``preset.eval_grad_accumulation`` recorded batches. Top-1/top-5 on the real test
 split (or the held-out validation split) are measured every few epochs and at the end; best and final top-1 go into the manifest.
+The run's state is kept at every check (``builders.checkpoints``), so a killed evaluation resumes there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import json
 import logging
 import math
 import shlex
@@ -30,6 +33,7 @@ from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
 from . import distributed
 from .context import BuildContext
+from .checkpoints import Progress, StudentCheckpoint
 from .models import build_model
 from .options import BuildError
 from .presets import Preset, get_preset
@@ -66,10 +70,12 @@ def check_epochs(epochs: int, every: int | None = None) -> set[int]:
 def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
                   test_set, student: str | None = None, epochs: int | None = None, device="cpu", seed: int = 0,
                   num_workers: int = 0, check_every: int | None = None, progress: bool = True,
-                  split: str = "test", targets: str = "soft") -> dict:
+                  split: str = "test", targets: str = "soft", checkpoint: StudentCheckpoint | None = None) -> dict:
     """Train a student on the replayed store; returns metrics on ``test_set`` (top-1 best/final, top-5,
     checks). ``split`` names that set ("test" or "val") in the log and the record. ``targets="hard"``
-    trains on the same replayed batches with hard labels (CutMix-mixed one-hot, cross-entropy)."""
+    trains on the same replayed batches with hard labels (CutMix-mixed one-hot, cross-entropy).
+    ``checkpoint`` keeps the run's state at every check and resumes from it (the caller removes it
+    once the record is kept)."""
     student = student or preset.student
     epochs = epochs or preset.eval_epochs
     if epochs > store.epochs:
@@ -93,8 +99,10 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     checks_at = check_epochs(epochs, check_every)
-    checks, best = [], None
-    start = time.perf_counter()
+    resumed = checkpoint.load(model, optimizer, schedule) if checkpoint else None
+    so_far = resumed or Progress(epoch=0, checks=[], best=None, seconds=0.0)
+    checks, best = so_far.checks, so_far.best
+    start = time.perf_counter() - so_far.seconds
     # Under torchrun (DDP) each optimizer step's recorded batches are dealt to the ranks; each real batch
     # weighs world / group size and DDP averages over the world, so a step's gradient is the same sum as
     # with one process. Ranks with fewer batches in a step make weightless passes to keep the all-reduce
@@ -106,12 +114,15 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     def mine(batch: int) -> bool:
         return (batch % accumulation) % world == rank
 
-    loader = iter(replay_loader(images, labels, store, range(epochs), preset.mean, preset.std,
+    remaining = range(so_far.epoch, epochs)
+    loader = iter(replay_loader(images, labels, store, remaining, preset.mean, preset.std,
                                 num_workers=num_workers, keep=mine if world > 1 else None, targets=targets,
-                                persistent_workers=num_workers > 0))
+                                persistent_workers=num_workers > 0)) if remaining else None
+    if resumed is not None:  # after the loader, whose creation draws from the generator as it did at the start
+        resumed.restore_rng()
     x = torch.zeros(1, preset.channels, store.image_size, store.image_size, device=device)  # a pad's input
     soft = torch.zeros(1, preset.num_classes, device=device)
-    bar = progress_bar(range(epochs), f"evaluate {student}", enabled=progress and distributed.is_main())
+    bar = progress_bar(remaining, f"evaluate {student}", enabled=progress and distributed.is_main())
     for epoch in bar:
         net.train()
         optimizer.zero_grad(set_to_none=True)
@@ -144,6 +155,9 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             log.info("evaluate %s: epoch %d/%d loss %.4f, %s top-1 %.2f %% top-5 %.2f %% (best %.2f %%)",
                      student, epoch + 1, epochs, running / max(1, seen), split, metrics["top1"], metrics["top5"], best)
             bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{best:.2f}")
+            if checkpoint is not None and distributed.is_main():
+                checkpoint.save(model, optimizer, schedule,
+                                Progress(epoch + 1, checks, best, time.perf_counter() - start))
     final = checks[-1]
     return {"student": student, "epochs": epochs, "top1_best": round(best, 2), "top1_final": final["top1"],
             "top5": final["top5"], "seconds": round(time.perf_counter() - start, 2), "seed": seed,
@@ -151,7 +165,8 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             "temperature": preset.temperature, "batch_size": store.batch_size,
             "grad_accumulation": accumulation, "soft_label_epochs": store.epochs,
             "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device),
-            "processes": world, "labels": targets}
+            "processes": world, "labels": targets,
+            "resumed_at_epoch": resumed.epoch if resumed else None}
 
 
 def manifest_preset(manifest: dict) -> Preset:
@@ -193,12 +208,23 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
         data_root = (manifest.get("options") or {}).get("data_root", "data")
     # "val" (held-out training images) is for choosing settings; "test" is for reporting.
     test_set = load_split(preset, data_root, split, download)
+    student = student or preset.student
+    epochs = epochs or preset.eval_epochs
+    # What decides the numbers: the inputs as recorded (and just verified) and every setting.
+    inputs = {rel: sha for rel, sha in manifest.get("files", {}).items()
+              if rel.startswith((IMAGES + "/", SOFT_LABELS + "/"))}
+    settings = ("eval_lr", "eval_weight_decay", "eval_batch_size", "eval_grad_accumulation", "temperature")
+    identity = {"inputs": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
+                "student": student, "epochs": epochs, "seed": seed, "split": split, "labels": targets,
+                "checks": sorted(check_epochs(epochs)), **{field: getattr(preset, field) for field in settings}}
+    checkpoint = StudentCheckpoint.in_directory(build.checkpoints, identity)
     record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
-                           progress=progress, split=split, targets=targets)
+                           progress=progress, split=split, targets=targets, checkpoint=checkpoint)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     distributed.main_only(lambda: build.update_manifest(
         evaluations=[*build.read_manifest().get("evaluations", []), record]))
+    distributed.main_only(checkpoint.remove)  # the record is kept: the run is not resumed again
     log.info("evaluate: %s on %s: best %s top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
              build.root, split, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
     return record

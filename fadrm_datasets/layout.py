@@ -42,6 +42,7 @@ MANIFEST = "manifest.json"
 IMAGES = "images"
 PATCHES = "patches.safetensors"
 SOFT_LABELS = "soft_labels"
+CHECKPOINTS = ".checkpoints"  # hidden: a killed evaluation's state, never in the manifest or a push
 README = "README.md"
 GRID = "grid.png"
 TEACHERS = "teachers"
@@ -180,6 +181,7 @@ class BuildDirectory:
         self.soft_labels = self.root / SOFT_LABELS
         self.patches = self.root / PATCHES
         self.manifest_path = self.root / MANIFEST
+        self.checkpoints = self.root / CHECKPOINTS
 
     def image_path(self, label: int, ipc_id: int) -> Path:
         return self.root / image_relpath(label, ipc_id)
@@ -315,7 +317,7 @@ def ipc_of(relative: str) -> int | None:
     return parse_ipc_dir(head) if rest else None
 
 
-__all__ = ["BuildDirectory", "BuildLockedError", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST", "PATCHES", "README",
+__all__ = ["BuildDirectory", "BuildLockedError", "CHECKPOINTS", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST", "PATCHES", "README",
            "SOFT_LABELS", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name", "image_relpath", "inside",
            "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "parquet_pattern", "parquet_shard", "parse_ipc_dir",
            "check_manifest", "read_json_object", "repo_soft_labels", "repo_teacher", "scan_images", "stack_images"]

@@ -152,6 +152,9 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     evaluations = BuildDirectory(build_dir).read_manifest()["evaluations"]
     assert len(evaluations) == 2 and evaluations[1]["student"] == "convnet-bn-w8-d2"
     assert evaluations[1]["seed"] == 3 and evaluations[1]["command"].startswith("fadrm-build")
+    # The run's checkpoint was written at its checks and removed once the record was kept.
+    assert (build_dir / ".checkpoints").is_dir() and not list((build_dir / ".checkpoints").iterdir())
+    assert not any(name.startswith(".") for name in BuildDirectory(build_dir).read_manifest()["files"])
     # More student epochs than stored soft-label epochs: a clear error, no traceback.
     result = runner.invoke(cli, ["evaluate", str(build_dir), "--epochs", "5", "--device", "cpu"])
     assert result.exit_code == 2 and "holds only 2" in result.output  # bad input: exit status 2
