@@ -33,7 +33,7 @@ from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
 from . import distributed
 from .context import BuildContext
-from .checkpoints import Progress, StudentCheckpoint
+from .checkpoints import Progress, StudentCheckpoint, prune, rng_state
 from .models import build_model
 from .options import BuildError
 from .presets import Preset, get_preset
@@ -99,7 +99,18 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     checks_at = check_epochs(epochs, check_every)
-    resumed = checkpoint.load(model, optimizer, schedule) if checkpoint else None
+    world, rank = distributed.world_size(), distributed.rank()
+    resumed = None
+    if checkpoint is not None:  # what only this loop knows decides the numbers too
+        layout = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()]).encode())
+        checkpoint = checkpoint.with_identity(checks=sorted(checks_at), device=device.type, processes=world,
+                                              torch=torch.__version__, threads=torch.get_num_threads(),
+                                              model_layout=layout.hexdigest()[:16])
+        resumed = checkpoint.load(model, optimizer, schedule, rank)
+        found = distributed.gather(resumed.epoch if resumed else 0)
+        if len(set(found)) > 1:
+            raise RuntimeError(f"the ranks found checkpoints at different epochs ({found}); keep the build "
+                               "directory on storage every rank shares")
     so_far = resumed or Progress(epoch=0, checks=[], best=None, seconds=0.0)
     checks, best = so_far.checks, so_far.best
     start = time.perf_counter() - so_far.seconds
@@ -107,7 +118,6 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     # weighs world / group size and DDP averages over the world, so a step's gradient is the same sum as
     # with one process. Ranks with fewer batches in a step make weightless passes to keep the all-reduce
     # in step (never rank 0, whose BatchNorm statistics DDP broadcasts).
-    world, rank = distributed.world_size(), distributed.rank()
     net = model if world == 1 else DistributedDataParallel(
         model, device_ids=[device] if device.type == "cuda" else None)
 
@@ -119,7 +129,7 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
                                 num_workers=num_workers, keep=mine if world > 1 else None, targets=targets,
                                 persistent_workers=num_workers > 0)) if remaining else None
     if resumed is not None:  # after the loader, whose creation draws from the generator as it did at the start
-        resumed.restore_rng()
+        resumed.restore_rng(device)
     x = torch.zeros(1, preset.channels, store.image_size, store.image_size, device=device)  # a pad's input
     soft = torch.zeros(1, preset.num_classes, device=device)
     bar = progress_bar(remaining, f"evaluate {student}", enabled=progress and distributed.is_main())
@@ -155,9 +165,11 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             log.info("evaluate %s: epoch %d/%d loss %.4f, %s top-1 %.2f %% top-5 %.2f %% (best %.2f %%)",
                      student, epoch + 1, epochs, running / max(1, seen), split, metrics["top1"], metrics["top5"], best)
             bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{best:.2f}")
-            if checkpoint is not None and distributed.is_main():
-                checkpoint.save(model, optimizer, schedule,
-                                Progress(epoch + 1, checks, best, time.perf_counter() - start))
+            if checkpoint is not None:
+                rng_by_rank = distributed.gather(rng_state(device))  # every rank draws its own dropout masks
+                if distributed.is_main():
+                    checkpoint.save(model, optimizer, schedule,
+                                    Progress(epoch + 1, checks, best, time.perf_counter() - start), rng_by_rank)
     final = checks[-1]
     return {"student": student, "epochs": epochs, "top1_best": round(best, 2), "top1_final": final["top1"],
             "top5": final["top5"], "seconds": round(time.perf_counter() - start, 2), "seed": seed,
@@ -214,17 +226,25 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     inputs = {rel: sha for rel, sha in manifest.get("files", {}).items()
               if rel.startswith((IMAGES + "/", SOFT_LABELS + "/"))}
     settings = ("eval_lr", "eval_weight_decay", "eval_batch_size", "eval_grad_accumulation", "temperature")
-    identity = {"inputs": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
-                "student": student, "epochs": epochs, "seed": seed, "split": split, "labels": targets,
-                "checks": sorted(check_epochs(epochs)), **{field: getattr(preset, field) for field in settings}}
+    inputs_sha256 = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    identity = {"inputs": inputs_sha256, "student": student, "epochs": epochs, "seed": seed, "split": split,
+                "labels": targets, **{field: getattr(preset, field) for field in settings}}
     checkpoint = StudentCheckpoint.in_directory(build.checkpoints, identity)
     record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
                            progress=progress, split=split, targets=targets, checkpoint=checkpoint)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    distributed.main_only(lambda: build.update_manifest(
-        evaluations=[*build.read_manifest().get("evaluations", []), record]))
-    distributed.main_only(checkpoint.remove)  # the record is kept: the run is not resumed again
+    record["run"] = checkpoint.path.stem  # the run's settings and inputs, by name
+
+    def keep_record() -> None:
+        evaluations = build.read_manifest().get("evaluations", [])
+        # A run killed after its record was kept, before its checkpoint went, resumes at the end: kept once.
+        if not (record["resumed_at_epoch"] == epochs and any(r.get("run") == record["run"] for r in evaluations)):
+            build.update_manifest(evaluations=[*evaluations, record])
+        checkpoint.remove()  # the record is kept: the run is not resumed again
+        prune(build.checkpoints, inputs_sha256)
+
+    distributed.main_only(keep_record)
     log.info("evaluate: %s on %s: best %s top-1 %.2f %%, final %.2f %% (%d epochs, %.0f s)", record["student"],
              build.root, split, record["top1_best"], record["top1_final"], record["epochs"], record["seconds"])
     return record

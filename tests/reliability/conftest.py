@@ -34,6 +34,15 @@ def build_root(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture
+def clean_build(build_root, fake_data, tmp_path) -> Path:
+    """A finished build: what every faulted build must end up as, byte for byte."""
+    build_dir = tmp_path / "clean"
+    code, _ = run_cli(build_args(build_root, fake_data, build_dir))
+    assert code == 0
+    return build_dir
+
+
 def build_args(root: Path, data: Path, build_dir: Path, *extra: str, ipc: int = 2) -> list[str]:
     return ["fashion-mnist", "--ipc", str(ipc), "--data-root", str(data), "--build-root", str(root),
             "--build-dir", str(build_dir), "--teacher", TEACHER, *FAST, *extra]

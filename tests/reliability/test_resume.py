@@ -9,22 +9,12 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from fadrm_datasets.layout import BuildDirectory
 from tests.reliability.conftest import build_args, cli_process, cli_run, files_of, run_cli
-
-
-@pytest.fixture
-def clean_build(build_root, fake_data, tmp_path) -> Path:
-    """A finished build: what every faulted build must end up as, byte for byte."""
-    build_dir = tmp_path / "clean"
-    code, _ = run_cli(build_args(build_root, fake_data, build_dir))
-    assert code == 0
-    return build_dir
 
 
 def _wait_for(predicate, process: subprocess.Popen, seconds: float = 120) -> None:
