@@ -5,7 +5,7 @@ moments, the schedule, every rank's random generators, the checks so far) is wri
 one safetensors file, atomically. Its metadata holds the run's identity (the inputs' hashes and every
 setting that decides the numbers) and a sha256 over the tensors and the rest of the metadata: a file is
 resumed from only when both match, never because it exists. A resumed run ends with the same numbers
-as one never stopped (``tests/reliability/test_resume.py``). ``.checkpoints/`` may be deleted at any
+as one never stopped (``tests/reliability/test_evaluate_resume.py``). ``.checkpoints/`` may be deleted at any
 time; the next run then starts from epoch 0.
 """
 
