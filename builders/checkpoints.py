@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, safetensors_bytes
+from fadrm_datasets._io import atomic_write_bytes, fingerprint_of, read_safetensors_metadata, safetensors_bytes
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class StudentCheckpoint:
     @classmethod
     def in_directory(cls, directory: Path, identity: dict) -> "StudentCheckpoint":
         """A file named by the identity's hash, so runs with other settings keep their own."""
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        key = fingerprint_of(identity)[:16]
         return cls(Path(directory) / f"{identity.get('student', 'student')}-{key}{SUFFIX}", identity)
 
     def with_identity(self, **more) -> "StudentCheckpoint":
@@ -149,7 +149,7 @@ def prune(directory: Path, inputs: str) -> list[Path]:
     """Delete what no run can resume from: checkpoints of other inputs (the set was built again) and the
     temporary files of writes a kill cut short. Call it while holding the build directory."""
     directory = Path(directory)
-    gone = [path for path in directory.glob(f".*{SUFFIX}.*.tmp")]
+    gone = list(directory.glob(f".*{SUFFIX}.*.tmp"))
     for path in directory.glob(f"*{SUFFIX}"):
         try:
             written_for = (read_safetensors_metadata(path).get("identity") or {}).get("inputs")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import math
 import shlex
@@ -28,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fadrm_datasets._checks import one_of
+from fadrm_datasets._io import fingerprint_of
 from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
@@ -226,7 +226,7 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     inputs = {rel: sha for rel, sha in manifest.get("files", {}).items()
               if rel.startswith((IMAGES + "/", SOFT_LABELS + "/"))}
     settings = ("eval_lr", "eval_weight_decay", "eval_batch_size", "eval_grad_accumulation", "temperature")
-    inputs_sha256 = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    inputs_sha256 = fingerprint_of(inputs)
     identity = {"inputs": inputs_sha256, "student": student, "epochs": epochs, "seed": seed, "split": split,
                 "labels": targets, **{field: getattr(preset, field) for field in settings}}
     checkpoint = StudentCheckpoint.in_directory(build.checkpoints, identity)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ import torch
 from torch import nn
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, cached_sha256, read_safetensors_metadata,
-                                safetensors_bytes)
+from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, cached_sha256, fingerprint_of,
+                                read_safetensors_metadata, safetensors_bytes)
 from fadrm_datasets.augment import CROP_RATIO
 from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, is_shard_name,
@@ -219,10 +218,6 @@ def build_shard(models: Sequence[nn.Module], images: torch.Tensor, preset: Prese
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "first_epoch": first, "last_epoch": last,
             "fingerprint": fingerprint}
     return safetensors_bytes(tensors, meta)
-
-
-def fingerprint_of(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], images: torch.Tensor,

@@ -37,6 +37,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_of(settings) -> str:
+    """sha256 of a JSON-able value's canonical form (keys sorted): the same settings, the same name."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
 # A build rewrites its manifest after every stage and a set is checked on every open; within one
 # process, a file whose size, mtime and inode did not change since it was last hashed is not read again.
 _HASHES: dict[tuple[str, int, int, int], str] = {}
@@ -73,5 +78,5 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict:
     return json.loads(meta[SAFETENSORS_METADATA_KEY]) if SAFETENSORS_METADATA_KEY in meta else {}
 
 
-__all__ = ["SAFETENSORS_METADATA_KEY", "atomic_write_bytes", "atomic_write_json", "cached_sha256",
+__all__ = ["SAFETENSORS_METADATA_KEY", "atomic_write_bytes", "atomic_write_json", "cached_sha256", "fingerprint_of",
            "read_safetensors_metadata", "safetensors_bytes", "sha256_file"]
