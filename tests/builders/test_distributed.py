@@ -1,11 +1,14 @@
-"""``torchrun``: a build split over two CPU processes (gloo) writes the same files as one process."""
+"""``torchrun``: a build split over two CPU processes (gloo) writes the same files as one process, and a killed
+two-process evaluation resumes to the same numbers."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +18,13 @@ from tests.reliability.conftest import REPO, TEACHER, build_args, files_of
 pytest.importorskip("torch.distributed.run")
 
 
-def _run(args: list[str], processes: int) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "builders.cli"] if processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-        "-m", "builders.cli"]
+KILLED_CLI = Path(__file__).with_name("killed_cli.py")
+
+
+def _run(args: list[str], processes: int,
+         entry: tuple[str, ...] = ("-m", "builders.cli")) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, *entry] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *entry]
     # Same threads in every process: the files are byte-identical at the same torch, device and threads.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=600)
@@ -61,3 +67,32 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
     first, second = manifest["evaluations"]  # the evaluate command's, then the rebuild's
     assert first["processes"] == second["processes"] == 2 and 0 <= second["top1_final"] <= 100
     assert json.loads((one / "manifest.json").read_text())["evaluations"][0]["processes"] == 1
+
+
+def test_a_killed_two_process_evaluation_resumes_to_the_same_numbers(tmp_path):
+    from builders.models import build_model
+    from builders.teachers import save_teacher
+
+    data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
+    root = tmp_path / "build"
+    save_teacher(root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors", build_model(TEACHER, 10, 1, 28),
+                 {"arch": TEACHER, "test_top1": "10.00"})
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    built = _run(build_args(root, data, whole, "--epochs", "6", ipc=3), 1)
+    assert built.returncode == 0, built.stderr[-3000:]
+    shutil.copytree(whole, killed)
+
+    def evaluate(build_dir):
+        return ["evaluate", str(build_dir), "--epochs", "6", "--device", "cpu", "--data-root", str(data)]
+    assert _run(evaluate(whole), 2).returncode == 0
+    # Rank 0 dies after its third checkpoint (of six checks); torchrun then stops rank 1.
+    died = _run([str(3), *evaluate(killed)], 2, entry=(str(KILLED_CLI),))
+    assert died.returncode != 0 and "evaluations" not in json.loads((killed / "manifest.json").read_text())
+    assert len(list((killed / ".checkpoints").iterdir())) == 1
+    resumed = _run(evaluate(killed), 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (expected,) = json.loads((whole / "manifest.json").read_text())["evaluations"]
+    (got,) = json.loads((killed / "manifest.json").read_text())["evaluations"]
+    assert expected["resumed_at_epoch"] is None and got["resumed_at_epoch"] == 3
+    assert got["processes"] == expected["processes"] == 2 and got["checks"] == expected["checks"]
+    assert not list((killed / ".checkpoints").iterdir())
