@@ -43,6 +43,16 @@ def clean_build(build_root, fake_data, tmp_path) -> Path:
     return build_dir
 
 
+def dropout_student(name: str, *args, **kwargs):
+    """A small ConvNet with dropout, for ``builders.evaluate.build_model``: a resumed run must also draw
+    the same masks."""
+    from torch import nn
+
+    from builders.models import build_model
+
+    return nn.Sequential(build_model(TEACHER, *args, **kwargs), nn.Dropout(0.5))
+
+
 def build_args(root: Path, data: Path, build_dir: Path, *extra: str, ipc: int = 2) -> list[str]:
     return ["fashion-mnist", "--ipc", str(ipc), "--data-root", str(data), "--build-root", str(root),
             "--build-dir", str(build_dir), "--teacher", TEACHER, *FAST, *extra]

@@ -9,7 +9,6 @@ import logging
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 from torch.utils.data import TensorDataset
 
 import builders.evaluate as evaluate
@@ -17,7 +16,7 @@ from builders.checkpoints import StudentCheckpoint
 from builders.evaluate import evaluate_build
 from fadrm_datasets._io import read_safetensors_metadata, safetensors_bytes
 from fadrm_datasets.layout import BuildDirectory
-from builders.models import build_model
+from tests.reliability.conftest import dropout_student
 from tests.test_softlabels import PRESET, tiny_set, write_store
 
 EPOCHS = 6  # checks after epochs 1..6: the kill lands after the third
@@ -25,11 +24,6 @@ EPOCHS = 6  # checks after epochs 1..6: the kill lands after the third
 
 class Killed(Exception):
     pass
-
-
-def dropout_student(name: str, *args, **kwargs) -> nn.Module:
-    """A small ConvNet with dropout: the resumed run must also draw the same masks."""
-    return nn.Sequential(build_model("convnet-bn-w8-d2", *args, **kwargs), nn.Dropout(0.5))
 
 
 @pytest.fixture
