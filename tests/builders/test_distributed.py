@@ -15,7 +15,7 @@ import pytest
 
 from fadrm_datasets._io import read_safetensors_metadata
 from tests.fakedata import make_fashion_mnist
-from tests.reliability.conftest import REPO, TEACHER, build_args, files_of
+from tests.reliability.conftest import REPO, TEACHER, build_args, files_of, with_tiny_teacher
 
 pytest.importorskip("torch.distributed.run")
 
@@ -41,13 +41,8 @@ def _run(args: list[str], processes: int,
 
 
 def test_two_processes_write_the_same_files_as_one(tmp_path):
-    from builders.models import build_model
-    from builders.teachers import save_teacher
-
     data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
-    root = tmp_path / "build"
-    save_teacher(root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors", build_model(TEACHER, 10, 1, 28),
-                 {"arch": TEACHER, "test_top1": "10.00"})
+    root = with_tiny_teacher(tmp_path / "build")
     for processes in (1, 2):
         build_dir = tmp_path / f"p{processes}"
         built = _run(build_args(root, data, build_dir, ipc=3), processes)
@@ -82,13 +77,8 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
 def test_a_killed_two_process_evaluation_resumes_to_the_same_numbers(tmp_path):
     """Both ranks keep their state: rank 1 trains on its own batches with its own optimizer moments, schedule
     and dropout masks (the student drops out), so any of them left unrestored changes the numbers."""
-    from builders.models import build_model
-    from builders.teachers import save_teacher
-
     data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
-    root = tmp_path / "build"
-    save_teacher(root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors", build_model(TEACHER, 10, 1, 28),
-                 {"arch": TEACHER, "test_top1": "10.00"})
+    root = with_tiny_teacher(tmp_path / "build")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     built = _run(build_args(root, data, whole, "--epochs", str(CHECKS), ipc=3), 1)
     assert built.returncode == 0, built.stderr[-3000:]

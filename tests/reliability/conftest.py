@@ -22,16 +22,19 @@ def fake_data(tmp_path_factory) -> Path:
     return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), per_class=10, test_per_class=2)
 
 
-@pytest.fixture
-def build_root(tmp_path) -> Path:
-    """A build root whose cache holds the tiny teacher (so nothing is trained)."""
+def with_tiny_teacher(root: Path) -> Path:
+    """``root`` as a build root whose cache holds the tiny, untrained teacher (so nothing is trained)."""
     from builders.models import build_model
     from builders.teachers import save_teacher
 
-    root = tmp_path / "build"
     save_teacher(root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors",
                  build_model(TEACHER, 10, 1, 28), {"arch": TEACHER, "test_top1": "10.00"})
     return root
+
+
+@pytest.fixture
+def build_root(tmp_path) -> Path:
+    return with_tiny_teacher(tmp_path / "build")
 
 
 @pytest.fixture
