@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fadrm_datasets import __version__
 from fadrm_datasets.layout import BuildDirectory
+from fadrm_datasets.schema import BUILD_FORMAT_VERSION
 
 from . import distributed
 from .context import environment, open_build
@@ -28,7 +29,6 @@ from .relabel import stage_relabel
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 
 
 def code_version() -> dict:
@@ -58,7 +58,7 @@ def run_build(preset: Preset, options: BuildOptions) -> BuildDirectory:
                 ctx.directory.update_manifest(dataset=preset.name, ipc=options.ipc, method=options.method,
                                               seed=options.seed, preset=preset.to_dict(),
                                               options=dataclasses.asdict(options), code_version=code_version(),
-                                              environment=environment(ctx.device), format_version=FORMAT_VERSION)
+                                              environment=environment(ctx.device), format_version=BUILD_FORMAT_VERSION)
                 ctx.record_teachers()
         stages = [("patches", stage_patches), ("recover", stage_recover), ("relabel", stage_relabel)]
         if preset.evaluate_by_default if options.evaluate is None else options.evaluate:

@@ -180,7 +180,7 @@ def _select_or_reuse(ctx: BuildContext) -> Patches:
     build.record_stage("patches", {"difficulty": options.difficulty,
                                    "seconds": round(time.perf_counter() - start, 2),
                                    "mean_teacher_ce": round(patches.cross_entropy.mean().item(), 4)},
-                       refresh=(PATCHES,))
+                       written=(PATCHES,))
     return patches
 
 

@@ -14,20 +14,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-
 
 from fadrm_datasets import layout
 from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_file
 from fadrm_datasets.hub import REPO_TYPE, is_transport_error
-from fadrm_datasets.layout import MANIFEST, README, BuildDirectory
+from fadrm_datasets.layout import MANIFEST, README, BuildDirectory, LayoutError, own_file
 from fadrm_datasets.registry import SETS, parse_version, unique_names
-from fadrm_datasets.softlabels import INDEX
+from fadrm_datasets.schema import REPO_FORMAT_VERSION, REPO_MANIFEST_FILE, read
+from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
 
 from .card import make_grid, render_card
 from .options import BuildError, BuildFailed
@@ -96,8 +97,14 @@ def read_build(build_dir: str | Path) -> BuildContents:
                            "run the build command again to finish and record it")
     damaged = build.damaged((layout.IMAGES + "/", layout.SOFT_LABELS + "/"))
     if damaged:
-        raise PublishError(f"{build.root / damaged[0]} changed after the manifest was written (sha256 differs); "
-                           "run the build command again: it makes damaged images and shards again")
+        raise PublishError(f"{build.root / damaged[0]} changed after the manifest was written (sha256 differs, or it "
+                           "is no longer a regular file); run the build command again: it makes damaged images and "
+                           "shards again")
+    strays = unrecorded_entries(build.root, files)
+    if strays:
+        raise PublishError(f"{build.root} holds what its manifest does not record: {', '.join(strays[:3])}"
+                           f"{' ...' if len(strays) > 3 else ''}; a push publishes exactly what the build recorded: "
+                           "move these out of the build")
     classes = manifest.get("classes")
     if classes is None and manifest.get("dataset") in SETS:
         classes = SETS[manifest["dataset"]].classes
@@ -106,6 +113,22 @@ def read_build(build_dir: str | Path) -> BuildContents:
     if len(classes) != num_classes:
         raise PublishError(f"the manifest names {len(classes)} classes for a preset of {num_classes}")
     return BuildContents(build.root, manifest, preset, int(ipc), list(unique_names(classes)), rows)
+
+
+def unrecorded_entries(root: Path, recorded: dict[str, str]) -> list[str]:
+    """What lies under a build's ``images/`` and ``soft_labels/`` that its manifest does not record, and
+    every symbolic link there (listed, never followed). Hidden files (shard receipts, temporary files of
+    a killed write) are the builder's own and never published."""
+    found = []
+    for top in (layout.IMAGES, layout.SOFT_LABELS):
+        for folder, dirs, names in os.walk(root / top):  # does not descend into linked folders
+            dirs[:] = [d for d in dirs if not d.startswith(".") or os.path.islink(os.path.join(folder, d))]
+            for name in sorted(dirs + names):
+                path = Path(folder, name)
+                rel = path.relative_to(root).as_posix()
+                if path.is_symlink() or (path.is_file() and not name.startswith(".") and rel not in recorded):
+                    found.append(rel + (" (a symbolic link)" if path.is_symlink() else ""))
+    return sorted(found)
 
 
 # --- parquet ---------------------------------------------------------------------------------------
@@ -261,17 +284,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
                                                    int(contents.preset["image_size"])))
     public = public_manifest(contents.manifest)
     atomic_write_json(out / MANIFEST, public)
-    soft = None
-    soft_dir = contents.root / layout.SOFT_LABELS
-    if (soft_dir / INDEX).is_file():
-        soft = layout.read_json_object(soft_dir / INDEX)
-        if not soft.get("complete", False):
-            raise PublishError(f"the soft labels in {soft_dir} are incomplete; finish the relabel stage, "
-                               "or move soft_labels/ away to publish without them")
-        if soft.get("num_samples") not in (None, len(contents.rows)):
-            raise PublishError(f"{soft_dir} holds soft labels for {soft['num_samples']} samples, the set has "
-                               f"{len(contents.rows)}; run the relabel stage again")
-        shutil.copytree(soft_dir, staging / layout.repo_soft_labels(contents.ipc), ignore=shutil.ignore_patterns(".*"))
+    soft = stage_soft_labels(contents, staging / layout.repo_soft_labels(contents.ipc))
     for name, path in _teacher_files(contents).items():
         (staging / layout.TEACHERS).mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, staging / layout.repo_teacher(name))
@@ -283,7 +296,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     ipcs = {k: v for k, v in (existing.get("ipcs") or {}).items() if k != str(contents.ipc)}
     ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft)
     manifest = {
-        "format_version": 1,
+        "format_version": REPO_FORMAT_VERSION,
         "repo": repo_id,
         "dataset": contents.dataset,
         "display_name": contents.preset.get("display_name") or contents.dataset,
@@ -291,6 +304,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
         "classes": contents.classes,
         "ipcs": dict(sorted(ipcs.items(), key=lambda kv: int(kv[0]))),
         "files": {},
+        "sizes": {},
     }
     all_versions = sorted(set(versions or []) | {version}, key=parse_version)
     card = render_card(manifest, repo_id, version, contents.ipc, all_versions, existing_card, template, records)
@@ -298,15 +312,43 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
 
     staged = {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
     staged.pop(MANIFEST, None)  # the top-level manifest cannot hold its own hash
-    files = {}
+    files, sizes = {}, {}
     remote = remote_files if remote_files is not None else set((existing.get("files") or {}))
     for rel, sha in (existing.get("files") or {}).items():  # other IPCs and teachers already on the Hub
         if rel in remote and not rel.startswith(prefix) and rel not in staged:
-            files[rel] = sha
+            files[rel], sizes[rel] = sha, existing["sizes"][rel]
     files.update({rel: sha256_file(path) for rel, path in staged.items()})
-    manifest["files"] = dict(sorted(files.items()))
+    sizes.update({rel: path.stat().st_size for rel, path in staged.items()})
+    manifest["files"], manifest["sizes"] = dict(sorted(files.items())), dict(sorted(sizes.items()))
     atomic_write_json(staging / MANIFEST, manifest)
     return manifest
+
+
+def stage_soft_labels(contents: BuildContents, out: Path) -> dict | None:
+    """Copy the build's soft-label store to ``out``: exactly the files its manifest records (read from
+    regular files of the build, checked again against their sha256 once copied), after the library has
+    opened it as a user would. Returns its index; None for a build without soft labels."""
+    recorded = {rel: sha for rel, sha in contents.manifest.get("files", {}).items()
+                if rel.startswith(layout.SOFT_LABELS + "/")}
+    if not recorded:
+        return None
+    soft_dir = contents.root / layout.SOFT_LABELS
+    try:
+        store = SoftLabelStore.open(soft_dir)
+    except SoftLabelStoreError as error:
+        raise PublishError(f"{error}; finish the relabel stage, or move soft_labels/ away to publish without "
+                           "them") from None
+    if store.num_samples != len(contents.rows):
+        raise PublishError(f"{soft_dir} holds soft labels for {store.num_samples} samples, the set has "
+                           f"{len(contents.rows)}; run the relabel stage again")
+    for rel, sha in sorted(recorded.items()):
+        source, target = own_file(contents.root, rel), out / rel.removeprefix(layout.SOFT_LABELS + "/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source is not None:
+            shutil.copyfile(source, target, follow_symlinks=False)
+        if source is None or sha256_file(target) != sha:
+            raise PublishError(f"{source} changed while it was staged; run the build command again, then push")
+    return store.index
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -327,14 +369,8 @@ def check_version(version: str) -> None:
 
 # --- pushing ---------------------------------------------------------------------------------------
 
-def _download_text(api, repo_id: str, filename: str) -> str | None:
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        path = api.hf_hub_download(repo_id, filename, repo_type=REPO_TYPE, revision="main")
-    except EntryNotFoundError:
-        return None
-    return Path(path).read_text()
+def _download_text(api, repo_id: str, filename: str, revision: str) -> Path:
+    return Path(api.hf_hub_download(repo_id, filename, repo_type=REPO_TYPE, revision=revision))
 
 
 @contextlib.contextmanager
@@ -358,22 +394,44 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
                           "again") from None
 
 
-def _remote_state(api, repo_id: str) -> tuple[dict[str, str], set[str], dict | None, str | None]:
-    """(tags, files, manifest, card) of the repo as it is; all empty when it does not exist yet."""
+@dataclass
+class RemoteRepo:
+    """The repo as a push finds it (empty when it does not exist yet)."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    head: str | None = None  # main's commit when read: the push lands on top of it, or not at all
+    files: set[str] = field(default_factory=set)
+    manifest: dict | None = None
+    card: str | None = None
+
+
+def _tags(api, repo_id: str) -> dict[str, str]:
+    return {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags}
+
+
+def _main_head(refs) -> str | None:
+    return next((branch.target_commit for branch in refs.branches if branch.name == "main"), None)
+
+
+def _remote_state(api, repo_id: str) -> RemoteRepo:
+    """The repo's tags, and its files, manifest and card at main's head, read at one commit."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type=REPO_TYPE).tags}
+        refs = api.list_repo_refs(repo_id, repo_type=REPO_TYPE)
     except RepositoryNotFoundError:
-        return {}, set(), None, None
-    files = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE))
-    text = _download_text(api, repo_id, MANIFEST) if MANIFEST in files else None
-    card = _download_text(api, repo_id, README) if README in files else None
-    try:
-        manifest = json.loads(text) if text else None
-    except ValueError:
-        raise PublishError(f"{repo_id}'s {MANIFEST} on the Hub is not valid JSON; fix or delete it first") from None
-    return tags, files, manifest if isinstance(manifest, dict) else None, card
+        return RemoteRepo()
+    head = _main_head(refs)
+    files = set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=head))
+    manifest = None
+    if MANIFEST in files:
+        try:
+            manifest = read(_download_text(api, repo_id, MANIFEST, head), REPO_MANIFEST_FILE)
+        except LayoutError as error:
+            raise PublishError(f"{repo_id}'s {MANIFEST} on the Hub is not one this fadrm-datasets reads ({error}); "
+                               "publish to a new repo, or fix or delete that file first") from None
+    card = _download_text(api, repo_id, README, head).read_text() if README in files else None
+    return RemoteRepo({t.name: t.target_commit for t in refs.tags}, head, files, manifest, card)
 
 
 def validate_card(card: str) -> None:
@@ -393,19 +451,22 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
          template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
          records: list[dict] | None = None) -> PushResult:
     """Stage ``build_dir`` and push it to ``repo_id`` as ``version`` (one commit, then a tag). ``records``
-    (``benchmarks/accuracy.py``'s) put the measured accuracy of the set and its baselines on the card."""
+    (``benchmarks/accuracy.py``'s) put the measured accuracy of the set and its baselines on the card.
+
+    The commit lands on main only if main has not moved since the repo was read, so of two pushes at
+    once the second is refused whole; a ``--force`` push deletes the old tag and creates the new one in
+    the next request, and a rerun after a kill between the two creates the missing tag."""
     from huggingface_hub import HfApi
 
     check_version(version)
     if "/" not in repo_id:
         raise PublishError(f"--repo must be ORG/NAME (or USER/NAME), got {repo_id!r}")
     contents = read_build(build_dir)  # fail on an unfinished build before touching the Hub
-    ipc = contents.ipc
     api = HfApi(token=token)
     with _hub_errors(repo_id):
-        tags, remote_files, existing_manifest, existing_card = _remote_state(api, repo_id)
-    if version in tags and not force:
-        raise PublishError(f"{repo_id} already has version {version} (commit {tags[version][:10]}); releases "
+        remote = _remote_state(api, repo_id)
+    if version in remote.tags and not force:
+        raise PublishError(f"{repo_id} already has version {version} (commit {remote.tags[version][:10]}); releases "
                            "are immutable: publish a new version, or pass --force to move the tag")
     own_staging = staging_dir is None
     staging = Path(tempfile.mkdtemp(prefix="fadrm-push-")) if own_staging else Path(staging_dir)
@@ -413,29 +474,86 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
         if not own_staging and staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True, exist_ok=True)
-        versions = [t for t in tags if parse_version(t)]
         # Everything is staged and checked before the first write to the Hub (a local failure, such as a
         # full disk, is reported as itself, not as the Hub's).
-        manifest = stage(build_dir, repo_id, version, staging, existing_manifest, existing_card, remote_files,
-                         versions, template, max_shard_bytes, contents, records)
+        manifest = stage(build_dir, repo_id, version, staging, remote.manifest, remote.card, remote.files,
+                         [t for t in remote.tags if parse_version(t)], template, max_shard_bytes, contents, records)
         validate_card((staging / README).read_text())
         written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
-        with _hub_errors(repo_id):
-            api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staging,
-                                       commit_message=f"Publish ipc{ipc} as {version}",
-                                       delete_patterns=[layout.ipc_prefix(ipc) + "*"]).oid
+        commit = _commit(api, repo_id, version, contents.ipc, staging, private, remote)
     finally:
         if own_staging:
             shutil.rmtree(staging, ignore_errors=True)
-    moved = version in tags
+    moved = version in remote.tags
+    _tag(api, repo_id, version, commit, moved, f"{manifest['dataset']} ipc{contents.ipc} {version}")
+    log.info("pushed %s ipc%d as %s (commit %s)", repo_id, contents.ipc, version, commit[:10])
+    return PushResult(repo_id, version, contents.ipc, commit, written, moved)
+
+
+def _lost_race(repo_id: str, version: str, what: str) -> PublishError:
+    return PublishError(f"another push to {repo_id} won: {what}; nothing of this push is published as {version}. "
+                        f"If that push was this set, nothing is left to do; else push again (it merges with what "
+                        "landed)")
+
+
+def _commit(api, repo_id: str, version: str, ipc: int, staging: Path, private: bool, remote: RemoteRepo) -> str:
+    """Upload the staged folder as one commit on top of main as the push found it; refused whole if
+    another push landed meanwhile."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with _hub_errors(repo_id):
+        api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        head = remote.head
+        if head is None:  # there was no repo: it must still hold nothing but its first commit
+            head = _main_head(api.list_repo_refs(repo_id, repo_type=REPO_TYPE))
+            if set(api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=head)) - {".gitattributes"}:
+                raise _lost_race(repo_id, version, "it created the repo and published to it while this one was staged")
+        if _tags(api, repo_id).get(version) != remote.tags.get(version):
+            raise _lost_race(repo_id, version, f"it published {version} while this one was staged")
+        try:
+            return api.upload_folder(repo_id=repo_id, repo_type=REPO_TYPE, folder_path=staging,
+                                     commit_message=f"Publish ipc{ipc} as {version}", parent_commit=head,
+                                     delete_patterns=[layout.ipc_prefix(ipc) + "*"]).oid
+        except HfHubHTTPError as error:
+            if getattr(error.response, "status_code", None) != 412:
+                raise
+            raise _lost_race(repo_id, version, "its commit landed on main while this one was staged") from None
+
+
+def _tag(api, repo_id: str, version: str, commit: str, moved: bool, message: str) -> None:
+    """Point ``version`` at ``commit``; a moved tag is deleted and created again in the next request.
+    When another push created the tag first, main is restored to the tree that push tagged."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     with _hub_errors(repo_id):
         if moved:
             api.delete_tag(repo_id, tag=version, repo_type=REPO_TYPE)
-        api.create_tag(repo_id, tag=version, revision=commit, repo_type=REPO_TYPE,
-                       tag_message=f"{manifest['dataset']} ipc{ipc} {version}")
-    log.info("pushed %s ipc%d as %s (commit %s)", repo_id, ipc, version, commit[:10])
-    return PushResult(repo_id, version, ipc, commit, written, moved)
+        try:
+            api.create_tag(repo_id, tag=version, revision=commit, repo_type=REPO_TYPE, tag_message=message)
+            return
+        except HfHubHTTPError as error:
+            if getattr(error.response, "status_code", None) != 409:
+                raise
+        winner = _tags(api, repo_id)[version]
+        _restore(api, repo_id, commit, winner, f"Undo a push of {version} that another push of it won")
+    raise _lost_race(repo_id, version, f"it tagged {version} at commit {winner[:10]} first; main holds that "
+                     "release's files again")
+
+
+def _restore(api, repo_id: str, commit: str, source: str, message: str) -> None:
+    """One commit on top of ``commit`` that makes main's files those of ``source`` again."""
+    from huggingface_hub import CommitOperationCopy, CommitOperationDelete
+
+    def tree(revision: str) -> dict[str, str]:
+        return {f.path: f.blob_id for f in api.list_repo_tree(repo_id, revision=revision, recursive=True,
+                                                              repo_type=REPO_TYPE) if hasattr(f, "blob_id")}
+
+    ours, theirs = tree(commit), tree(source)
+    operations = [CommitOperationDelete(path) for path in ours if path not in theirs]
+    operations += [CommitOperationCopy(path, path, src_revision=source) for path, blob in theirs.items()
+                   if ours.get(path) != blob]
+    if operations:
+        api.create_commit(repo_id, operations, commit_message=message, repo_type=REPO_TYPE, parent_commit=commit)
 
 
 __all__ = ["LOCAL_OPTIONS", "PublishError", "PushResult", "arrow_schema", "features_json", "public_manifest", "push",

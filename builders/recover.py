@@ -39,7 +39,7 @@ from torch import nn
 from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import cached_sha256
 from fadrm_datasets.augment import resized_crop, sample_crop_box
-from fadrm_datasets.layout import IMAGES, BuildDirectory, decode_png, image_relpath
+from fadrm_datasets.layout import BuildDirectory, decode_png, image_relpath, own_file
 
 from . import distributed
 from .context import BuildContext, environment
@@ -311,12 +311,13 @@ def plan_units(preset: Preset, ipc: int) -> list[Unit]:
 
 
 def unit_done(build: BuildDirectory, unit: Unit, preset: Preset, recorded: dict[str, str]) -> bool:
-    """A unit is finished when each of its images is there and sound: matching the sha256 the manifest
-    recorded for it, or, written since the last record (a killed run), decoding to the right size."""
+    """A unit is finished when each of its images is there and sound: a regular file of the build (a
+    symbolic link is never trusted: the unit is made again, which replaces it) matching the sha256 the
+    manifest recorded for it, or, written since the last record (a killed run), decoding to the right size."""
     for label in unit.classes:
         rel = image_relpath(label, unit.ipc_id)
-        path = build.root / rel
-        if not path.is_file():
+        path = own_file(build.root, rel)
+        if path is None:
             return False
         if rel in recorded:
             sound = cached_sha256(path) == recorded[rel]
@@ -415,7 +416,7 @@ def stage_recover(ctx: BuildContext) -> dict:
                     for ipc_id in range(options.ipc):
                         save_png(build.image_path(label, ipc_id), patches.images[label, ipc_id])
                 record["seconds"] = round(time.perf_counter() - start, 2)
-                build.record_stage("recover", record, refresh=(IMAGES + "/",))
+                build.record_stage("recover", record, written=build.image_files(preset.num_classes, options.ipc))
         return record
     patches_sha256 = cached_sha256(build.patches)  # check_patches hashed it already
     check_recover(ctx, patches_sha256)
@@ -437,7 +438,8 @@ def stage_recover(ctx: BuildContext) -> dict:
     unit_stats.update(units)
     record = {"settings": settings, "complete": done, "seconds": seconds, "units": unit_stats,
               "units_total": len(plan_units(preset, options.ipc)), "environment": env}
-    distributed.main_only(build.record_stage, "recover", record, refresh=(IMAGES + "/",))
+    distributed.main_only(build.record_stage, "recover", record,
+                          written=build.image_files(preset.num_classes, options.ipc))
     if failed:
         raise BuildFailed(f"recover: {len(failed)} unit(s) failed (ipc_id/block {', '.join(failed[:5])}): "
                          f"{units[failed[0]]['failed']}; the finished units are kept. Lower --lr or --r-bn, or "

@@ -30,9 +30,9 @@ from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, cached_sha256, fingerprint_of,
                                 read_safetensors_metadata, safetensors_bytes)
 from fadrm_datasets.augment import CROP_RATIO
-from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
+from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory, own_file
 from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, is_shard_name,
-                                       make_epoch_plan, num_batches, shard_name)
+                                       make_epoch_plan, num_batches, shard_name, store_files)
 
 from . import distributed
 from .context import BuildContext
@@ -189,8 +189,8 @@ def shard_digest(path: Path, first: int, last: int, fingerprint: str) -> str | N
     """The sha256 of a finished shard that can be reused, or None: the file must hash to its receipt
     (so a flipped byte anywhere is caught, not just in the header) and hold these epochs and settings."""
     receipt = receipt_path(path)
-    if not path.is_file() or not receipt.is_file():
-        return None
+    if own_file(path.parent, path.name) is None or own_file(path.parent, receipt.name) is None:
+        return None  # missing, or a symbolic link: never trusted, the shard is written again
     digest = cached_sha256(path)  # the final check and the manifest's record reuse it
     if digest != receipt.read_text().strip():
         log.warning("relabel: %s does not match its receipt (damaged or changed); writing it again", path.name)
@@ -340,7 +340,8 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
               "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
               "complete": index["complete"], "seconds": seconds}
-    distributed.main_only(build.record_stage, "relabel", record, refresh=(SOFT_LABELS + "/",))
+    written = [f"{SOFT_LABELS}/{name}" for name in store_files(index) if (build.soft_labels / name).exists()]
+    distributed.main_only(build.record_stage, "relabel", record, written=written)
     if "teachers" not in build.read_manifest():
         distributed.main_only(ctx.record_teachers)
     log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),

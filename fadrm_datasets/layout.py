@@ -28,20 +28,24 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
 from ._io import atomic_write_json, cached_sha256
+from .schema import BUILD_MANIFEST_FILE, LayoutError, read
 
 MANIFEST = "manifest.json"
 IMAGES = "images"
 PATCHES = "patches.safetensors"
 SOFT_LABELS = "soft_labels"
+SOFT_LABEL_INDEX = "index.json"  # in the soft-label store's folder
 CHECKPOINTS = ".checkpoints"  # hidden: a killed evaluation's state, never in the manifest or a push
 README = "README.md"
 GRID = "grid.png"
@@ -50,15 +54,23 @@ TEACHERS = "teachers"
 _DIGITS = re.compile(r"^\d+$")
 
 
-class LayoutError(ValueError):
-    """A file of a set is malformed or names a path it may not; the message names the file."""
-
-
 class BuildLockedError(RuntimeError):
     """Another builder holds the build directory; the message names it."""
 
 
 # --- paths --------------------------------------------------------------------------------------
+
+def _lexical(directory: str | os.PathLike, relative: str) -> tuple[Path, Path]:
+    """(the resolved ``directory``, ``relative`` joined to it as written), refused unless ``relative`` is
+    a relative path that, as written, stays inside the directory."""
+    base = Path(directory).resolve()
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or "\\" in relative:
+        raise LayoutError(f"refusing the path {relative!r}: not a relative path inside {base}")
+    lexical = Path(os.path.normpath(base / relative))
+    if lexical == base or base not in lexical.parents:
+        raise LayoutError(f"refusing the path {relative!r}: it leaves {base}")
+    return base, lexical
+
 
 def inside(directory: str | os.PathLike, relative: str) -> Path:
     """``directory / relative``, refused unless it resolves to a path inside ``directory``.
@@ -66,13 +78,20 @@ def inside(directory: str | os.PathLike, relative: str) -> Path:
     Every path read from a manifest, an index or a request goes through here: a published repo
     must never make us read or delete ``../../somewhere``.
     """
-    base = Path(directory).resolve()
-    if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or "\\" in relative:
-        raise LayoutError(f"refusing the path {relative!r}: not a relative path inside {base}")
-    target = (base / relative).resolve()
+    base, lexical = _lexical(directory, relative)
+    target = lexical.resolve()
     if target == base or base not in target.parents:
         raise LayoutError(f"refusing the path {relative!r}: it leaves {base}")
     return target
+
+
+def own_file(directory: str | os.PathLike, relative: str) -> Path | None:
+    """``directory / relative`` when it is a regular file reached through no symbolic link below
+    ``directory`` (the directory's own path may hold links); None otherwise, and refused as
+    :func:`inside` refuses a path that leaves. What a build records and publishes is only ever such a
+    file: a link planted in a build must not carry a host's files out."""
+    _, lexical = _lexical(directory, relative)
+    return lexical if lexical.resolve() == lexical and lexical.is_file() else None
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -101,6 +120,23 @@ def encode_png(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+_PNG_HEADER = struct.Struct(">8sI4sII")  # signature, IHDR length, "IHDR", width, height
+
+
+def png_size(header: bytes) -> tuple[int, int] | None:
+    """(width, height) a PNG declares in its first 24 bytes, read without decoding it; None for
+    anything that does not start as a PNG does."""
+    if len(header) < _PNG_HEADER.size:
+        return None
+    signature, _, chunk, width, height = _PNG_HEADER.unpack_from(header)
+    return (width, height) if signature == b"\x89PNG\r\n\x1a\n" and chunk == b"IHDR" else None
+
+
+def png_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    with open(path, "rb") as f:
+        return png_size(f.read(_PNG_HEADER.size))
 
 
 def decode_png(source: str | os.PathLike | bytes, channels: int) -> torch.Tensor:
@@ -138,39 +174,7 @@ def stack_images(sources, channels: int) -> torch.Tensor:
     return torch.stack([decode_png(source, channels) for source in sources])
 
 
-# --- manifests ----------------------------------------------------------------------------------
-
-# The manifest fields this project reads, and the JSON types they must have.
-_MANIFEST_TYPES = {"dataset": str, "ipc": int, "method": str, "seed": int, "preset": dict, "options": dict,
-                   "files": dict, "stages": dict, "evaluations": list, "teachers": dict, "classes": list,
-                   "ipcs": dict, "version": str}
-
-
-def check_manifest(manifest: dict, path: str | os.PathLike) -> dict:
-    """Refuse a manifest whose known fields have the wrong JSON type, naming the file and the fields."""
-    wrong = [key for key, kind in _MANIFEST_TYPES.items()
-             if key in manifest and manifest[key] is not None
-             and (not isinstance(manifest[key], kind) or (kind is int and isinstance(manifest[key], bool)))]
-    files = manifest.get("files")
-    if isinstance(files, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        wrong.append("files (paths to sha256 strings)")
-    if wrong:
-        raise LayoutError(f"{path} is malformed: {', '.join(wrong)} of the wrong type; rebuild the stage that "
-                          "wrote it, or download the set again")
-    return manifest
-
-
-def read_json_object(path: str | os.PathLike) -> dict:
-    """A JSON file that must hold an object; a clear :class:`LayoutError` naming the file otherwise."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayoutError(f"{path} is not valid JSON ({error}); rebuild or download it again") from None
-    if not isinstance(value, dict):
-        raise LayoutError(f"{path} holds a JSON {type(value).__name__}, not an object; rebuild or download it again")
-    return value
-
+# --- the build directory -----------------------------------------------------------------------
 
 class BuildDirectory:
     """Paths and manifest of one build (``build/<dataset>/ipc<N>``)."""
@@ -202,49 +206,50 @@ class BuildDirectory:
         """The manifest, or ``{}`` before the first stage wrote one."""
         if not self.manifest_path.is_file():
             return {}
-        return check_manifest(read_json_object(self.manifest_path), self.manifest_path)
+        return read(self.manifest_path, BUILD_MANIFEST_FILE)
 
-    def update_manifest(self, refresh: tuple[str, ...] = (), **sections) -> dict:
-        """Merge ``sections`` into the manifest and record the sha256 of the files.
+    def update_manifest(self, written: Iterable[str] = (), **sections) -> dict:
+        """Merge ``sections`` into the manifest and record the sha256 of the files ``written``.
 
-        Only files under the ``refresh`` prefixes (what the calling stage just wrote or checked) are
-        hashed; every other file keeps the hash recorded when its own stage wrote it, so a file changed
-        behind a stage's back keeps failing its check instead of being blessed, and a file no stage has
-        recorded yet (one written by a killed run) stays unrecorded until its stage checks it. Files gone
-        are dropped.
+        ``written`` names (relative to the build) what the calling stage just wrote or checked, and
+        only those are hashed, as regular files inside the build (a symbolic link is refused, never
+        followed): a file no stage named, such as one copied or linked into the build, is never
+        recorded, so never published. Every other file keeps the hash recorded when its own stage wrote
+        it, so a file changed behind a stage's back keeps failing its check instead of being blessed.
+        Recorded files that are gone are dropped.
         """
         manifest = self.read_manifest()
         manifest.update(sections)
-        recorded = manifest.get("files", {})
-        files = {}
-        for rel, path in self._files():
-            if rel.startswith(refresh):
-                files[rel] = cached_sha256(path)
-            elif rel in recorded:
-                files[rel] = recorded[rel]
-        manifest["files"] = files
+        files = {rel: sha for rel, sha in manifest.get("files", {}).items() if os.path.lexists(self.root / rel)}
+        for rel in written:
+            path = own_file(self.root, rel)
+            if path is None:
+                raise LayoutError(f"{self.root / rel} is not a regular file of the build (a symbolic link, or "
+                                  "gone); the build never writes one: remove it and run the stage again")
+            files[rel] = cached_sha256(path)
+        manifest["files"] = dict(sorted(files.items()))
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
-    def record_stage(self, stage: str, record: dict, refresh: tuple[str, ...] = ()) -> dict:
+    def record_stage(self, stage: str, record: dict, written: Iterable[str] = ()) -> dict:
         stages = self.read_manifest().get("stages", {})
         stages[stage] = record
-        return self.update_manifest(refresh, stages=stages)
+        return self.update_manifest(written, stages=stages)
 
-    def _files(self) -> list[tuple[str, Path]]:
-        """(relative path, path) of every file the manifest covers: all but itself and hidden files."""
-        return [(path.relative_to(self.root).as_posix(), path) for path in sorted(self.root.rglob("*"))
-                if path.is_file() and path.name != MANIFEST
-                and not any(part.startswith(".") for part in path.relative_to(self.root).parts)]
+    def image_files(self, num_classes: int, ipc: int) -> list[str]:
+        """The images a set of ``num_classes x ipc`` is made of that are on disk (relative paths)."""
+        names = [image_relpath(label, ipc_id) for label in range(num_classes) for ipc_id in range(ipc)]
+        return [rel for rel in names if os.path.lexists(self.root / rel)]
 
     def damaged(self, prefixes: tuple[str, ...]) -> list[str]:
-        """Files under ``prefixes`` that the manifest records but that are missing or changed since."""
+        """Files under ``prefixes`` that the manifest records but that are missing, changed since, or no
+        longer regular files of the build (a symbolic link put in their place)."""
         recorded = self.read_manifest().get("files", {})
         bad = []
         for rel, expected in sorted(recorded.items()):
             if rel.startswith(prefixes):
-                path = inside(self.root, rel)
-                if not path.is_file() or cached_sha256(path) != expected:
+                path = own_file(self.root, rel)
+                if path is None or cached_sha256(path) != expected:
                     bad.append(rel)
         return bad
 
@@ -317,7 +322,8 @@ def ipc_of(relative: str) -> int | None:
     return parse_ipc_dir(head) if rest else None
 
 
-__all__ = ["BuildDirectory", "BuildLockedError", "CHECKPOINTS", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST", "PATCHES", "README",
-           "SOFT_LABELS", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name", "image_relpath", "inside",
-           "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "parquet_pattern", "parquet_shard", "parse_ipc_dir",
-           "check_manifest", "read_json_object", "repo_soft_labels", "repo_teacher", "scan_images", "stack_images"]
+__all__ = ["BuildDirectory", "BuildLockedError", "CHECKPOINTS", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST",
+           "PATCHES", "README", "SOFT_LABELS", "SOFT_LABEL_INDEX", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name",
+           "image_relpath", "inside", "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "own_file", "parquet_pattern",
+           "parquet_shard", "parse_ipc_dir", "png_file_size", "png_size", "repo_soft_labels", "repo_teacher",
+           "scan_images", "stack_images"]

@@ -23,7 +23,7 @@ from torchvision.datasets import VisionDataset
 from . import hub, layout
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
-from .registry import SetInfo, find_by_repo, get_set
+from .registry import ORG_ENV, SetInfo, find_by_repo, get_set
 
 
 class SetNotFoundError(HubError, FileNotFoundError):
@@ -112,24 +112,36 @@ class FADRMDataset(VisionDataset):
             repo_id = self.info.repo_id
         if self.root is None:
             self.root = str(hub.default_root())
+        hub.check_repo_id(repo_id)
         self.info = self.info or find_by_repo(repo_id)
         self.repo_id = repo_id
         pinned = self.info.default_version if self.info is not None else None
+        parts = hub.PARTS if self._with_soft_labels else ("images",)  # an images-only load fetches no labels
         try:
             self.version = hub.resolve_version(repo_id, version, pinned, self.root, online=download)
-            directory = hub.fetch(repo_id, self.ipc, self.version, self.root, download=download)
+            directory = hub.fetch(repo_id, self.ipc, self.version, self.root, download=download, parts=parts)
         except NotDownloadedError as error:
             raise SetNotFoundError(f"{error}. {self._how_to_get()}") from None
+        except RepoNotFoundError:
+            if self.info is None or self.info.versions:
+                raise
+            raise RepoNotFoundError(self._not_published()) from None
         self.data_dir = directory
         manifest = hub.read_manifest(directory)
         self.manifest = manifest
-        self._verify_files = hub.ipc_files(manifest, self.ipc)
+        self._verify_files = hub.ipc_files(manifest, self.ipc, parts)
         self._shards = sorted(p for p in self._verify_files if layout.is_parquet_shard(p, self.ipc))
         if not self._shards:
             raise IntegrityError(f"{repo_id} {self.version} lists no ipc{self.ipc}/train-*.parquet in its manifest")
-        ipc_info = manifest.get("ipcs", {}).get(str(self.ipc), {})
-        self._configure(manifest, ipc_info.get("preset", {}))
-        self._load()
+        record = manifest["ipcs"][str(self.ipc)]
+        self._configure(manifest, record["preset"])
+        self._load(expected=record["num_images"])
+
+    def _not_published(self) -> str:
+        info = self.info
+        return (f"{info.display_name} has no published release yet ({info.repo_id} is not on {hub._endpoint()}): build "
+                f"it with `fadrm-build {info.name} --ipc {self.ipc}` and open it with FADRMDataset.from_build(...), or "
+                f"push your build to your own organisation and set {ORG_ENV}")
 
     def _how_to_get(self) -> str:
         name = self.info.name if self.info is not None else "<dataset>"
@@ -157,11 +169,6 @@ class FADRMDataset(VisionDataset):
         self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith(wanted)}
         self._configure(manifest, manifest.get("preset", {}))
         self._load()
-        unrecorded = [path for path in self._files
-                      if path.relative_to(self.build_dir).as_posix() not in self._verify_files]
-        if unrecorded:
-            raise IntegrityError(f"{unrecorded[0]} is not recorded in {self.build_dir / layout.MANIFEST} (left by an "
-                                 "interrupted recover, or copied in): run the build command again to finish it")
         if not self._check_integrity():
             raise IntegrityError(f"the files of {self.build_dir} do not match the sha256 in its {layout.MANIFEST}: "
                                  "rerun the stage that wrote them (`fadrm-build ...` resumes) before using the set")
@@ -183,24 +190,53 @@ class FADRMDataset(VisionDataset):
         self.image_size = int(preset.get("image_size") or (info.image_size if info else 0)) or None
         self.mean = tuple(preset.get("mean") or (info.mean if info else (0.5,) * self.channels))
         self.std = tuple(preset.get("std") or (info.std if info else (0.5,) * self.channels))
+        if self.channels not in (1, 3) or len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise IntegrityError(f"{self.build_dir or self.repo_id}: its preset declares {self.channels} channels "
+                                 f"with mean {list(self.mean)} and std {list(self.std)}; a set has 1 or 3 channels, "
+                                 "one mean and std each")
 
-    def _load(self) -> None:
-        """Read labels, ipc ids and the encoded images, sorted by (label, ipc_id)."""
+    def _load(self, expected: int | None = None) -> None:
+        """Read labels, ipc ids and the encoded images, sorted by (label, ipc_id), refusing any that do not
+        belong to the set (:meth:`_check_rows`); a release must hold the ``expected`` number of images."""
         if self.build_dir is not None:
             entries = layout.scan_images(self.build_dir / layout.IMAGES)
             if not entries:
                 raise SetNotFoundError(f"{self.build_dir / layout.IMAGES} holds no images; run the build "
                                        "(`fadrm-build ...`) first")
+            unrecorded = [e.path for e in entries if e.path.relative_to(self.build_dir).as_posix() not in self._verify_files]
+            if unrecorded:
+                raise IntegrityError(f"{unrecorded[0]} is not recorded in {self.build_dir / layout.MANIFEST} (left by an "
+                                     "interrupted recover, or copied in): run the build command again to finish it")
             rows = [(e.label, e.ipc_id, e.path) for e in entries]
+            self._check_rows(rows, [layout.png_file_size(e.path) for e in entries], self.build_dir / layout.IMAGES)
             self._files = [e.path for e in entries]
         else:
             rows = _read_parquet([self.data_dir / p for p in self._shards])
             rows.sort(key=lambda r: (r[0], r[1]))
+            where = self.data_dir / layout.ipc_dir(self.ipc)
+            self._check_rows(rows, [layout.png_size(r[2][:32]) for r in rows], where)
+            if expected is not None and len(rows) != expected:
+                raise IntegrityError(f"{where} holds {len(rows)} images, its manifest records {expected}; download "
+                                     "the set again, or pick another version=")
             self._png = [r[2] for r in rows]
         self.targets = [int(r[0]) for r in rows]
         self.ipc_ids = [int(r[1]) for r in rows]
-        if self.targets and max(self.targets) >= len(self.classes):
-            raise IntegrityError(f"label {max(self.targets)} found but only {len(self.classes)} classes are named")
+
+    def _check_rows(self, rows: list[tuple[int, int, Any]], sizes: list[tuple[int, int] | None], where) -> None:
+        """Refuse an image whose label or ipc id lies outside the set, a (label, ipc id) pair seen twice, and
+        an image whose PNG header declares another size than the set's, read before anything is decoded
+        (PIL's decompression-bomb limit lets far larger images through)."""
+        side = self.image_size or (sizes[0][0] if sizes and sizes[0] else None)
+        for (label, ipc_id, source), size in zip(rows, sizes):
+            if not (0 <= label < len(self.classes) and 0 <= ipc_id < self.ipc):
+                raise IntegrityError(f"{where}: an image has label {label} and ipc id {ipc_id}, outside the set's "
+                                     f"{len(self.classes)} classes of {self.ipc} images; download or rebuild the set")
+            if size is None or size != (side, side):
+                name = source if isinstance(source, Path) else f"the image of label {label}, ipc id {ipc_id}"
+                raise IntegrityError(f"{where}: {name} is {'not a PNG' if size is None else f'{size[0]}x{size[1]}'}, "
+                                     f"not the set's {side}x{side}; download or rebuild the set")
+        if len({(label, ipc_id) for label, ipc_id, _ in rows}) != len(rows):
+            raise IntegrityError(f"{where}: an image (a label and ipc id) appears twice; download the set again")
 
     def _open_soft_labels(self) -> None:
         from .softlabels import SoftLabelStore

@@ -33,8 +33,10 @@ Only torch, safetensors, numpy and json are imported here: the library stays lig
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -45,11 +47,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._checks import one_of
 from .augment import resized_crop, sample_crop_boxes
-from .layout import SOFT_LABELS, LayoutError, inside, read_json_object
+from .layout import SOFT_LABEL_INDEX, SOFT_LABELS, LayoutError, inside
+from .schema import SOFT_LABEL_FORMAT_VERSION, SOFT_LABEL_INDEX_FILE, read
 
 FORMAT = "fadrm-soft-labels"
-FORMAT_VERSION = 1
-INDEX = "index.json"
+FORMAT_VERSION = SOFT_LABEL_FORMAT_VERSION
+INDEX = SOFT_LABEL_INDEX
 TARGETS = ("soft", "hard")  # what a replayed batch carries: the teacher's logits, or mixed one-hot labels
 
 PLAN_TENSORS = ("order", "crop_boxes", "flips", "partners", "lams", "cutmix_boxes")
@@ -66,6 +69,11 @@ _SHARD_FILE = re.compile(r"^epochs-\d{5}-\d{5}\.safetensors$")
 
 def shard_name(first_epoch: int, last_epoch: int) -> str:
     return f"epochs-{first_epoch:05d}-{last_epoch:05d}.safetensors"
+
+
+def store_files(index: dict) -> list[str]:
+    """The files a store is made of, relative to its folder: its index and the shards it lists."""
+    return [INDEX, *(shard["file"] for shard in index["shards"])]
 
 
 def is_shard_name(name: str) -> bool:
@@ -275,41 +283,122 @@ class EpochRecord:
         return inverse
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _check_index(index: dict, path: Path) -> None:
-    """Refuse an index with missing or mistyped fields, or shards outside its folder, in one line."""
-    version = index.get("format_version", -1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise SoftLabelStoreError(f"{path} has format version {version!r}; this fadrm_datasets reads up to "
-                                  f"{FORMAT_VERSION}: upgrade it")
-    required = ("epochs", "num_classes", "num_samples", "batch_size", "image_size", "shards")
-    missing = [key for key in required if key not in index]
-    if missing:
-        raise SoftLabelStoreError(f"{path} lacks {', '.join(missing)}")
-    wrong = [key for key in required[:-1] if not _positive_int(index[key])]
-    if index.get("topk") is not None and not _positive_int(index["topk"]):
-        wrong.append("topk")
-    shards = index["shards"]
-    if not isinstance(shards, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("file"), str)
-            and isinstance(s.get("first_epoch"), int) and isinstance(s.get("last_epoch"), int) for s in shards):
-        wrong.append("shards")
-    if wrong:
-        raise SoftLabelStoreError(f"{path} is malformed: {', '.join(wrong)} of the wrong type or value; "
-                                  "relabel again (`fadrm-build relabel ...`) or download the set again")
-    covered = sorted(e for s in shards for e in range(s["first_epoch"], s["last_epoch"] + 1))
-    if covered != list(range(index["epochs"])):
+    """Refuse an index whose shards do not cover its epochs once each, in order, or name files outside
+    its folder (the fields' types and bounds are checked as it is read: schema.SOFT_LABEL_INDEX)."""
+    shards = sorted(index["shards"], key=lambda s: s["first_epoch"])
+    expected_first = 0
+    for shard in shards:  # O(shards): never a list of every epoch (a hostile index claims billions)
+        if shard["first_epoch"] != expected_first or shard["last_epoch"] < shard["first_epoch"]:
+            break
+        expected_first = shard["last_epoch"] + 1
+    if expected_first != index["epochs"] or len(shards) != len(index["shards"]):
         raise SoftLabelStoreError(f"{path}: its shards do not cover epochs 0..{index['epochs'] - 1} once each")
+    if index.get("topk") is not None and index["topk"] >= index["num_classes"]:
+        raise SoftLabelStoreError(f"{path}: topk {index['topk']} is not below num_classes {index['num_classes']}")
     for shard in shards:
-        if not _SHARD_FILE.match(shard["file"]):
-            raise SoftLabelStoreError(f"{path}: {shard['file']!r} is not a shard name (epochs-A-B.safetensors)")
+        if shard["file"] != shard_name(shard["first_epoch"], shard["last_epoch"]):
+            name = shard_name(shard["first_epoch"], shard["last_epoch"])
+            raise SoftLabelStoreError(f"{path}: {shard['file']!r} is not a shard name for its epochs ({name})")
         try:
             inside(path.parent, shard["file"])
         except LayoutError as error:
             raise SoftLabelStoreError(f"{path}: {error}") from None
+
+
+# --- what a shard's header must declare ---------------------------------------------------------
+
+_HEADER_LENGTH = struct.Struct("<Q")
+MAX_SHARD_HEADER = 1 << 20  # a shard's header names about ten tensors: a few hundred bytes
+_DTYPES = {"I16": torch.int16, "I32": torch.int32, "U8": torch.uint8, "F16": torch.float16, "F32": torch.float32}
+
+
+def expected_tensors(index: dict, epochs: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """name -> (allowed safetensors dtypes, shape) of every tensor of a shard of ``epochs`` epochs."""
+    n, batches = index["num_samples"], num_batches(index["num_samples"], index["batch_size"])
+    tensors = {"order": (("I32",), (epochs, n)), "crop_boxes": (("I16",), (epochs, n, 4)),
+               "flips": (("U8",), (epochs, n)), "partners": (("I32",), (epochs, n)),
+               "lams": (("F32",), (epochs, batches)), "cutmix_boxes": (("I16",), (epochs, batches, 4))}
+    k = index.get("topk")
+    if k is None:
+        tensors["logits"] = (("F16",), (epochs, n, index["num_classes"]))
+    else:
+        tensors.update(topk_values=(("F16",), (epochs, n, k)), topk_indices=(("I16", "I32"), (epochs, n, k)),
+                       rest_mean=(("F16",), (epochs, n)))
+    return tensors
+
+
+def check_shard_header(path: Path, index: dict, shard: dict) -> None:
+    """Refuse a shard whose header does not declare exactly the tensors, dtypes and shapes its index
+    promises, or whose data would lie outside the file: read before any tensor is."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(_HEADER_LENGTH.size)
+        length = _HEADER_LENGTH.unpack(prefix)[0] if len(prefix) == _HEADER_LENGTH.size else -1
+        if not 0 < length <= min(MAX_SHARD_HEADER, size - _HEADER_LENGTH.size):
+            raise SoftLabelStoreError(f"{path} is not a safetensors shard (header length {length}); "
+                                      "download the set again or relabel")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as error:
+            raise SoftLabelStoreError(f"{path} has an unreadable header ({error})") from None
+    data_bytes = size - _HEADER_LENGTH.size - length
+    wanted = expected_tensors(index, shard["last_epoch"] - shard["first_epoch"] + 1)
+    found = {name: entry for name, entry in header.items() if name != "__metadata__"} \
+        if isinstance(header, dict) else {}
+    if set(found) != set(wanted):
+        raise SoftLabelStoreError(f"{path} holds the tensors {sorted(found)}, not the {sorted(wanted)} its index "
+                                  "promises; download the set again or relabel")
+    for name, (dtypes, shape) in wanted.items():
+        entry = found[name]
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(entry, dict) or entry.get("dtype") not in dtypes or entry.get("shape") != list(shape)
+                or not (isinstance(offsets, list) and len(offsets) == 2
+                        and all(isinstance(o, int) and 0 <= o <= data_bytes for o in offsets)
+                        and offsets[1] - offsets[0] == math.prod(shape) * _DTYPES[entry["dtype"]].itemsize)):
+            raise SoftLabelStoreError(f"{path}: tensor {name} is not {'/'.join(dtypes)} of shape {list(shape)} "
+                                      "within the file, as its index promises; download the set again or relabel")
+
+
+def check_epoch_values(tensors: dict[str, torch.Tensor], index: dict, where: str) -> None:
+    """Refuse one epoch whose plan or labels point outside the set: sample orders that are not a
+    permutation, crop or CutMix boxes outside the image, partners outside their batch, class indices
+    outside the classes, non-finite labels. Cheap next to building the epoch's batches."""
+    n, size, batch = index["num_samples"], index["image_size"], index["batch_size"]
+
+    def refuse(what: str):
+        raise SoftLabelStoreError(f"{where}: {what}; the store is damaged or hostile: download the set again "
+                                  "or relabel")
+
+    if not torch.equal(tensors["order"].long().sort().values, torch.arange(n)):
+        refuse("the sample order is not a permutation of the samples")
+    if "crop_boxes" in tensors and not _boxes_inside(tensors["crop_boxes"], size, minimum=1):
+        refuse("a crop box lies outside the image")
+    if "flips" in tensors and int(tensors["flips"].max()) > 1:
+        refuse("a flip flag is neither 0 nor 1")
+    if "partners" in tensors:
+        sizes = torch.tensor([min(batch, n - start) for start in range(0, n, batch)])
+        room = sizes.repeat_interleave(sizes)  # at each position, the size of its batch
+        partners = tensors["partners"].long()
+        if bool(((partners < 0) | (partners >= room)).any()):
+            refuse("a CutMix partner lies outside its batch")
+    if "lams" in tensors and not bool(((tensors["lams"] >= 0) & (tensors["lams"] <= 1)).all()):
+        refuse("a CutMix lam lies outside [0, 1]")
+    if "cutmix_boxes" in tensors and not _boxes_inside(tensors["cutmix_boxes"], size, minimum=0):
+        refuse("a CutMix box lies outside the image")
+    if "topk_indices" in tensors:
+        indices = tensors["topk_indices"].long()
+        if bool(((indices < 0) | (indices >= index["num_classes"])).any()):
+            refuse("a soft label names a class outside the classes")
+    for name in ("logits", "topk_values", "rest_mean"):
+        if name in tensors and not bool(torch.isfinite(tensors[name]).all()):
+            refuse(f"{name} holds NaN or inf")
+
+
+def _boxes_inside(boxes: torch.Tensor, size: int, minimum: int) -> bool:
+    top, left, height, width = boxes.long().unbind(-1)
+    return bool(((top >= 0) & (left >= 0) & (height >= minimum) & (width >= minimum)
+                 & (top + height <= size) & (left + width <= size)).all())
 
 
 class SoftLabelStore:
@@ -345,18 +434,19 @@ class SoftLabelStore:
             raise SoftLabelStoreError(f"no soft-label store in {directory}: {INDEX} is missing "
                                       "(run `fadrm-build relabel DATASET --ipc N` first)")
         try:
-            index = read_json_object(path)
+            index = read(path, SOFT_LABEL_INDEX_FILE)
         except LayoutError as error:
             raise SoftLabelStoreError(str(error)) from None
-        if index.get("format") != FORMAT:
-            raise SoftLabelStoreError(f"{path} is not a {FORMAT} index")
         _check_index(index, path)
         if not index.get("complete", False):
             raise SoftLabelStoreError(f"the soft-label store in {directory} is incomplete (an interrupted "
                                       "relabel); run the same relabel command again to finish it")
         absent = [s["file"] for s in index["shards"] if not (directory / s["file"]).is_file()]
         if absent:
-            raise SoftLabelStoreError(f"soft-label shards missing from {directory}: {', '.join(absent)}")
+            raise SoftLabelStoreError(f"soft-label shards missing from {directory}: {', '.join(absent[:3])}"
+                                      f"{' ...' if len(absent) > 3 else ''}")
+        for shard in index["shards"]:
+            check_shard_header(directory / shard["file"], index, shard)
         return cls(directory, index)
 
     def __repr__(self) -> str:
@@ -416,9 +506,7 @@ class SoftLabelStore:
                 tensors = {name: f.get_slice(name)[row:row + 1][0] for name in names}
         except Exception as error:  # safetensors raises several types for a broken file
             raise SoftLabelStoreError(f"cannot read epoch {epoch} from {path}: {error}") from None
-        if tensors["order"].numel() != self.num_samples:
-            raise SoftLabelStoreError(f"{path}: epoch {epoch} holds {tensors['order'].numel()} samples, "
-                                      f"the index says {self.num_samples}")
+        check_epoch_values(tensors, self.index, f"{path}, epoch {epoch}")
         return tensors
 
     def __getstate__(self):  # workers get the index, not the cached epoch
@@ -578,7 +666,7 @@ def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epochs: i
 
 __all__ = [
     "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "TARGETS", "RecordedBatch", "ReplayBatchSampler", "ReplayDataset",
-    "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "compress_logits", "cutmix_box", "expand_logits",
-    "is_shard_name", "make_epoch_plan", "passthrough_collate", "replay_loader", "sample_crop_boxes",
-    "shard_name",
+    "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "check_epoch_values", "check_shard_header", "compress_logits",
+    "cutmix_box", "expand_logits", "expected_tensors", "is_shard_name", "make_epoch_plan", "passthrough_collate",
+    "replay_loader", "sample_crop_boxes", "shard_name", "store_files",
 ]

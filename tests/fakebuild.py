@@ -77,8 +77,19 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
         manifest["teachers_dir"] = str(teacher_file.parent)
     if classes is not None:
         manifest["classes"] = list(classes)[:num_classes]
-    build.update_manifest(refresh=("images/", "soft_labels/"), **manifest)  # as recover and relabel record them
+    build.update_manifest(recorded_files(build), **manifest)  # as recover and relabel record them
     return path
+
+
+def recorded_files(build: BuildDirectory) -> list[str]:
+    """What recover and relabel record: every image, and the soft-label store's index and shards."""
+    from fadrm_datasets.schema import SOFT_LABEL_INDEX_FILE, read
+    from fadrm_datasets.softlabels import INDEX, store_files
+
+    files = [entry.path.relative_to(build.root).as_posix() for entry in build.scan_images()]
+    if (build.soft_labels / INDEX).is_file():
+        files += [f"soft_labels/{name}" for name in store_files(read(build.soft_labels / INDEX, SOFT_LABEL_INDEX_FILE))]
+    return files
 
 
 def expected_pixels(build: Path, channels: int = 3) -> list[np.ndarray]:

@@ -255,11 +255,11 @@ def test_a_file_broken_on_the_hub_is_reported_not_looped(hub, tmp_path):
 
     manifest = json.loads(open(hf_hub_download(repo_id, "manifest.json", repo_type="dataset",
                                                revision="v1.0.0")).read())
-    blob = hub.data_dir / "blobs" / manifest["files"]["ipc10/grid.png"]  # the loopback Hub's stored copy
+    blob = hub.data_dir / "blobs" / manifest["files"]["ipc10/train-00000-of-00001.parquet"]  # the loopback Hub's stored copy
     data = blob.read_bytes()
     blob.write_bytes(data[:-3] + b"bad")
     try:
-        with pytest.raises(IntegrityError, match=r"1 corrupted \(ipc10/grid.png\).*on the Hub.*broken"):
+        with pytest.raises(IntegrityError, match=r"1 corrupted \(ipc10/train-00000-of-00001.parquet\).*on the Hub.*broken"):
             FADRMDataset(tmp_path / "root", repo_id=repo_id, ipc=10, version="v1.0.0", download=True)
     finally:
         blob.write_bytes(data)

@@ -147,7 +147,7 @@ def test_open_explains_what_is_wrong(tmp_path):
     with pytest.raises(SoftLabelStoreError, match="incomplete"):
         SoftLabelStore.open(tmp_path / "build")
     path.write_text(json.dumps({**index, "format": "other"}))
-    with pytest.raises(SoftLabelStoreError, match="not a"):
+    with pytest.raises(SoftLabelStoreError, match="format should be fadrm-soft-labels"):
         SoftLabelStore.open(tmp_path / "build")
     path.write_text(json.dumps(index))
     (tmp_path / "build" / "soft_labels" / index["shards"][0]["file"]).unlink()

@@ -33,8 +33,9 @@ def test_a_published_manifest_cannot_make_the_library_delete_outside_its_cache(h
     staging = tmp_path / "staging"
     (staging / "ipc10").mkdir(parents=True)
     (staging / "ipc10" / "train-00000-of-00001.parquet").write_bytes(b"not a parquet")
-    manifest = {"ipcs": {"10": {}}, "classes": ["a"],
-                "files": {"ipc10/train-00000-of-00001.parquet": "0" * 64, "ipc10/../../../../outside.txt": "1" * 64}}
+    files = {"ipc10/train-00000-of-00001.parquet": "0" * 64, "ipc10/../../../../outside.txt": "1" * 64}
+    manifest = {"format_version": 2, "ipcs": {"10": {"num_images": 1, "preset": {}}}, "classes": ["a"],
+                "files": files, "sizes": {path: 13 for path in files}}
     (staging / "manifest.json").write_text(json.dumps(manifest))
     api = HfApi()
     api.create_repo(repo, repo_type="dataset")
@@ -70,8 +71,10 @@ def test_a_soft_label_index_cannot_name_a_file_outside_its_store(tmp_path):
         SoftLabelStore.open(build / "soft_labels")
     # A shard's name that resolves outside the store (a link planted in it) is refused too.
     (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
-    (build / "soft_labels" / "epochs-00007-00008.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
-    index["shards"][0]["file"] = "epochs-00007-00008.safetensors"
+    shard = build / "soft_labels" / "epochs-00000-00001.safetensors"
+    shard.unlink()
+    shard.symlink_to(tmp_path / "elsewhere.safetensors")
+    index["shards"][0]["file"] = shard.name
     index_path.write_text(json.dumps(index))
     with pytest.raises(SoftLabelStoreError, match="leaves"):
         SoftLabelStore.open(build / "soft_labels")

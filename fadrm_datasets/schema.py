@@ -1,0 +1,353 @@
+"""The JSON files a set is made of, read with bounds and checked against typed schemas.
+
+Three files are read from builds and from downloads, all through :func:`read`:
+
+- a build's ``manifest.json`` (:data:`BUILD_MANIFEST`), written by ``builders``;
+- a published repo's top-level ``manifest.json`` (:data:`REPO_MANIFEST`): the sha256 and size of every
+  file of the release, and one record per IPC (:data:`IPC_RECORD`);
+- a soft-label store's ``index.json`` (:data:`SOFT_LABEL_INDEX`).
+
+A downloaded file is hostile until checked. Its size is checked against the file kind's limit before
+it is read, the parser's allocation is bounded by that size, nesting deeper than :data:`MAX_DEPTH` is
+refused, and every field this project reads must have its declared type and lie within its bounds
+(counts, sizes, epochs), so no later arithmetic or allocation trusts an unchecked number. Fields the
+schemas do not name are kept as they are. A refusal is one :class:`LayoutError` line naming the file
+and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class LayoutError(ValueError):
+    """A file of a set is malformed or names a path it may not; the message names the file."""
+
+
+# --- the bounds ------------------------------------------------------------------------------------
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MAX_DEPTH = 32  # our files nest 5 levels deep; JSON's own parser gives up far deeper, after recursing
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_IPC = 10_000
+MAX_IMAGES = 10_000_000
+MAX_IMAGE_SIZE = 4096
+MAX_EPOCHS = 100_000  # the paper's longest schedule is 1,000
+MAX_BATCH = 65_536
+MAX_FILE_BYTES = 50 * GiB  # the Hub serves nothing larger over plain HTTP
+MAX_REPO_FILES = 100_000  # the Hub advises fewer files per repo than this
+MAX_NAME = 1024  # characters in a name or a path
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a JSON file is: how large it may be, its schema and the ``format_version`` range this
+    library reads (files older than the field are format 1), and what to do when it is wrong."""
+
+    name: str
+    max_bytes: int
+    remedy: str
+    spec: "Spec | None" = None
+    formats: tuple[int, int] | None = None  # (oldest, newest) format_version read
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def read(path: str | os.PathLike, kind: FileKind) -> dict:
+    """The JSON object in ``path``, read within ``kind``'s bounds and checked against its schema."""
+    path = Path(path)
+    value = parse(_read_bounded(path, kind), path, kind)
+    if not isinstance(value, dict):
+        raise LayoutError(f"{path} holds a JSON {type(value).__name__}, not an object; {kind.remedy}")
+    if kind.formats is not None:  # first: a file of another format may lack what this schema requires
+        _check_format(value.get("format_version", 1), path, kind)
+    if kind.spec is not None:
+        check(value, kind.spec, path, kind)
+    return value
+
+
+def _check_format(version: Any, path: Path, kind: FileKind) -> None:
+    check({"format_version": version}, Record({"format_version": Int(1)}), path, kind)
+    oldest, newest = kind.formats
+    if version > newest:
+        raise LayoutError(f"{path} is a {kind.name} of format {version}, newer than this fadrm-datasets reads "
+                          f"({oldest} to {newest}): upgrade fadrm-datasets")
+    if version < oldest:
+        raise LayoutError(f"{path} is a {kind.name} of format {version}, older than this fadrm-datasets reads "
+                          f"({oldest} to {newest}); {kind.remedy}")
+
+
+def _read_bounded(path: Path, kind: FileKind) -> bytes:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(kind.max_bytes + 1) if size <= kind.max_bytes else b""
+    if size > kind.max_bytes or len(data) > kind.max_bytes:
+        raise LayoutError(f"{path} is {max(size, len(data)):,} bytes, more than a {kind.name} may hold "
+                          f"({kind.max_bytes:,}); {kind.remedy}")
+    return data
+
+
+def parse(data: bytes, path: str | os.PathLike, kind: FileKind) -> Any:
+    """JSON text of at most ``kind.max_bytes`` (checked by the caller) -> value, nesting bounded."""
+    try:
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise LayoutError(f"{path} nests deeper than {MAX_DEPTH} levels; {kind.remedy}") from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise LayoutError(f"{path} is not valid JSON ({error}); {kind.remedy}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise LayoutError(f"{path} nests deeper than {MAX_DEPTH} levels; {kind.remedy}")
+    return value
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest (iteratively: a deep value must not exhaust the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+# --- typed schemas ---------------------------------------------------------------------------------
+
+class _Mismatch(Exception):
+    def __init__(self, where: str, expected: str, value: Any):
+        super().__init__(where)
+        self.where, self.expected, self.value = where, expected, value
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, (dict, list)) else f"a JSON {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class Spec:
+    """What a JSON value must be; :meth:`check` raises :class:`_Mismatch` naming where it is not."""
+
+    expected = "a value"
+
+    def check(self, value: Any, where: str) -> None:
+        raise NotImplementedError
+
+    def fail(self, value: Any, where: str):
+        raise _Mismatch(where, self.expected, value)
+
+
+@dataclass(frozen=True)
+class Int(Spec):
+    low: int | None = None
+    high: int | None = None
+
+    @property
+    def expected(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"an integer from {self.low:,} to {self.high:,}"
+        return "an integer" + (f" of at least {self.low:,}" if self.low is not None else "")
+
+    def check(self, value: Any, where: str) -> None:
+        if (not isinstance(value, int) or isinstance(value, bool) or (self.low is not None and value < self.low)
+                or (self.high is not None and value > self.high)):
+            self.fail(value, where)
+
+
+@dataclass(frozen=True)
+class Number(Spec):
+    positive: bool = False
+
+    @property
+    def expected(self) -> str:
+        return "a positive number" if self.positive else "a number"
+
+    def check(self, value: Any, where: str) -> None:
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or (self.positive and value <= 0)):
+            self.fail(value, where)
+
+
+@dataclass(frozen=True)
+class Str(Spec):
+    pattern: str | None = None
+    what: str = "a string"
+
+    @property
+    def expected(self) -> str:
+        return self.what
+
+    def check(self, value: Any, where: str) -> None:
+        if (not isinstance(value, str) or len(value) > MAX_NAME
+                or (self.pattern is not None and not re.fullmatch(self.pattern, value))):
+            self.fail(value, where)
+
+
+@dataclass(frozen=True)
+class Bool(Spec):
+    expected = "true or false"
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, bool):
+            self.fail(value, where)
+
+
+@dataclass(frozen=True)
+class Optional(Spec):
+    inner: Spec
+
+    @property
+    def expected(self) -> str:
+        return f"{self.inner.expected} or null"
+
+    def check(self, value: Any, where: str) -> None:
+        if value is not None:
+            self.inner.check(value, where)
+
+
+@dataclass(frozen=True)
+class ListOf(Spec):
+    item: Spec
+    max_items: int
+
+    @property
+    def expected(self) -> str:
+        return f"a list of at most {self.max_items:,} items"
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, list) or len(value) > self.max_items:
+            self.fail(value, where)
+        for i, item in enumerate(value):
+            self.item.check(item, f"{where}[{i}]")
+
+
+@dataclass(frozen=True)
+class MapOf(Spec):
+    key: Str
+    value: Spec
+    max_items: int
+
+    @property
+    def expected(self) -> str:
+        return f"an object of at most {self.max_items:,} entries"
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, dict) or len(value) > self.max_items:
+            self.fail(value, where)
+        for key, item in value.items():
+            self.key.check(key, f"{where} key {_shown(key)}")
+            self.value.check(item, f"{where}[{json.dumps(key)}]")
+
+
+@dataclass(frozen=True)
+class Record(Spec):
+    """An object whose named fields have their specs; other fields may hold anything."""
+
+    fields: dict[str, Spec] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    expected = "an object"
+
+    def check(self, value: Any, where: str) -> None:
+        if not isinstance(value, dict):
+            self.fail(value, where)
+        for name in self.required:
+            if name not in value:
+                raise _Mismatch(f"{where}.{name}" if where else name, "present", "nothing")
+        for name, spec in self.fields.items():
+            if name in value:
+                spec.check(value[name], f"{where}.{name}" if where else name)
+
+
+def check(value: Any, spec: Spec, path: str | os.PathLike, kind: FileKind) -> None:
+    """Refuse ``value`` (read from ``path``) unless it meets ``spec``, in one line naming the field."""
+    try:
+        spec.check(value, "")
+    except _Mismatch as wrong:
+        found = "it is missing" if wrong.value == "nothing" else f"got {_shown(wrong.value)}"
+        expected = "" if wrong.expected == "present" else f" should be {wrong.expected}"
+        raise LayoutError(f"{path} is malformed: {wrong.where or 'the whole file'}{expected}, {found}; "
+                          f"{kind.remedy}") from None
+
+
+# --- the schemas -----------------------------------------------------------------------------------
+
+SHA256 = Str(r"[0-9a-f]{64}", "a sha256 (64 hex digits)")
+PATH = Str(r"[^\x00\\]+", "a relative path")  # layout.inside() refuses the ways out when it is used
+NAME = Str(r".+", "a name")
+VERSION = Str(r"v\d+\.\d+\.\d+", "a version like v1.0.0")
+IPC_KEY = Str(r"[1-9]\d{0,4}", "an IPC")
+ANY_OBJECT = Record()
+
+# The preset fields the library reads; the builder's preset has many more.
+PRESET = Record({
+    "name": NAME, "display_name": NAME, "num_classes": Int(1, MAX_CLASSES), "channels": Int(1, 4),
+    "image_size": Int(1, MAX_IMAGE_SIZE), "mean": ListOf(Number(), 4), "std": ListOf(Number(positive=True), 4),
+})
+
+BUILD_MANIFEST = Record({
+    "format_version": Int(1), "dataset": NAME, "ipc": Int(1, MAX_IPC), "method": NAME, "seed": Int(),
+    "preset": PRESET, "options": ANY_OBJECT, "files": MapOf(PATH, SHA256, MAX_IMAGES + MAX_REPO_FILES),
+    "stages": MapOf(NAME, ANY_OBJECT, 100), "evaluations": ListOf(ANY_OBJECT, 100_000),
+    "teachers": MapOf(NAME, ANY_OBJECT, 100), "classes": ListOf(Str(what="a class name"), MAX_CLASSES),
+})
+
+IPC_RECORD = Record({
+    "version": VERSION, "num_images": Int(1, MAX_IMAGES), "shards": ListOf(PATH, MAX_REPO_FILES),
+    "method": Optional(NAME), "seed": Optional(Int()), "preset": PRESET,
+    "soft_label_epochs": Optional(Int(1, MAX_EPOCHS)),
+}, required=("num_images", "preset"))
+
+REPO_MANIFEST = Record({
+    "format_version": Int(1), "repo": NAME, "dataset": NAME, "version": VERSION,
+    "classes": ListOf(Str(what="a class name"), MAX_CLASSES), "ipcs": MapOf(IPC_KEY, IPC_RECORD, 1000),
+    "files": MapOf(PATH, SHA256, MAX_REPO_FILES), "sizes": MapOf(PATH, Int(0, MAX_FILE_BYTES), MAX_REPO_FILES),
+}, required=("format_version", "classes", "ipcs", "files", "sizes"))
+
+SOFT_LABEL_SHARD = Record({
+    "file": NAME,  # softlabels checks it is the shard name of its epochs
+    "first_epoch": Int(0, MAX_EPOCHS - 1), "last_epoch": Int(0, MAX_EPOCHS - 1),
+    "sha256": SHA256, "bytes": Int(0, MAX_FILE_BYTES),
+}, required=("file", "first_epoch", "last_epoch"))
+
+SOFT_LABEL_INDEX = Record({
+    "format": Str(r"fadrm-soft-labels", "fadrm-soft-labels"), "format_version": Int(1),
+    "epochs": Int(1, MAX_EPOCHS), "num_classes": Int(1, MAX_CLASSES), "num_samples": Int(1, MAX_IMAGES),
+    "batch_size": Int(1, MAX_BATCH), "image_size": Int(1, MAX_IMAGE_SIZE), "topk": Optional(Int(1, MAX_CLASSES)),
+    "complete": Bool(), "shards": ListOf(SOFT_LABEL_SHARD, MAX_EPOCHS), "teachers": ListOf(NAME, 100),
+}, required=("format", "format_version", "epochs", "num_classes", "num_samples", "batch_size", "image_size",
+             "shards"))
+
+
+# Format versions. Build manifest 1. Release manifest 1: the sha256 of every file; 2: and its size,
+# enforced before and during a download. Soft-label index 1.
+BUILD_FORMAT_VERSION = 1
+REPO_FORMAT_VERSION = 2
+SOFT_LABEL_FORMAT_VERSION = 1
+
+BUILD_MANIFEST_FILE = FileKind(
+    "build manifest", 64 * MiB,  # a line per image: ImageNet-1K at IPC 200 takes about 25 MB
+    "rebuild the stage that wrote it, or download the set again", BUILD_MANIFEST, (1, BUILD_FORMAT_VERSION))
+REPO_MANIFEST_FILE = FileKind(
+    "release manifest", 4 * MiB,  # a line per parquet or soft-label shard, a record per IPC
+    "download the set again, or pick another version=", REPO_MANIFEST, (REPO_FORMAT_VERSION, REPO_FORMAT_VERSION))
+SOFT_LABEL_INDEX_FILE = FileKind(
+    "soft-label index", 1 * MiB,  # a line per shard of up to 100 epochs
+    "relabel again (`fadrm-build relabel ...`) or download the set again", SOFT_LABEL_INDEX,
+    (1, SOFT_LABEL_FORMAT_VERSION))
+RECORD_FILE = FileKind("record", 64 * KiB, "delete it: it is made again")
+
+
+__all__ = ["BUILD_FORMAT_VERSION", "BUILD_MANIFEST", "BUILD_MANIFEST_FILE", "FileKind", "IPC_RECORD", "LayoutError",
+           "MAX_CLASSES", "MAX_DEPTH", "MAX_EPOCHS", "MAX_FILE_BYTES", "MAX_IMAGE_SIZE", "MAX_IMAGES", "MAX_IPC",
+           "MAX_REPO_FILES", "RECORD_FILE", "REPO_FORMAT_VERSION", "REPO_MANIFEST", "REPO_MANIFEST_FILE",
+           "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "Spec", "check", "parse", "read"]
