@@ -1,0 +1,109 @@
+"""A hostile publisher and a bounded victim, for the tests of what a downloaded set may do to its user.
+
+``publish_tiny`` pushes a real tiny build to the loopback Hub. ``republish`` then changes files of the
+release as whoever controls the repo could: new bytes for some files (the release manifest's sha256 and
+size updated to match, unless told otherwise), or a new manifest altogether, in one commit the tag is
+moved to. ``open_bounded`` opens the set in a process of its own under an address-space limit and a time
+limit, so an unbounded allocation shows as a failure of the test, not as a slow machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+from tests.fakebuild import make_build
+from tests.reliability.conftest import REPO
+
+VERSION = "v1.0.0"
+
+
+def publish_tiny(hub, tmp_path: Path, stem: str, soft_labels: bool = True) -> str:
+    from builders.publish import push
+
+    repo = hub.repo_id(stem)
+    push(make_build(tmp_path / stem / "ipc10", seed=3, soft_labels=soft_labels, teacher=False), repo, VERSION)
+    return repo
+
+
+def released(repo: str, path: str) -> bytes:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo, path, repo_type="dataset", revision=VERSION)).read_bytes()
+
+
+def republish(repo: str, files: dict[str, bytes], tmp_path: Path, manifest: Callable[[dict], dict] | None = None,
+              raw_manifest: bytes | None = None, keep_sizes: bool = False) -> None:
+    """Replace ``files`` of the release and move its tag: the manifest's hashes (and sizes, unless
+    ``keep_sizes``) follow the new bytes, then ``manifest`` may edit it; ``raw_manifest`` replaces it whole."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    current = json.loads(released(repo, "manifest.json"))
+    for path, data in files.items():
+        current["files"][path] = hashlib.sha256(data).hexdigest()
+        if not keep_sizes:
+            current["sizes"][path] = len(data)
+    if manifest is not None:
+        current = manifest(current)
+    text = raw_manifest if raw_manifest is not None else json.dumps(current).encode()
+    operations = [CommitOperationAdd(path, data) for path, data in {**files, "manifest.json": text}.items()]
+    api = HfApi()
+    commit = api.create_commit(repo, operations, commit_message="hostile", repo_type="dataset").oid
+    api.delete_tag(repo, tag=VERSION, repo_type="dataset")
+    api.create_tag(repo, tag=VERSION, revision=commit, repo_type="dataset")
+
+
+# Run in the child: imports first (their address space is the baseline), then the limit, then the call.
+_CHILD = """
+import resource, sys, time
+import huggingface_hub, pyarrow.parquet, safetensors.torch, PIL.Image
+from fadrm_datasets.sets import FADRMDataset
+from fadrm_datasets.hub import fetch
+size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + {budget}, size + {budget}))
+start = time.perf_counter()
+try:
+{call}
+    outcome = "OK"
+except BaseException as error:
+    outcome = type(error).__name__ + ": " + (str(error).splitlines() or [""])[0]
+print(round(time.perf_counter() - start, 2), outcome, flush=True)
+"""
+
+
+def run_bounded(call: str, memory_mb: int = 512, seconds: int = 60) -> tuple[float, str]:
+    """(seconds taken, "OK" or "ErrorType: first line") of ``call`` (statements, with ``FADRMDataset``
+    imported) in a process whose address space may grow ``memory_mb`` past its imports'."""
+    code = _CHILD.format(budget=memory_mb << 20, call=textwrap.indent(textwrap.dedent(call).strip(), "    "))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=seconds,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    lines = done.stdout.strip().splitlines()
+    assert lines, done.stderr[-2000:]
+    took, outcome = lines[-1].split(" ", 1)
+    return float(took), outcome
+
+
+def open_bounded(root: Path, repo: str, soft_labels: bool = True, then: str = "", **limits) -> tuple[float, str]:
+    """Open the release as a user would (``then``: statements run on the opened ``data``)."""
+    call = (f"data = FADRMDataset({str(root)!r}, repo_id={repo!r}, ipc=10, version={VERSION!r}, download=True, "
+            f"soft_labels={soft_labels})\n{textwrap.dedent(then)}")
+    return run_bounded(call, **limits)
+
+
+def open_here(root: Path, repo: str, soft_labels: bool = True, then: Callable | None = None) -> str:
+    """``open_bounded``'s outcome, in this process: for faults that allocate nothing unusual."""
+    from fadrm_datasets.sets import FADRMDataset
+
+    try:
+        data = FADRMDataset(root, repo_id=repo, ipc=10, version=VERSION, download=True, soft_labels=soft_labels)
+        if then is not None:
+            then(data)
+    except Exception as error:
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    return "OK"
