@@ -6,6 +6,7 @@ nothing was stored or held for it: no blob, no repo file, no growth of the serve
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import pytest
 
@@ -70,6 +71,14 @@ def json_request(hub, method: str, target: str, payload, **headers: str):
     anything with the server's ``url`` and a ``token``."""
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return exchange(hub.url, head(method, target, auth(hub, **{"Content-Length": str(len(body)), **headers})) + body)
+
+
+def commit_line(key: str, value: dict) -> bytes:
+    return json.dumps({"key": key, "value": value}).encode() + b"\n"
+
+
+def regular_file(path: str, content: bytes) -> bytes:
+    return commit_line("file", {"path": path, "content": base64.b64encode(content).decode(), "encoding": "base64"})
 
 
 # -- LFS uploads -------------------------------------------------------------------------------------
@@ -290,3 +299,153 @@ def test_a_silent_connection_is_closed(impatient_hub, data):
         started = time.monotonic()
         assert closed_by_server(sock)
         assert time.monotonic() - started < ANSWER_TIMEOUT - 1
+
+
+# -- what an outsider tries next -------------------------------------------------------------------------
+
+
+def test_100_continue_is_sent_only_after_the_credentials_are_checked(hub):
+    expect = {"Expect": "100-continue", "Content-Length": "2"}
+    with connect(hub.url) as sock:
+        sock.sendall(head("POST", "/api/repos/create", {"Authorization": "Bearer hf_not_a_token", **expect}))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 401 ")
+    with connect(hub.url) as sock:
+        sock.sendall(head("POST", "/api/repos/create", auth(hub, **expect)))
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"{}")
+        assert answer(sock)[0] == 400  # no name
+
+
+@pytest.mark.parametrize("target, body", [
+    pytest.param("/api/repos/create", b"[" * 100_000, id="nested 100000 deep"),
+    pytest.param("/api/repos/create", b"[]", id="a list, not an object"),
+    pytest.param("/api/repos/create", b'{"name": ["x"]}', id="name of the wrong type"),
+    pytest.param("/api/datasets/{repo}/preupload/main", b'{"files": [{"path": "a", "size": "big"}]}',
+                 id="preupload size of the wrong type"),
+    pytest.param("/api/datasets/{repo}/preupload/main", b'{"files": [{"path": "a", "sample": "!!"}]}',
+                 id="preupload sample not base64"),
+    pytest.param("/api/datasets/{repo}/tag/main", b'{"tag": 5}', id="tag name of the wrong type"),
+    pytest.param("/datasets/{repo}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": [5]}',
+                 id="batch objects that are not objects"),
+    pytest.param("/api/datasets/{repo}/commit/main", b"[1]\n", id="commit line that is a list"),
+    pytest.param("/api/datasets/{repo}/commit/main", b"[" * 100_000 + b"\n", id="commit line nested 100000 deep"),
+    pytest.param("/api/datasets/{repo}/commit/main", commit_line("file", {"path": 5, "content": "x"}),
+                 id="commit path of the wrong type"),
+    pytest.param("/api/datasets/{repo}/commit/main",
+                 commit_line("file", {"path": "a.txt", "content": "!!", "encoding": "base64"}),
+                 id="commit content not base64"),
+    pytest.param("/api/datasets/{repo}/paths-info/main", b"paths=\xff", id="paths-info form not UTF-8"),
+])
+def test_a_malformed_payload_is_a_400_and_changes_nothing(hub, dataset_repo, target, body):
+    before = (hub.data_dir / "repos" / "dataset" / f"{dataset_repo}.json").read_bytes()
+    status, _, answer_body = json_request(hub, "POST", target.format(repo=dataset_repo), body)
+    assert status == 400, answer_body
+    assert (hub.data_dir / "repos" / "dataset" / f"{dataset_repo}.json").read_bytes() == before
+
+
+def test_a_commit_title_that_is_not_text_cannot_break_the_history(hub, dataset_repo):
+    commit = commit_line("header", {"summary": {"not": "text"}}) + regular_file("title.txt", b"x")
+    assert json_request(hub, "POST", f"/api/datasets/{dataset_repo}/commit/main", commit)[0] == 400
+    status, _, _ = exchange(hub.url, head("GET", f"/api/datasets/{dataset_repo}/commits/main?expand[]=formatted"))
+    assert status == 200
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", ".git/config", "a/./b", "a\x00b", "a\nb", "a\ud800b"])
+def test_a_commit_path_that_escapes_or_holds_control_characters_is_refused(hub, dataset_repo, path):
+    commit = json.dumps({"key": "file", "value": {"path": path, "content": "x"}}).encode() + b"\n"
+    status, _, body = json_request(hub, "POST", f"/api/datasets/{dataset_repo}/commit/main", commit)
+    assert status == 400 and b"Invalid path in repo" in body
+
+
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(5))
+
+
+@pytest.mark.parametrize("front_matter, card_data", [
+    pytest.param("loop: &x [*x]", None, id="an alias that refers to itself"),
+    pytest.param(ALIAS_BOMB, None, id="aliases that expand to a million strings"),
+    pytest.param("released: 2024-01-01", {"released": "2024-01-01"}, id="a date"),
+    pytest.param("license: mit\npadding: " + "x" * (1 << 20), None, id="a card over the limit"),
+])
+def test_a_hostile_dataset_card_cannot_break_repo_info(hub, front_matter, card_data):
+    from huggingface_hub import HfApi
+
+    repo_id = hub.repo_id("card")
+    HfApi().create_repo(repo_id, repo_type="dataset")
+    readme = f"---\n{front_matter}\n---\n# Card\n".encode()
+    commit = regular_file("README.md", readme)
+    assert json_request(hub, "POST", f"/api/datasets/{repo_id}/commit/main", commit)[0] == 200
+    status, _, body = exchange(hub.url, head("GET", f"/api/datasets/{repo_id}"))
+    assert status == 200 and json.loads(body).get("cardData") == card_data
+
+
+def test_a_repo_name_must_be_plain(hub):
+    for name in ("trailing-newline\n", "x/y", "..", ".hidden"):
+        status, _, _ = json_request(hub, "POST", "/api/repos/create", {"name": name, "type": "dataset"})
+        assert status == 400
+    assert not [p.name for p in (hub.data_dir / "repos" / "dataset" / hub.user).glob("*\n*")]
+
+
+@pytest.mark.parametrize("kind, name", [
+    ("branch", "a/../b"), ("branch", "a//b"), ("branch", "a/./b"), ("branch", "trailing/"), ("tag", "v1/../x"),
+])
+def test_a_ref_name_must_be_plain_components(hub, dataset_repo, kind, name):
+    if kind == "branch":
+        status, _, _ = json_request(hub, "POST", f"/api/datasets/{dataset_repo}/branch/{quote(name, safe='')}", {})
+    else:
+        status, _, _ = json_request(hub, "POST", f"/api/datasets/{dataset_repo}/tag/main", {"tag": name})
+    assert status == 400
+    refs = json.loads(exchange(hub.url, head("GET", f"/api/datasets/{dataset_repo}/refs"))[2])
+    assert name not in [ref["name"] for ref in refs["branches"] + refs["tags"]]
+
+
+@pytest.mark.parametrize("cursor", ["%C2%B2", "9" * 5000, "-1", "1e3"])
+def test_a_listing_cursor_must_be_a_plain_number(hub, dataset_repo, cursor):
+    status, _, body = exchange(hub.url, head("GET", f"/api/datasets/{dataset_repo}/commits/main?cursor={cursor}"))
+    assert status == 400 and b"Invalid cursor" in body
+
+
+def test_an_absurd_range_is_ignored(hub, dataset_repo):
+    status, headers, body = exchange(hub.url, head("GET", f"/datasets/{dataset_repo}/resolve/main/.gitattributes",
+                                                   {"Range": f"bytes={'1' * 5000}-"}))
+    assert status == 200 and len(body) == int(headers["Content-Length"]) > 0
+
+
+def test_paths_info_takes_at_most_1000_paths(hub, dataset_repo):
+    target = f"/api/datasets/{dataset_repo}/paths-info/main"
+
+    def paths_info(count: int) -> int:
+        form = "&".join(["paths=.gitattributes"] * count).encode()
+        return exchange(hub.url, head("POST", target, {"Content-Type": "application/x-www-form-urlencoded",
+                                                       "Content-Length": str(len(form))}) + form)[0]
+
+    assert paths_info(1000) == 200
+    assert paths_info(1001) == 400
+
+
+def test_an_error_message_cannot_put_control_characters_or_kilobytes_in_a_header(hub, dataset_repo):
+    hostile = "a\x00b\x7fc\x1bd" + "x" * 20_000
+    body = json.dumps({"startingPoint": hostile}).encode()
+    with connect(hub.url) as sock:
+        sock.sendall(head("POST", f"/api/datasets/{dataset_repo}/branch/from-hostile",
+                          auth(hub, **{"Content-Length": str(len(body))})) + body)
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            received = sock.recv(65536)
+            assert received, "the connection closed before the end of the answer's head"
+            raw += received
+    head_lines = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head_lines[0].startswith(b"HTTP/1.1 404 ")
+    assert all(32 <= byte < 127 for line in head_lines for byte in line)
+    assert max(len(line) for line in head_lines) < 1100
+
+
+@pytest.mark.parametrize("data, status", [
+    pytest.param(b"GET /api/whoami-v2 HTTP/1.1\r\n" + b"X-Many: y\r\n" * 101 + b"\r\n", 431, id="101 headers"),
+    pytest.param(b"GET /api/whoami-v2 HTTP/1.1\r\nX-Long: " + b"y" * 70_000 + b"\r\n\r\n", 431, id="70 KB header"),
+    pytest.param(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, id="70 KB request line"),
+])
+def test_oversized_request_heads_are_refused(hub, data, status):
+    with connect(hub.url) as sock:
+        sock.sendall(data)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 %d " % status)
