@@ -5,6 +5,11 @@ It implements the subset of the Hub HTTP API that ``huggingface_hub`` (``HfApi``
 (regular and LFS, via the legacy LFS batch protocol: run clients with ``HF_HUB_DISABLE_XET=1``), manage
 branches and tags, list trees and commits, and download files.
 
+Like the Hub, it answers a client without a token or with hostile input without holding much for it:
+the LFS batch answer (an authenticated call) grants each upload as a presigned URL, so an upload
+without a valid grant is refused before its body is read; bodies, lines and idle connections are
+bounded (the limits below), and malformed requests get a 4xx, never a 500.
+
 State lives under ``data_dir`` so that a restarted server sees the same repos:
 
 * ``blobs/<sha256>``: file contents, content-addressed and shared by all repos;
@@ -27,11 +32,13 @@ import argparse
 import base64
 import fnmatch
 import hashlib
+import hmac
 import html
 import json
 import os
 import posixpath
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -51,6 +58,26 @@ URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 DEFAULT_BRANCH = "main"
 # The Hub stores files this large in LFS whatever .gitattributes says.
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
+
+# Limits on what a client can make the server read, hold or compute.
+# JSON bodies: huggingface_hub sends at most 256 files per preupload or LFS batch and 1000 paths per
+# paths-info request, all far below this.
+JSON_BODY_LIMIT = 1 << 20
+# A commit carries its regular files (each below LFS_SIZE_THRESHOLD) inline, base64-encoded.
+COMMIT_BODY_LIMIT = 64 << 20
+# After an early answer (401, 404...) a body this small is read and dropped, so the client gets the
+# answer rather than a reset; a larger one is left unread and the connection closed.
+DRAIN_LIMIT = 64 << 10
+# A chunk-size or trailer line: 16 hex digits and room for a chunk extension.
+CHUNK_LINE_LIMIT = 1024
+MAX_TRAILER_LINES = 32
+MAX_PATHS_PER_REQUEST = 1000  # paths-info, as on the Hub
+CARD_LIMIT = 1 << 20  # README bytes parsed for cardData, and characters of cardData served
+# A connection that sends nothing for this long is closed: idle keep-alive, a stalled upload, a slow
+# attacker. Uploads that keep sending are never cut, however long they take.
+CONNECTION_TIMEOUT = 60.0
+UPLOAD_GRANT_LIFETIME = 3600.0  # seconds a presigned LFS upload URL stays valid
+
 # Written as the first commit of every repo, like the Hub's "initial commit"; preupload reads the
 # `filter=lfs` patterns of the target revision's .gitattributes to decide each file's upload mode.
 DEFAULT_GITATTRIBUTES = "".join(
@@ -62,9 +89,15 @@ DEFAULT_GITATTRIBUTES = "".join(
         "*.png", "*.jpg", "*.jpeg", "*.webp", "*.gif", "*.mp3", "*.wav", "*.flac", "*.mp4",
     )
 )
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_COMMIT_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Matched with fullmatch: `$` would also match before a final newline.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_COMMIT_SHA_RE = re.compile(r"[0-9a-f]{40}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_DECIMAL_RE = re.compile(r"[0-9]{1,18}")  # short enough that int() is cheap and the value fits 64 bits
+# Control characters, and lone surrogates (JSON can carry them; UTF-8 cannot encode them).
+_UNSAFE_CHAR_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _FRONT_MATTER_RE = re.compile(r"\A---\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
@@ -113,7 +146,55 @@ def _lfs_pointer(sha256: str, size: int) -> bytes:
 
 def _valid_repo_path(path: str) -> bool:
     parts = path.split("/")
-    return bool(path) and all(p not in ("", ".", "..") for p in parts) and parts[0] != ".git"
+    return (bool(path) and all(p not in ("", ".", "..") for p in parts) and parts[0] != ".git"
+            and not _UNSAFE_CHAR_RE.search(path))
+
+
+def _valid_ref_name(name: str) -> bool:
+    # Each component a plain name: no empty, "." or ".." components, like git's check-ref-format.
+    return all(_NAME_RE.fullmatch(part) for part in name.split("/")) and not _COMMIT_SHA_RE.fullmatch(name)
+
+
+def _json_object(data: bytes, what: str) -> dict:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise HubError(400, f"{what} is not valid JSON")
+    if not isinstance(value, dict):
+        raise HubError(400, f"{what} must be a JSON object")
+    return value
+
+
+def _field(obj: dict, name: str, kind: type, default: Any = None) -> Any:
+    """``obj[name]`` if it is a ``kind``, ``default`` if absent or null; any other value is a 400."""
+    value = obj.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise HubError(400, f"Field {name!r} must be of type {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _objects(obj: dict, name: str) -> list[dict]:
+    items = _field(obj, name, list, [])
+    if not all(isinstance(item, dict) for item in items):
+        raise HubError(400, f"Field {name!r} must be a list of objects")
+    return items
+
+
+def _bounded_json(value: Any, limit: int) -> Any:
+    """``value`` as plain JSON types (dates become strings), or None if it does not encode in ``limit``
+    characters: YAML aliases can make a small card expand without end, or refer to itself."""
+    pieces, size = [], 0
+    try:
+        for piece in json.JSONEncoder(default=str).iterencode(value):
+            size += len(piece)
+            if size > limit:
+                return None
+            pieces.append(piece)
+    except (ValueError, RecursionError):  # ValueError: a circular reference
+        return None
+    return json.loads("".join(pieces))
 
 
 def _front_matter(text: str) -> tuple[bool, Any]:
@@ -162,7 +243,7 @@ class Store:
 
     def blob_path(self, sha256: str) -> Path:
         # An object id names a file under blobs/: anything but 64 hex digits could name another file.
-        if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+        if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
             raise HubError(400, f"Invalid object id {str(sha256)[:80]!r}: expected 64 hex digits")
         return self.blob_dir / sha256
 
@@ -184,20 +265,20 @@ class Store:
         return self.blob_path(sha256).read_bytes()
 
     def put_blob_file(self, source, size: int, sha256: str) -> None:
-        """Stream ``size`` bytes from ``source`` into the blob ``sha256``, refused unless they hash to it."""
+        """Stream ``source`` (read until it returns b"") into the blob ``sha256``, refused unless it is
+        ``size`` bytes that hash to it."""
         target = self.blob_path(sha256)
         fd, tmp = tempfile.mkstemp(dir=self.blob_dir, prefix=".tmp-")
         digest = hashlib.sha256()
         try:
             with os.fdopen(fd, "wb") as f:
-                remaining = size
-                while remaining > 0:
-                    chunk = source.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise HubError(400, "Upload ended before its Content-Length")
+                written = 0
+                while chunk := source.read(1 << 20):
                     digest.update(chunk)
                     f.write(chunk)
-                    remaining -= len(chunk)
+                    written += len(chunk)
+            if written != size:
+                raise HubError(400, f"Upload of {written} bytes, not the {size} bytes granted")
             if digest.hexdigest() != sha256:
                 raise HubError(400, f"Uploaded content does not match sha256 {sha256}")
             os.replace(tmp, target)
@@ -258,7 +339,7 @@ class Store:
         else:
             # Branches win over tags of the same name, as in git.
             candidates = [doc["branches"].get(revision), doc["tags"].get(revision)]
-            if _COMMIT_SHA_RE.match(revision) and revision in doc["commits"]:
+            if _COMMIT_SHA_RE.fullmatch(revision) and revision in doc["commits"]:
                 candidates.append(revision)
         for sha in candidates:
             if sha is not None:
@@ -305,29 +386,26 @@ class Store:
             if branch not in doc["branches"]:
                 raise HubError(404, f"Invalid rev id: {branch} is not a branch", "RevisionNotFound")
             head = doc["branches"][branch]
-            parent_commit = header.get("parentCommit")
+            parent_commit = _field(header, "parentCommit", str)
             if parent_commit is not None and parent_commit != head:
                 raise HubError(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
             files = dict(doc["commits"][head]["files"])
             for op in operations:
-                self._apply(files, op.get("key"), op.get("value") or {})
-            sha = self._add_commit(
-                doc, head, files, header.get("summary") or "Upload files", header.get("description") or "", author
-            )
+                self._apply(files, op.get("key"), _field(op, "value", dict, {}))
+            title = _field(header, "summary", str) or "Upload files"
+            sha = self._add_commit(doc, head, files, title, _field(header, "description", str, ""), author)
             doc["branches"][branch] = sha
             self.save(doc)
             return sha
 
     def _apply(self, files: dict, key: str | None, value: dict) -> None:
-        path = value.get("path", "")
+        path = _field(value, "path", str, "")
         if key in ("file", "lfsFile") and not _valid_repo_path(path):
-            raise HubError(400, f"Invalid path in repo: {path!r}")
+            raise HubError(400, f"Invalid path in repo: {path[:200]!r}")
         if key == "file":
-            content = value.get("content", "")
-            data = base64.b64decode(content) if value.get("encoding") == "base64" else content.encode()
-            files[path] = self._regular_entry(data)
+            files[path] = self._regular_entry(self._file_content(path, value))
         elif key == "lfsFile":
-            oid, size = value.get("oid", ""), value.get("size")
+            oid, size = _field(value, "oid", str, ""), _field(value, "size", int)
             if value.get("algo", "sha256") != "sha256" or not self.has_blob(oid, size):
                 raise HubError(422, f"LFS object {oid} for {path} was not uploaded")
             files[path] = self._lfs_entry(oid, self.blob_path(oid).stat().st_size)
@@ -342,7 +420,17 @@ class Store:
             for p in doomed:
                 del files[p]
         else:
-            raise HubError(400, f"Unsupported commit operation: {key!r}")
+            raise HubError(400, f"Unsupported commit operation: {str(key)[:80]!r}")
+
+    @staticmethod
+    def _file_content(path: str, value: dict) -> bytes:
+        content = _field(value, "content", str, "")
+        try:
+            if value.get("encoding") == "base64":
+                return base64.b64decode(content, validate=True)
+            return content.encode()
+        except ValueError:  # bad base64, or a lone surrogate that UTF-8 cannot encode
+            raise HubError(400, f"Invalid content for {path!r}")
 
     def set_ref(self, doc: dict, kind: str, name: str, sha: str | None) -> None:
         """Create (``sha``) or delete (``None``) a branch or tag; ``kind`` is ``"branches"`` or ``"tags"``."""
@@ -357,8 +445,8 @@ class Store:
             else:
                 if name in refs:
                     raise HubError(409, f"{'Branch' if kind == 'branches' else 'Tag'} {name} already exists")
-                if not _NAME_RE.match(name.replace("/", "-")) or _COMMIT_SHA_RE.match(name):
-                    raise HubError(400, f"Invalid ref name: {name!r}")
+                if not _valid_ref_name(name):
+                    raise HubError(400, f"Invalid ref name: {name[:200]!r}")
                 refs[name] = sha
             self.save(doc)
 
@@ -386,6 +474,8 @@ class Hub:
     def __init__(self, data_dir: str | os.PathLike, accounts: Iterable[Account | str], page_size: int = 1000):
         self.store = Store(data_dir)
         self.page_size = page_size
+        self.grant_key = secrets.token_bytes(32)  # signs upload grants; a restarted server honours none
+        self.clock = time.time  # tests move it forward to expire grants
         self.accounts: dict[str, Account] = {}
         self.user_orgs: dict[str, set[str]] = {}
         for account in accounts:
@@ -396,6 +486,29 @@ class Hub:
 
     def namespaces(self, account: Account | None) -> set[str]:
         return set() if account is None else {account.user, *self.user_orgs[account.user]}
+
+    # -- upload grants ------------------------------------------------------------------------------
+
+    def upload_grant(self, oid: str, size: int) -> str:
+        """The query of a presigned upload URL: it lets anyone holding it PUT ``size`` bytes hashing to
+        ``oid``, until it expires, like the object-storage URLs the real Hub's LFS batch answers with."""
+        expires = int(self.clock() + UPLOAD_GRANT_LIFETIME)
+        return urlencode({"size": size, "expires": expires, "signature": self._grant_signature(oid, size, expires)})
+
+    def granted_size(self, oid: str, query: dict[str, list[str]]) -> int:
+        """The size granted to an upload of ``oid`` by the query of its URL; 403 without a valid, unexpired grant."""
+        size, expires, signature = (query.get(name, [""])[-1] for name in ("size", "expires", "signature"))
+        if not (_DECIMAL_RE.fullmatch(size) and _DECIMAL_RE.fullmatch(expires) and hmac.compare_digest(
+                signature.encode(), self._grant_signature(oid, int(size), int(expires)).encode())):
+            raise HubError(403, f"No valid upload grant for {oid}: upload URLs come from the LFS batch endpoint")
+        if self.clock() > int(expires):
+            raise HubError(403, f"The upload grant for {oid} has expired")
+        return int(size)
+
+    def _grant_signature(self, oid: str, size: int, expires: int) -> str:
+        return hmac.new(self.grant_key, f"{oid}\n{size}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    # -- access -------------------------------------------------------------------------------------
 
     def repo_for_read(self, repo_type: str, repo_id: str, account: Account | None) -> dict:
         doc = self.store.get(repo_type, repo_id)
@@ -460,13 +573,13 @@ class Hub:
 
     def card_data(self, doc: dict, sha: str) -> dict | None:
         entry = doc["commits"][sha]["files"].get("README.md")
-        if entry is None:
+        if entry is None or entry["size"] > CARD_LIMIT:  # every repo_info parses it: bound the work
             return None
         try:
             _, metadata = _front_matter(self.store.read_blob(entry["sha256"]).decode("utf-8"))
         except Exception:  # no PyYAML, invalid YAML or undecodable README: the Hub just omits cardData
             return None
-        return metadata if isinstance(metadata, dict) else None
+        return _bounded_json(metadata, CARD_LIMIT) if isinstance(metadata, dict) else None
 
     def repo_info(self, doc: dict, sha: str, blobs: bool) -> dict:
         commit = doc["commits"][sha]
@@ -514,29 +627,109 @@ class Hub:
         return "regular"
 
 
-MAX_BODY = 64 << 20  # request bodies held in memory (JSON, ndjson); LFS uploads stream to disk instead
+class _Body:
+    """A request body read through its framing: ``length`` bytes, or chunked when ``length`` is None.
 
+    Nothing past ``limit`` is read: a longer ``Content-Length`` or chunk is refused (413) before its
+    bytes, and malformed chunk framing is refused (400) as soon as it is seen.
+    """
 
-def _read_chunked(rfile, limit: int) -> bytes:
-    chunks, total = [], 0
-    while True:
-        size = int(rfile.readline().split(b";")[0].strip(), 16)
-        if size == 0:
-            while rfile.readline() not in (b"\r\n", b"\n", b""):  # skip trailers
-                pass
-            return b"".join(chunks)
-        total += size
-        if total > limit:
+    def __init__(self, rfile, length: int | None, limit: int):
+        if length is not None and length > limit:
             raise HubError(413, f"Request body larger than {limit} bytes")
-        chunks.append(rfile.read(size))
-        rfile.readline()
+        self._rfile = rfile
+        self._limit = limit
+        self._chunked = length is None
+        self._left = length or 0  # unread bytes of the body, or of the current chunk
+        self._announced = self._left
+        self.ended = length == 0
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        """Up to ``size`` bytes of the body; b"" once all of it has been read."""
+        if self._left == 0 and not self.ended:
+            self._next_chunk()
+        if self.ended:
+            return b""
+        data = self._rfile.read(min(size, self._left))
+        if not data:
+            raise HubError(400, "Request body ended before its announced length")
+        self._left -= len(data)
+        if self._left == 0:
+            if self._chunked:
+                self._end_of_chunk()
+            else:
+                self.ended = True
+        return data
+
+    def read_all(self) -> bytes:
+        return b"".join(iter(self.read, b""))
+
+    def _next_chunk(self) -> None:
+        size_field = self._line("chunk size").split(b";", 1)[0].strip(b" \t")
+        if not _CHUNK_SIZE_RE.fullmatch(size_field):
+            raise HubError(400, f"Malformed chunk size {size_field[:40]!r}: expected hex digits")
+        size = int(size_field, 16)
+        if size == 0:
+            self._skip_trailers()
+            self.ended = True
+            return
+        self._announced += size
+        if self._announced > self._limit:
+            raise HubError(413, f"Request body larger than {self._limit} bytes")
+        self._left = size
+
+    def _end_of_chunk(self) -> None:
+        if self._rfile.read(2) != b"\r\n":
+            raise HubError(400, "Malformed chunked body: chunk data not followed by CRLF")
+
+    def _skip_trailers(self) -> None:
+        for _ in range(MAX_TRAILER_LINES):
+            if not self._line("trailer"):
+                return
+        raise HubError(400, f"More than {MAX_TRAILER_LINES} trailer lines")
+
+    def _line(self, what: str) -> bytes:
+        line = self._rfile.readline(CHUNK_LINE_LIMIT + 1)
+        if not line.endswith(b"\r\n"):
+            raise HubError(400, f"Malformed {what} line: longer than {CHUNK_LINE_LIMIT} bytes or not ended by CRLF")
+        return line[:-2]
+
+
+def _parse_target(target: str) -> tuple[list[str], str, dict[str, list[str]]]:
+    """The decoded path segments, raw path and query of an origin-form request target (``/path?query``).
+
+    Anything else is a 400: ``*``, the absolute form, an empty segment (but a trailing slash), a bad
+    percent-escape, bytes that are not UTF-8, control characters.
+    """
+    raw_path, _, query = target.partition("?")
+    if not raw_path.startswith("/"):
+        raise HubError(400, f"Malformed request target {target[:80]!r}: expected a path starting with /")
+    segments = raw_path.split("/")[1:]
+    if "" in segments[:-1]:
+        raise HubError(400, f"Malformed request target {target[:80]!r}: empty path segment")
+    if _BAD_ESCAPE_RE.search(target):
+        raise HubError(400, f"Malformed request target {target[:80]!r}: bad percent-escape")
+    try:
+        decoded = [unquote(segment, errors="strict") for segment in segments]
+        params = parse_qs(query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise HubError(400, f"Malformed request target {target[:80]!r}: escapes that are not UTF-8")
+    if any(_UNSAFE_CHAR_RE.search(segment) for segment in decoded):
+        raise HubError(400, f"Malformed request target {target[:80]!r}: control character")
+    return decoded, raw_path, params
+
+
+def _repo_id(namespace: str, name: str) -> str:
+    if not (_NAME_RE.fullmatch(namespace) and _NAME_RE.fullmatch(name)):
+        raise HubError(400, f"Invalid repo id {namespace[:100]!r}/{name[:100]!r}")
+    return f"{namespace}/{name}"
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     """Inclusive byte range of a single-range ``Range`` header; ``None`` means serve the whole file."""
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    match = re.fullmatch(r"bytes=([0-9]{0,18})-([0-9]{0,18})", header.strip())
     if match is None or match.group(1) == match.group(2) == "":
-        return None  # multi-range and malformed headers are ignored, as RFC 9110 allows
+        return None  # multi-range, malformed and absurdly long headers are ignored, as RFC 9110 allows
     first, last = match.groups()
     if first == "":  # "bytes=-N": the last N bytes
         start, end = size - min(int(last), size), size - 1
@@ -551,6 +744,15 @@ class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 lets the clients keep connections alive; every response therefore sends Content-Length.
     protocol_version = "HTTP/1.1"
     server: "_Server"
+
+    def setup(self) -> None:
+        self.timeout = self.server.connection_timeout  # applied to the socket by StreamRequestHandler
+        super().setup()
+
+    def handle_expect_100(self) -> bool:
+        # Not at once, as http.server would: "100 Continue" asks for the body, so it waits until the
+        # credentials and the endpoint have been checked (see _open_body).
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.log_requests:
@@ -581,66 +783,87 @@ class _Handler(BaseHTTPRequestHandler):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    @property
-    def body(self) -> bytes:
-        """The request body, read on first use: credentials and the endpoint are checked before it is."""
+    # -- the request body ---------------------------------------------------------------------------
+
+    def _body_length(self) -> int | None:
+        """The announced length of the body, None for a chunked one; ambiguous framing is a 400."""
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if encodings:
+            # Both headers at once is how requests are smuggled past proxies: refuse rather than pick one.
+            if lengths or [e.strip().lower() for e in encodings] != ["chunked"]:
+                raise HubError(400, "Unsupported framing: only Transfer-Encoding: chunked, without Content-Length")
+            return None
+        if not lengths:
+            return 0
+        if len(lengths) > 1 or not _DECIMAL_RE.fullmatch(lengths[0].strip()):
+            raise HubError(400, f"Invalid Content-Length {', '.join(lengths)[:80]!r}")
+        return int(lengths[0])
+
+    def _open_body(self, limit: int) -> _Body:
+        reader = _Body(self.rfile, self._length, limit)  # refuses a too-long Content-Length first
+        if self._expects_continue:
+            self.send_response_only(100)
+            self.end_headers()
+        self._reader = reader
+        return reader
+
+    def _read_body(self, limit: int) -> bytes:
+        """The whole body, read on first use: credentials and the endpoint are checked before it is."""
         if self._body is None:
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                self._body = _read_chunked(self.rfile, MAX_BODY)
-            else:
-                length = self._content_length()
-                if length > MAX_BODY:
-                    raise HubError(413, f"Request body larger than {MAX_BODY} bytes")
-                self._body = self.rfile.read(length)
+            self._body = self._open_body(limit).read_all()
         return self._body
 
-    def _content_length(self) -> int:
-        try:
-            return max(0, int(self.headers.get("Content-Length") or 0))
-        except ValueError:
-            raise HubError(400, "Invalid Content-Length")
+    def _json_body(self) -> dict:
+        return _json_object(self._read_body(JSON_BODY_LIMIT) or b"{}", "Request body")
 
-    def _discard_body(self) -> None:
-        """Answering without reading the body makes clients see resets: drain a small one, and close the
-        connection after a large or chunked one instead of reading it."""
-        if self._body is not None:
-            return
-        self._body = b""  # whatever happens below, the body is gone
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        try:
-            unread = MAX_BODY + 1 if chunked else self._content_length()
-        except HubError:
-            unread = MAX_BODY + 1
-        if unread > MAX_BODY:
-            self.close_connection = True
-            return
-        while unread > 0:
-            chunk = self.rfile.read(min(unread, 1 << 20))
-            if not chunk:
-                break
-            unread -= len(chunk)
+    def _body_droppable(self) -> bool:
+        """Whether what is left of the body is small enough to read and drop after the answer."""
+        if self._reader is not None:
+            return self._reader.ended
+        # Never dropped: a chunked body or one of unknown length (both None), and the body of a client
+        # waiting for "100 Continue", which will not send it.
+        return self._length is not None and self._length <= DRAIN_LIMIT and not self._expects_continue
+
+    def _drop_body(self) -> None:
+        """After the answer: read and drop a small unread body, so that the connection can serve the next
+        request and the client sees the answer rather than a reset. The answer has gone out first: a
+        refused request is refused before a byte of its body is read."""
+        if self._reader is None and self._body_droppable():
+            try:
+                _Body(self.rfile, self._length, DRAIN_LIMIT).read_all()
+            except (HubError, TimeoutError, ConnectionError):
+                self.close_connection = True
+
+    # -- requests and answers -------------------------------------------------------------------------
 
     def _handle(self) -> None:
+        self._reader: _Body | None = None
         self._body: bytes | None = None
-        raw_path, _, query = self.path.partition("?")
-        self.query = parse_qs(query, keep_blank_values=True)
+        self._length: int | None = None  # None also stands for "unknown" until the framing is checked
+        self._expects_continue = False
         try:
+            self._length = self._body_length()
+            self._expects_continue = (self.request_version >= "HTTP/1.1"  # as http.server compares them
+                                      and self.headers.get("Expect", "").strip().lower() == "100-continue")
+            segments, raw_path, self.query = _parse_target(self.path)
             self.account = self._authenticate()
-            self._route([unquote(s) for s in raw_path.split("/")[1:]], raw_path)
+            self._route(segments, raw_path)
         except HubError as err:
-            self._discard_body()
             body = {"error": err.message, **err.extra}
             self._send_json(err.status, body, {**err.headers, **self._error_headers(err)})
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True  # the client stalled or left: there is no one to answer
+            return
         except Exception as err:  # a server bug must still produce an answer, not a dropped connection
-            self._discard_body()
             self._send_json(500, {"error": f"{type(err).__name__}: {err}"})
             raise
-        self._discard_body()
+        self._drop_body()
 
     @staticmethod
     def _error_headers(err: HubError) -> dict[str, str]:
-        # Header values must be single-line latin-1; messages may quote arbitrary repo paths.
-        headers = {"X-Error-Message": " ".join(err.message.encode("ascii", "backslashreplace").decode().split())}
+        # Header values must be short, printable ASCII; messages may quote whatever the client sent.
+        headers = {"X-Error-Message": err.message.encode("unicode_escape").decode("ascii")[:1000]}
         if err.code:
             headers["X-Error-Code"] = err.code
         return headers
@@ -662,21 +885,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _flag(self, name: str) -> bool:
         return (self._param(name) or "").lower() in ("1", "true")
 
-    def _json_body(self) -> Any:
-        try:
-            return json.loads(self.body or b"{}")
-        except ValueError:
-            raise HubError(400, "Request body is not valid JSON")
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+    def _send_headers(self, status: int, headers: dict[str, str]) -> None:
+        if not self._body_droppable():
+            self.close_connection = True
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
         if self.close_connection:  # an unread body is left on the socket: the client must not reuse it
             self.send_header("Connection", "close")
         self.end_headers()
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self._send_headers(status, {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})})
         if self.command != "HEAD":
             self.wfile.write(body)
 
@@ -686,8 +906,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_page(self, items: list, path: str) -> None:
         """Send one page of ``items``, with a GitHub-style ``Link: <...>; rel="next"`` header if more remain."""
         cursor = self._param("cursor", "0")
-        if not cursor.isdigit():
-            raise HubError(400, f"Invalid cursor: {cursor!r}")
+        if not _DECIMAL_RE.fullmatch(cursor):
+            raise HubError(400, f"Invalid cursor: {cursor[:80]!r}")
         start = int(cursor)
         end = start + self.hub.page_size
         headers = {}
@@ -701,7 +921,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, segments: list[str], raw_path: str) -> None:
         method = self.command
-        if method in ("POST", "PUT", "DELETE") and self.account is None and not self._anonymous_write(segments):
+        writes = method in ("POST", "PUT", "DELETE")
+        if writes and self.account is None and not self._anonymous_write(method, segments):
             raise HubError(401, "You must be authenticated to write")  # before a byte of the body is read
         if segments[0] == "api":
             api = segments[1:]
@@ -718,21 +939,21 @@ class _Handler(BaseHTTPRequestHandler):
             if len(api) == 3 and api[0] == "lfs-storage" and api[2] == "verify" and method == "POST":
                 return self._lfs_verify(api[1])
             if len(api) >= 3 and api[0].endswith("s") and api[0][:-1] in URL_PREFIXES:
-                return self._repo_api(api[0][:-1], f"{api[1]}/{api[2]}", api[3:], raw_path)
+                return self._repo_api(api[0][:-1], _repo_id(api[1], api[2]), api[3:], raw_path)
         else:
             repo_type = next((t for t, p in URL_PREFIXES.items() if p and segments[0] == p.rstrip("/")), "model")
             rest = segments[1:] if repo_type != "model" else segments
             if len(rest) >= 4 and rest[2] == "resolve" and method in ("GET", "HEAD"):
-                return self._resolve(repo_type, f"{rest[0]}/{rest[1]}", rest[3], "/".join(rest[4:]))
+                return self._resolve(repo_type, _repo_id(rest[0], rest[1]), rest[3], "/".join(rest[4:]))
             if rest[2:] == ["info", "lfs", "objects", "batch"] and rest[1].endswith(".git") and method == "POST":
-                return self._lfs_batch(repo_type, f"{rest[0]}/{rest[1].removesuffix('.git')}")
+                return self._lfs_batch(repo_type, _repo_id(rest[0], rest[1].removesuffix(".git")))
         raise HubError(404, f"Unknown endpoint: {method} {raw_path}")
 
     @staticmethod
-    def _anonymous_write(segments: list[str]) -> bool:
-        """Requests with a body that need no token: the LFS upload itself (the content must hash to its
-        object id) and the read-only POSTs a downloading client makes."""
-        if segments[:2] == ["api", "lfs-storage"]:
+    def _anonymous_write(method: str, segments: list[str]) -> bool:
+        """Requests with a body that need no token: the LFS upload itself (its URL carries the grant, see
+        _lfs_put) and the read-only POSTs a downloading client makes."""
+        if method == "PUT" and len(segments) == 3 and segments[:2] == ["api", "lfs-storage"]:
             return True
         # /api/validate-yaml, and /api/{type}s/{namespace}/{name}/paths-info/{revision}
         return segments == ["api", "validate-yaml"] or (len(segments) >= 5 and segments[0] == "api"
@@ -788,10 +1009,11 @@ class _Handler(BaseHTTPRequestHandler):
         """``(repo_type, repo_id)`` of a create/delete payload; the namespace defaults to the caller."""
         if self.account is None:
             raise HubError(401, "You must be authenticated to manage repos")
-        repo_type = payload.get("type") or "model"
-        namespace, name = payload.get("organization") or self.account.user, payload.get("name") or ""
-        if repo_type not in URL_PREFIXES or not _NAME_RE.match(name) or not _NAME_RE.match(namespace):
-            raise HubError(400, f"Invalid repo: type={repo_type!r} name={namespace}/{name}")
+        repo_type = _field(payload, "type", str) or "model"
+        namespace = _field(payload, "organization", str) or self.account.user
+        name = _field(payload, "name", str, "")
+        if repo_type not in URL_PREFIXES or not _NAME_RE.fullmatch(name) or not _NAME_RE.fullmatch(namespace):
+            raise HubError(400, f"Invalid repo: type={repo_type[:20]!r} name={namespace[:100]!r}/{name[:100]!r}")
         if namespace not in self.hub.namespaces(self.account):
             raise HubError(403, f"You don't have the rights to manage repos in {namespace}")
         return repo_type, f"{namespace}/{name}"
@@ -817,10 +1039,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {})
 
     def _validate_yaml(self) -> None:
-        payload = self._json_body()
+        content = _field(self._json_body(), "content", str, "")
         errors, warnings = [], []
         try:
-            found, metadata = _front_matter(payload.get("content") or "")
+            found, metadata = _front_matter(content)
         except ImportError:
             warnings.append("YAML validation unavailable: PyYAML is not installed")
         except Exception as err:  # yaml.YAMLError, named generically since yaml is imported lazily
@@ -844,10 +1066,17 @@ class _Handler(BaseHTTPRequestHandler):
         # huggingface_hub posts a form (paths=a&paths=b&expand=False); other clients post JSON.
         if self.headers.get("Content-Type", "").startswith("application/json"):
             payload = self._json_body()
-            paths, expand = payload.get("paths", []), bool(payload.get("expand"))
+            paths, expand = _field(payload, "paths", list, []), bool(payload.get("expand"))
+            if not all(isinstance(path, str) for path in paths):
+                raise HubError(400, "Field 'paths' must be a list of strings")
         else:
-            form = parse_qs(self.body.decode(), keep_blank_values=True)
+            try:
+                form = parse_qs(self._read_body(JSON_BODY_LIMIT).decode(), keep_blank_values=True)
+            except UnicodeDecodeError:
+                raise HubError(400, "Form body is not UTF-8")
             paths, expand = form.get("paths", []), form.get("expand", [""])[-1].lower() in ("1", "true")
+        if len(paths) > MAX_PATHS_PER_REQUEST:
+            raise HubError(400, f"At most {MAX_PATHS_PER_REQUEST} paths per request, got {len(paths)}")
         infos = [self.hub.path_info(doc, sha, p.strip("/"), expand) for p in paths]
         self._send_json(200, [info for info in infos if info is not None])
 
@@ -897,6 +1126,7 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = 0, size - 1
         status = 200
         headers = {
+            "Content-Type": "application/octet-stream",
             "X-Repo-Commit": sha,
             # The client names cached blobs after the ETag: sha256 for LFS files, git blob sha1 otherwise.
             "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"',
@@ -907,12 +1137,7 @@ class _Handler(BaseHTTPRequestHandler):
             start, end = byte_range
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start + 1))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
+        self._send_headers(status, {**headers, "Content-Length": str(end - start + 1)})
         if self.command == "HEAD":
             return
         cut = self.server.next_cut(end - start + 1)
@@ -937,10 +1162,13 @@ class _Handler(BaseHTTPRequestHandler):
         sha = self.hub.store.resolve(doc, revision)
         current = doc["commits"][sha]["files"]
         answers = []
-        for item in self._json_body().get("files", []):
-            path = item.get("path", "")
-            sample = base64.b64decode(item.get("sample", ""))
-            mode = self.hub.upload_mode(doc, sha, path, int(item.get("size", 0)), sample)
+        for item in _objects(self._json_body(), "files"):
+            path = _field(item, "path", str, "")
+            try:
+                sample = base64.b64decode(_field(item, "sample", str, ""), validate=True)
+            except ValueError:
+                raise HubError(400, f"Invalid base64 sample for {path[:200]!r}")
+            mode = self.hub.upload_mode(doc, sha, path, _field(item, "size", int, 0), sample)
             existing = current.get(path)
             # The oid lets the client skip unchanged files: sha256 for LFS, git blob sha1 for regular ones.
             oid = None if existing is None else existing["sha256"] if existing["lfs"] else existing["oid"]
@@ -953,10 +1181,11 @@ class _Handler(BaseHTTPRequestHandler):
         if payload.get("operation") != "upload":
             raise HubError(400, "Only the 'upload' LFS batch operation is supported")
         objects = []
-        for obj in payload.get("objects", []):
-            oid, size = obj.get("oid", ""), obj.get("size")
-            if not _SHA256_RE.match(oid) or not isinstance(size, int):
-                objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0,
+        for obj in _objects(payload, "objects"):
+            oid, size = obj.get("oid"), obj.get("size")
+            valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+            if not (isinstance(oid, str) and _SHA256_RE.fullmatch(oid) and valid_size):
+                objects.append({"oid": str(oid)[:80], "size": size if valid_size else 0,
                                 "error": {"code": 422, "message": "Invalid oid or size"}})
             elif self.hub.store.has_blob(oid, size):
                 objects.append({"oid": oid, "size": size})  # no actions: the client skips the upload
@@ -966,29 +1195,28 @@ class _Handler(BaseHTTPRequestHandler):
                     "oid": oid,
                     "size": size,
                     "authenticated": True,
-                    "actions": {"upload": {"href": href}, "verify": {"href": f"{href}/verify"}},
+                    "actions": {
+                        # A presigned URL, as the client sends this PUT without credentials.
+                        "upload": {"href": f"{href}?{self.hub.upload_grant(oid, size)}"},
+                        "verify": {"href": f"{href}/verify"},
+                    },
                 })
         self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(), "application/vnd.git-lfs+json")
 
     def _lfs_put(self, oid: str) -> None:
-        # The client sends this PUT without credentials (it targets object storage on the real Hub).
-        # Accepting it unauthenticated is safe because the content must hash to the oid it is stored
-        # under; it streams to disk, so no upload is held in memory.
-        self.hub.store.blob_path(oid)  # refuses anything but a sha256 before reading a byte
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            if hashlib.sha256(self.body).hexdigest() != oid:
-                raise HubError(400, f"Uploaded content does not match sha256 {oid}")
-            self.hub.store.put_blob(self.body)
-        else:
-            self._body = b""  # consumed by the stream below
-            self.hub.store.put_blob_file(self.rfile, self._content_length(), oid)
+        # The client sends this PUT without credentials (it targets object storage on the real Hub), so
+        # the URL carries the grant: everything is checked before a byte of the body is read, which then
+        # streams to disk, never past the granted size, and is kept only if it hashes to the oid.
+        self.hub.store.blob_path(oid)  # refuses anything but a sha256
+        size = self.hub.granted_size(oid, self.query)
+        if self._length is not None and self._length != size:
+            raise HubError(400, f"Content-Length {self._length} is not the {size} bytes granted")
+        self.hub.store.put_blob_file(self._open_body(size), size, oid)
         self._send(200, b"", "text/plain")
 
     def _lfs_verify(self, oid: str) -> None:
-        if self.account is None:
-            raise HubError(401, "You must be authenticated to verify LFS uploads")
         self.hub.store.blob_path(oid)  # a sha256, or refused: never a probe of other files
-        if not self.hub.store.has_blob(oid, self._json_body().get("size")):
+        if not self.hub.store.has_blob(oid, _field(self._json_body(), "size", int)):
             raise HubError(404, f"LFS object {oid} not found")
         self._send_json(200, {"success": True})
 
@@ -996,11 +1224,9 @@ class _Handler(BaseHTTPRequestHandler):
         doc = self.hub.repo_for_write(repo_type, repo_id, self.account)
         if self._flag("create_pr"):
             raise HubError(400, "Pull requests are not supported by the loopback hub")
-        try:
-            lines = [json.loads(line) for line in self.body.decode().splitlines() if line.strip()]
-        except ValueError:
-            raise HubError(400, "Commit payload is not valid ndjson")
-        headers = [line.get("value") or {} for line in lines if line.get("key") == "header"]
+        lines = [_json_object(line, "A line of the commit payload")
+                 for line in self._read_body(COMMIT_BODY_LIMIT).split(b"\n") if line.strip()]
+        headers = [_field(line, "value", dict, {}) for line in lines if line.get("key") == "header"]
         operations = [line for line in lines if line.get("key") != "header"]
         sha = self.hub.store.commit(doc, branch, self.account.user, headers[0] if headers else {}, operations)
         self._send_json(200, {
@@ -1017,11 +1243,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.store.set_ref(doc, refs, name, None)
         elif kind == "branch":
             # POST /branch/{name} {"startingPoint": rev}: a new branch, from main's head by default.
-            start = self._json_body().get("startingPoint") or DEFAULT_BRANCH
+            start = _field(self._json_body(), "startingPoint", str) or DEFAULT_BRANCH
             self.hub.store.set_ref(doc, refs, name, self.hub.store.resolve(doc, start))
         else:
             # POST /tag/{revision} {"tag": name}: the URL names the commit, the body the new tag.
-            tag = self._json_body().get("tag") or ""
+            tag = _field(self._json_body(), "tag", str, "")
             self.hub.store.set_ref(doc, refs, tag, self.hub.store.resolve(doc, name))
         self._send_json(200, {})
 
@@ -1029,9 +1255,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, hub: Hub, log_requests: bool):
+    def __init__(self, port: int, hub: Hub, log_requests: bool, connection_timeout: float):
         self.hub = hub
         self.log_requests = log_requests
+        self.connection_timeout = connection_timeout
         self.cuts: list[int] = []  # fault injection: the next downloads stop after this many bytes
         self.cuts_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
@@ -1053,6 +1280,8 @@ class HubServer:
         port: 0 picks a free port; read the real one from ``url``.
         page_size: entries per page of the tree and commit listings (small values exercise pagination).
         log_requests: log each request to stderr, ``http.server``-style.
+        connection_timeout: seconds a connection may send nothing (between requests or within one)
+            before it is closed.
     """
 
     def __init__(
@@ -1063,10 +1292,12 @@ class HubServer:
         port: int = 0,
         page_size: int = 1000,
         log_requests: bool = False,
+        connection_timeout: float = CONNECTION_TIMEOUT,
     ):
         self.hub = Hub(data_dir, accounts, page_size)
         self.port = port
         self.log_requests = log_requests
+        self.connection_timeout = connection_timeout
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -1077,7 +1308,7 @@ class HubServer:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> "HubServer":
-        self._server = _Server(self.port, self.hub, self.log_requests)
+        self._server = _Server(self.port, self.hub, self.log_requests, self.connection_timeout)
         self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)
         self._thread.start()
         return self

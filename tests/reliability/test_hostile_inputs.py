@@ -126,7 +126,8 @@ def test_the_loopback_hub_checks_credentials_before_reading_a_body(hub, authoriz
 def test_a_chunked_lfs_upload_must_hash_to_its_object_id(hub):
     host, port = hub.url.removeprefix("http://").split(":")
     body = b"not what the id says"
-    request = (f"PUT /api/lfs-storage/{'ab' * 32} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    grant = hub.server.hub.upload_grant("ab" * 32, len(body))  # what the LFS batch answer would hold
+    request = (f"PUT /api/lfs-storage/{'ab' * 32}?{grant} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                f"{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
