@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fadrm_datasets import layout
+from fadrm_datasets.install import install_hint
 from fadrm_datasets.registry import SETS
 from fadrm_datasets.sets import SET_CLASSES
 
@@ -35,7 +36,7 @@ def cards_dir() -> Path:
         if (candidate / CARD_TEMPLATE).is_file():
             return candidate
     raise BuildError(f"the dataset-card sources ({CARD_TEMPLATE}) are not installed next to {here}; "
-                     "reinstall fadrm-datasets[build]")
+                     f"reinstall with {install_hint('build')}")
 
 
 def dataset_text(dataset: str) -> str:
@@ -351,6 +352,7 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
         "size_category": size_category(sum(int(v.get("num_images", 0)) for v in repo_manifest["ipcs"].values())),
         "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)], records, dataset) for i in ipcs),
         "about": dataset_text(dataset),
+        "install": install_hint(),
     }
     front = _substitute(front, mapping)
     if existing_card:

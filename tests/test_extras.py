@@ -6,31 +6,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from pathlib import Path
 
 import pytest
 import torch
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
-    import tomli as tomllib
-
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+from tests.project import declared_extras
 
 # The module each package named by an extra is imported as (a distribution's name is not its module's).
 IMPORT_NAMES = {"click": "click", "datasets": "datasets", "matplotlib": "matplotlib", "avalanche-lib": "avalanche",
                 "continuum": "continuum", "six": "six", "pytest": "pytest", "import-linter": "importlinter"}
-
-
-def declared_extras() -> dict[str, list[str]]:
-    """pyproject's extras: name -> the packages it requires, leaving out our own extras it includes."""
-    project = tomllib.loads(PYPROJECT.read_text())["project"]
-    own = canonicalize_name(project["name"])
-    return {extra: [name for name in (canonicalize_name(Requirement(r).name) for r in requirements) if name != own]
-            for extra, requirements in project["optional-dependencies"].items()}
 
 
 def import_every_builder_module() -> None:

@@ -12,6 +12,7 @@ from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs,
 from builders.presets import PRESETS
 from builders.publish import PublishError, public_manifest, read_build, stage
 from fadrm_datasets._io import sha256_file
+from fadrm_datasets.install import install_hint
 from tests.fakebuild import CLASSES, expected_pixels, make_build
 
 
@@ -123,6 +124,7 @@ def test_card_front_matter_and_body(staged):
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
     assert 'load_dataset("org/fadrm-tiny", "ipc10", revision="v1.0.0"' in body
     assert 'FADRMDataset(repo_id="org/fadrm-tiny", ipc=10, version="v1.0.0", download=True)' in body
+    assert f"Install it with {install_hint()}:" in body and "pypi.org" not in body  # not on PyPI
     assert "Every class, every image of each, labelled `index: name`" in body
     assert "add `cards/tiny-test.md`" in body  # a dataset without a card source says so
 
