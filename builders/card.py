@@ -3,7 +3,9 @@
 ``cards/dataset_card.md`` is the template every card shares (YAML front matter + Markdown);
 ``cards/<dataset>.md`` says what the source data is (license, citation), what the set is for and
 where it falls short, and is inserted as ``${about}``. Both are installed with the builder
-(``builders/cards``), so an installed ``fadrm-build push`` renders the same card as a checkout.
+(``builders/cards``), so an installed ``fadrm-build push`` renders the same card as a checkout. The
+metadata about the source (license id, the terms' name and link, source datasets, gating) comes from the
+registry's ``SetInfo``, beside the set's other facts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fadrm_datasets import layout
-from fadrm_datasets.registry import SETS
+from fadrm_datasets.install import install_hint
+from fadrm_datasets.registry import SETS, SetInfo
 from fadrm_datasets.sets import SET_CLASSES
 
 from .options import BuildError
@@ -35,7 +38,7 @@ def cards_dir() -> Path:
         if (candidate / CARD_TEMPLATE).is_file():
             return candidate
     raise BuildError(f"the dataset-card sources ({CARD_TEMPLATE}) are not installed next to {here}; "
-                     "reinstall fadrm-datasets[build]")
+                     f"reinstall with {install_hint('build')}")
 
 
 def dataset_text(dataset: str) -> str:
@@ -313,11 +316,29 @@ def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset
     return "\n".join(parts)
 
 
+# The Hub's fixed size categories (datasets ships them: datasets/utils/resources/size_categories.json);
+# category i holds fewer than 10 ** (i + 3) examples, and "n>1T" the rest.
+SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B",
+                   "1B<n<10B", "10B<n<100B", "100B<n<1T")
+
+
 def size_category(total: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if total < limit:
+    for power, name in enumerate(SIZE_CATEGORIES, start=3):
+        if total < 10 ** power:
             return name
-    return "1M<n<10M"
+    return "n>1T"
+
+
+def source_metadata(info: SetInfo | None) -> dict:
+    """The card's metadata on the source data, from the registry: the terms' name and link (license
+    "other"), the source datasets, and for a gated set the prompt each user accepts before access."""
+    if info is None:
+        return {}
+    prompt = (f"These images were made from {info.display_name} and carry its terms of use ({info.license_link}): "
+              "by asking for access you agree to use them only as those terms allow.") if info.gated else None
+    facts = {"license_name": info.license_name, "license_link": info.license_link,
+             "source_datasets": list(info.source_datasets), "extra_gated_prompt": prompt}
+    return {key: value for key, value in facts.items() if value}
 
 
 def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versions: list[str],
@@ -351,8 +372,9 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
         "size_category": size_category(sum(int(v.get("num_images", 0)) for v in repo_manifest["ipcs"].values())),
         "ipc_sections": "\n".join(ipc_section(i, repo_manifest["ipcs"][str(i)], records, dataset) for i in ipcs),
         "about": dataset_text(dataset),
+        "install": install_hint(),
     }
-    front = _substitute(front, mapping)
+    front = {**_substitute(front, mapping), **source_metadata(info)}
     if existing_card:
         old_front, _ = split_front_matter(existing_card)
         existing_configs = old_front.get("configs")
@@ -365,5 +387,5 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body.lstrip("\n")
 
 
-__all__ = ["GridLayout", "MEASURED_HEADER", "SCORE_HEADER", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
-           "measured_rows", "merge_configs", "newest_test_records", "render_card", "score_rows", "split_front_matter"]
+__all__ = ["GridLayout", "MEASURED_HEADER", "SCORE_HEADER", "SIZE_CATEGORIES", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
+           "measured_rows", "merge_configs", "newest_test_records", "render_card", "score_rows", "size_category", "source_metadata", "split_front_matter"]

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .install import install_hint
+
 PEER_ORDER_SEEDS = (0, 1, 2, 3, 4)  # the class orders the peers report over
-CONTINUAL_EXTRA = "pip install 'fadrm-datasets[continual]'"
+CONTINUAL_EXTRA = install_hint("continual")
 
 
 class ScenarioError(ValueError):
@@ -217,7 +219,7 @@ def _require(module: str, package: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"this adapter needs {package} ({error}); {CONTINUAL_EXTRA}") from None
+        raise ImportError(f"this adapter needs {package} ({error}); install it with {CONTINUAL_EXTRA}") from None
 
 
 def to_avalanche(train, test, scenario: ClassIncrementalScenario, soft_labels: torch.Tensor | None = None):

@@ -6,7 +6,8 @@ each time a repo id is asked for, so tests and mirrors can point elsewhere).
 
 ``versions`` lists the versions known to be published when this release of the library was made;
 ``default_version`` is the one a plain ``FADRMCIFAR100(root, download=True)`` gets. A set whose
-``default_version`` is None gets the newest semver tag found on its repo.
+``default_version`` is None gets the newest semver tag found on its repo. The README's table of
+published sets says the same, and a test holds the two together.
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ class SetInfo:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    license: str = "unknown"  # a Hub license id, used on the dataset card
+    # What the dataset card says of the source data (the prose is in cards/<name>.md):
+    license: str = "unknown"  # a Hub license id
+    license_name: str | None = None  # with license "other": an id for the source's own terms
+    license_link: str | None = None  # with license "other": where those terms are
+    source_datasets: tuple[str, ...] = ()  # the Hub ids of the source data the images were made from
+    gated: bool = False  # the source's terms bind every user, so a release asks each to accept them first
     ipcs: tuple[int, ...] = (1, 10, 50)  # the IPCs a release is expected to hold
     versions: tuple[str, ...] = ()  # published versions, oldest first
     default_version: str | None = None  # pinned; None: the newest tag on the Hub
@@ -100,6 +106,10 @@ class SetInfo:
         for version in (*self.versions, *((self.default_version,) if self.default_version else ())):
             if parse_version(version) is None:
                 raise ValueError(f"set {self.name!r}: version {version!r} is not of the form vX.Y.Z")
+        if self.license == "other" and not (self.license_name and self.license_link):
+            raise ValueError(f"set {self.name!r}: license 'other' needs a license_name and a license_link")
+        if self.gated and not self.license_link:
+            raise ValueError(f"set {self.name!r}: a gated set needs a license_link, the terms its users accept")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"set {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")
 
@@ -115,22 +125,32 @@ class SetInfo:
         return dataclasses.replace(self, **changes)
 
 
+# ImageNet's terms of access (non-commercial research and education only) bind images derived from it.
+_IMAGENET_TERMS = {"license": "other", "license_name": "imagenet", "license_link": "https://image-net.org/download.php",
+                   "gated": True}
+
 CIFAR100 = SetInfo(
+    # Its authors state no license; the Hub's own CIFAR-100 card says "unknown".
     name="cifar100", display_name="CIFAR-100", repo_name="fadrm-cifar100", num_classes=100, channels=3,
     image_size=32, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761), class_names=CIFAR100_CLASSES,
+    license="unknown", source_datasets=("uoft-cs/cifar100",),
 )
 TINY_IMAGENET = SetInfo(
     # The classes are WordNet ids in the order of the source's wnids.txt: taken from the manifest.
+    # Stanford has no copy on the Hub; zh-plus/tiny-imagenet is the one users load. Its images are ImageNet's.
     name="tiny-imagenet", display_name="Tiny-ImageNet", repo_name="fadrm-tiny-imagenet", num_classes=200,
     channels=3, image_size=64, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    source_datasets=("zh-plus/tiny-imagenet",), **_IMAGENET_TERMS,
 )
 IMAGENET = SetInfo(
     name="imagenet", display_name="ImageNet-1K", repo_name="fadrm-imagenet", num_classes=1000, channels=3,
-    image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, license="other", class_names=_imagenet_classes(),
+    image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=_imagenet_classes(),
+    source_datasets=("ILSVRC/imagenet-1k",), **_IMAGENET_TERMS,
 )
 FASHION_MNIST = SetInfo(
     name="fashion-mnist", display_name="Fashion-MNIST", repo_name="fadrm-fashion-mnist", num_classes=10,
-    channels=1, image_size=28, mean=(0.2860,), std=(0.3530,), license="mit", class_names=FASHION_MNIST_CLASSES,
+    channels=1, image_size=28, mean=(0.2860,), std=(0.3530,), class_names=FASHION_MNIST_CLASSES,
+    license="mit", source_datasets=("zalando-datasets/fashion_mnist",),
 )
 
 SETS: dict[str, SetInfo] = {s.name: s for s in (CIFAR100, TINY_IMAGENET, IMAGENET, FASHION_MNIST)}

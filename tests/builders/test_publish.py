@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs, render_card,
+from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs, render_card, size_category,
                            split_front_matter)
 from builders.presets import PRESETS
 from builders.publish import PublishError, public_manifest, read_build, stage
 from fadrm_datasets._io import sha256_file
+from fadrm_datasets.install import install_hint
 from tests.fakebuild import CLASSES, expected_pixels, make_build
 
 
@@ -123,6 +124,7 @@ def test_card_front_matter_and_body(staged):
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
     assert 'load_dataset("org/fadrm-tiny", "ipc10", revision="v1.0.0"' in body
     assert 'FADRMDataset(repo_id="org/fadrm-tiny", ipc=10, version="v1.0.0", download=True)' in body
+    assert f"Install it with {install_hint()}:" in body and "pypi.org" not in body  # not on PyPI
     assert "Every class, every image of each, labelled `index: name`" in body
     assert "add `cards/tiny-test.md`" in body  # a dataset without a card source says so
 
@@ -134,6 +136,52 @@ def test_every_dataset_has_a_card_source_with_license_citation_and_limits(datase
     _, manifest = staged
     card = render_card({**manifest, "dataset": dataset}, "org/r", "v1.0.0", 10, ["v1.0.0"])
     assert text.strip() in card and "${" not in card
+
+
+# What each source's own page (and the Hub's card of it) says: (license, license_name, source dataset, gated).
+SOURCE_FACTS = {
+    "cifar100": ("unknown", None, "uoft-cs/cifar100", False),  # no license stated by its authors
+    "fashion-mnist": ("mit", None, "zalando-datasets/fashion_mnist", False),
+    "imagenet": ("other", "imagenet", "ILSVRC/imagenet-1k", True),  # ImageNet's terms of access
+    "tiny-imagenet": ("other", "imagenet", "zh-plus/tiny-imagenet", True),  # ImageNet's images, ImageNet's terms
+}
+
+
+def hub_list(name: str):
+    """One of the fixed lists of allowed card values that `datasets` ships."""
+    from importlib import resources
+
+    return json.loads(resources.files("datasets.utils.resources").joinpath(name).read_text())
+
+
+@pytest.mark.parametrize("dataset", sorted(PRESETS))
+def test_every_card_describes_its_source_in_the_hubs_metadata(dataset, staged):
+    from huggingface_hub import DatasetCard
+
+    license, license_name, source, gated = SOURCE_FACTS[dataset]
+    _, manifest = staged
+    card = DatasetCard(render_card({**manifest, "dataset": dataset}, "org/r", "v1.0.0", 10, ["v1.0.0"]))
+    meta = card.data.to_dict()
+    assert meta["license"] == license and meta.get("license_name") == license_name
+    assert ("license_link" in meta) == (license == "other")  # the terms' link goes with license "other"
+    if license == "other":
+        assert meta["license_link"].startswith("https://image-net.org/")
+    assert meta["source_datasets"] == [source]
+    assert meta["annotations_creators"] == ["machine-generated"]
+    assert meta["annotations_creators"][0] in hub_list("creators.json")["annotations"]
+    assert meta["size_categories"] == ["n<1K"] and meta["size_categories"][0] in hub_list("size_categories.json")
+    assert meta["task_categories"] == ["image-classification"]
+    # A gated set's card carries the prompt users accept, and its text says how access works.
+    assert ("extra_gated_prompt" in meta) == gated == ("## Access" in card.text)
+    if gated:
+        assert meta["license_link"] in meta["extra_gated_prompt"]
+
+
+def test_size_categories_are_the_hubs_fixed_list():
+    produced = [size_category(n) for n in (0, *(10 ** power for power in range(3, 13)))]
+    assert produced == [name for name in hub_list("size_categories.json") if name != "unknown"]
+    assert size_category(999) == "n<1K" and size_category(1_000) == "1K<n<10K"
+    assert size_category(50_000) == "10K<n<100K"  # ImageNet-1K at IPC 50
 
 
 def test_another_ipc_merges_with_the_repo(build, staged, tmp_path):
