@@ -47,7 +47,7 @@ def republish(repo: str, files: dict[str, bytes], tmp_path: Path, manifest: Call
     current = json.loads(released(repo, "manifest.json"))
     for path, data in files.items():
         current["files"][path] = hashlib.sha256(data).hexdigest()
-        if not keep_sizes:
+        if not keep_sizes and "sizes" in current:  # releases made before sizes were recorded have none
             current["sizes"][path] = len(data)
     if manifest is not None:
         current = manifest(current)
@@ -62,7 +62,9 @@ def republish(repo: str, files: dict[str, bytes], tmp_path: Path, manifest: Call
 # Run in the child: imports first (their address space is the baseline), then the limit, then the call.
 _CHILD = """
 import resource, sys, time
-import huggingface_hub, pyarrow.parquet, safetensors.torch, PIL.Image
+import huggingface_hub, pyarrow, pyarrow.parquet, safetensors.torch, PIL.Image
+pyarrow.set_cpu_count(1)  # thread pools reserve address space per thread: the limit is for the call alone
+pyarrow.set_io_thread_count(1)
 from fadrm_datasets.sets import FADRMDataset
 from fadrm_datasets.hub import fetch
 size = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
@@ -82,7 +84,7 @@ def run_bounded(call: str, memory_mb: int = 512, seconds: int = 60) -> tuple[flo
     imported) in a process whose address space may grow ``memory_mb`` past its imports'."""
     code = _CHILD.format(budget=memory_mb << 20, call=textwrap.indent(textwrap.dedent(call).strip(), "    "))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=seconds,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"})
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr[-2000:]
     took, outcome = lines[-1].split(" ", 1)
