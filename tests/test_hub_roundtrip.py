@@ -244,6 +244,19 @@ def test_flat_subclass_uses_the_registry(hub, tmp_path, monkeypatch):
     assert same_pixels(pixels(ds), expected_pixels(build, channels=1))
 
 
+def test_a_set_with_no_release_says_so_in_one_line(tmp_path):
+    """The README's first example, before any release exists: the error says the set is not published
+    and what to do instead, not "repo not found, check the name"."""
+    from fadrm_datasets import FADRMImageNet
+
+    with pytest.raises(RepoNotFoundError) as info:
+        FADRMImageNet(tmp_path / "root", ipc=10, download=True)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("ImageNet-1K has no published release yet (fadrm/fadrm-imagenet is not on")
+    assert "fadrm-build imagenet --ipc 10" in message and "FADRM_HUB_ORG" in message
+
+
 def test_a_file_broken_on_the_hub_is_reported_not_looped(hub, tmp_path):
     """When the Hub itself serves a file that differs from the manifest, one refetch, then a clear error."""
     from builders.publish import push
