@@ -437,6 +437,9 @@ def stage_recover(ctx: BuildContext) -> dict:
     patches_sha256 = cached_sha256(build.patches)  # check_patches hashed it already
     check_recover(ctx, patches_sha256)
     config, settings = recover_settings(ctx, patches_sha256)
+    if config.amp and ctx.device.type == "cpu":
+        log.warning("recover: AMP on the CPU is many times slower than fp32; it is there to test AMP's path "
+                    "(drop --amp for a real build)")
     previous = build.read_manifest().get("stages", {}).get("recover", {})
     env = environment(ctx.device)
     if previous.get("environment") not in (None, env):
