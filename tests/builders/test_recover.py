@@ -194,8 +194,12 @@ def test_amp_computes_in_fp16_keeps_statistics_and_losses_in_fp32_and_stays_near
     monkeypatch.setattr(F, "cross_entropy", recording_dtype(ce, F.cross_entropy))
     monkeypatch.setattr(BNStatisticsLoss, "pop", recording_dtype(bn_terms, BNStatisticsLoss.pop))
     step = Precision.step
-    monkeypatch.setattr(Precision, "step", lambda self, loss, optimizer: (losses.add(loss.dtype),
-                                                                          step(self, loss, optimizer)))
+
+    def recording_the_loss(self, loss, optimizer):
+        losses.add(loss.dtype)
+        step(self, loss, optimizer)
+
+    monkeypatch.setattr(Precision, "step", recording_the_loss)
     amp = recover_unit([teacher], torch.arange(5), patches, TINY, dataclasses.replace(fp32, amp=True), seed=0,
                        device=device)
 
