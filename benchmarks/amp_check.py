@@ -1,9 +1,12 @@
-"""AMP against fp32 on CUDA: the same unit recovered both ways, from the same seed and teacher.
+"""AMP against fp32: the same unit recovered both ways, from the same seed and teacher.
 
-Prints and records how far the images end up apart (uint8 pixels) and whether every loss stayed finite.
-AMP is a CUDA feature (fp16 autocast is many times slower than fp32 on CPUs), so this needs a GPU.
+Prints and records how far the images end up apart (uint8 pixels), whether every loss stayed finite, and
+AMP's final loss scale and the steps its scaler skipped. Meant for CUDA (the default), where AMP pays; on
+the CPU fp16 autocast is many times slower than fp32, so ``--device cpu`` suits tiny units, to test the path.
 
     python benchmarks/amp_check.py --preset imagenet --teacher resnet18 --batch 100 --iterations 200
+    python benchmarks/amp_check.py --preset fashion-mnist --teacher convnet-bn-w8-d2 --batch 5 --iterations 8 \\
+        --device cpu
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.accuracy import append_record  # noqa: E402
+from builders.context import device_name  # noqa: E402
 from builders.models import build_model  # noqa: E402
+from builders.options import BuildError, resolve_device  # noqa: E402
 from builders.presets import get_preset  # noqa: E402
 from builders.recover import RecoverConfig, recover_unit  # noqa: E402
 
@@ -33,11 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (tiny units only)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "amp_check.json"))
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("amp_check needs a CUDA device")
-    device = torch.device("cuda")
+    try:
+        device = resolve_device(args.device)
+    except BuildError as error:
+        sys.exit(str(error))
     preset = get_preset(args.preset)
     per_stage = max(1, args.iterations // len(preset.stage_iterations))
     preset = preset.replace(stage_iterations=(per_stage,) * len(preset.stage_iterations))
@@ -52,11 +59,12 @@ def main(argv: list[str] | None = None) -> None:
             for name, config in (("fp32", fp32), ("amp", dataclasses.replace(fp32, amp=True)))}
     diff = (runs["amp"].images.int() - runs["fp32"].images.int()).abs().float()
     record = {
-        "device": torch.cuda.get_device_name(device), "preset": args.preset, "model": args.teacher or preset.teacher,
+        "device": device_name(device), "preset": args.preset, "model": args.teacher or preset.teacher,
         "batch": batch, "iterations": fp32.total_iterations,
         "losses_finite": {name: all(math.isfinite(v) for v in run.losses) for name, run in runs.items()},
         "final_loss": {name: run.losses[-1] for name, run in runs.items()},
         "pixel_mean_abs_diff": round(diff.mean().item(), 3), "pixel_p99_abs_diff": round(diff.quantile(0.99).item(), 1),
+        "amp_loss_scale": runs["amp"].loss_scale, "amp_skipped_steps": runs["amp"].skipped_steps,
         "seconds": {name: round(run.seconds, 2) for name, run in runs.items()},
         "command": "python benchmarks/amp_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.accuracy import append_record  # noqa: E402
+from builders.context import device_name  # noqa: E402
 from builders.models import build_model  # noqa: E402
 from builders.presets import get_preset  # noqa: E402
 from builders.recover import RecoverConfig, recover_unit  # noqa: E402
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                             "per_image_s_runs": [round(m["per_image_s"], 5) for m in measured]}
         print(f"{variant:>12}: {r['per_image_s'] * 1e3:8.2f} ms/image (median of {len(measured)})  "
               f"peak {results[variant]['peak_bytes'] / 2**20:8.1f} MiB  stages {r['stages']}", flush=True)
-    device = torch.cuda.get_device_name(0) if cuda else f"cpu ({args.threads} thread{'s' * (args.threads > 1)})"
+    device = device_name(torch.device(args.device))  # after set_num_threads: the CPU's name holds its threads
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     base = results.get("baseline")
     for variant, r in results.items():

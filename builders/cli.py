@@ -131,7 +131,8 @@ def recover_options(f):
         click.option("--arc/--no-arc", default=None, help="ARC: merge the real patches back in between stages."),
         click.option("--mro/--no-mro", default=None, help="MRO: follow the preset's per-stage resolutions."),
         click.option("--amp/--no-amp", default=None,
-                     help="fp16 mixed precision (CUDA only). [default: on with CUDA, off on the CPU]"),
+                     help="fp16 mixed precision for recover; on the CPU many times slower, for testing its path. "
+                     "[default: on with CUDA, off on the CPU]"),
         click.option("--init", type=click.Choice(INITS), default=None,
                      help="Start from real patches (FADRM) or Gaussian noise (SRe2L). [default: the method's]"),
         click.option("--difficulty", type=click.Choice(DIFFICULTIES), default=None,

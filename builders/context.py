@@ -32,13 +32,21 @@ class BuildContext:
                                               teachers_dir=str(self.options.teachers_dir.resolve()))
 
 
+def device_name(device: torch.device) -> str:
+    """The device in words, for records: the GPU's name, or the CPU with its intra-op threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' * (threads > 1)})"
+
+
 def environment(device: torch.device) -> dict:
     """What decides the exact bits a build writes (RELIABILITY.md, "Determinism"): the same values give
     byte-identical images and soft labels, whatever the order or the number of processes."""
     env = {"torch": torch.__version__, "device": device.type, "threads": torch.get_num_threads(),
            "machine": platform.machine()}
     if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+        env.update(gpu=device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
     return env
 
@@ -65,4 +73,4 @@ def open_build(preset: Preset, options: BuildOptions, retrain: bool = False) -> 
         yield BuildContext(preset, options, device, directory, teachers)
 
 
-__all__ = ["BuildContext", "environment", "hold", "open_build"]
+__all__ = ["BuildContext", "device_name", "environment", "hold", "open_build"]

@@ -114,12 +114,12 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     so_far = resumed or Progress(epoch=0, checks=[], best=None, seconds=0.0)
     checks, best = so_far.checks, so_far.best
     start = time.perf_counter() - so_far.seconds
-    # Under torchrun (DDP) each optimizer step's recorded batches are dealt to the ranks; each real batch
-    # weighs world / group size and DDP averages over the world, so a step's gradient is the same sum as
-    # with one process. Ranks with fewer batches in a step make weightless passes to keep the all-reduce
-    # in step (never rank 0, whose BatchNorm statistics DDP broadcasts).
-    net = model if world == 1 else DistributedDataParallel(
-        model, device_ids=[device] if device.type == "cuda" else None)
+    # Under torchrun (DDP, even as its only process) each optimizer step's recorded batches are dealt to the
+    # ranks; each real batch weighs world / group size and DDP averages over the world, so a step's gradient
+    # is the same sum as with one process. Ranks with fewer batches in a step make weightless passes to keep
+    # the all-reduce in step (never rank 0, whose BatchNorm statistics DDP broadcasts).
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if distributed.joined() else model
 
     def mine(batch: int) -> bool:
         return (batch % accumulation) % world == rank

@@ -12,7 +12,8 @@ on the pixels. FADRM's pieces, each a named part of this module:
   whose resolution follows the preset; between stages the images are resampled (bilinear).
 - ARC (data-level residual connection), :func:`arc_merge`: between stages,
   ``x = alpha * x + (1 - alpha) * Resample(P_s)`` pulls the images back towards their real patch.
-- AMP, :class:`Precision`: fp16 autocast + GradScaler on CUDA; BN statistics and losses in fp32.
+- AMP, :class:`Precision`: fp16 autocast + GradScaler (on CUDA by default; on the CPU only when asked
+  for, to test its path); BN statistics and losses in fp32.
 - FADRM+: several teachers, cycled round-robin one per step.
 
 Work is cut into units (ipc_id, block of classes). Each unit's randomness comes from a generator
@@ -128,17 +129,18 @@ def arc_merge(x: torch.Tensor, patches: torch.Tensor, alpha: float) -> torch.Ten
 # --- AMP --------------------------------------------------------------------------------------
 
 class Precision:
-    """fp16 autocast + loss scaling on CUDA when enabled; plain fp32 otherwise.
+    """fp16 autocast + loss scaling when enabled, plain fp32 otherwise.
 
-    On CPUs low-precision autocast is many times slower than fp32, so AMP is a CUDA feature.
+    The autocast device type and the scaler's device are the unit's device: on CUDA AMP saves time and
+    memory; on the CPU fp16 is many times slower than fp32, and AMP there serves to test this path.
     """
 
     def __init__(self, enabled: bool, device: torch.device):
-        if enabled and device.type != "cuda":
-            raise ValueError("AMP (fp16 autocast) needs a CUDA device; run with --no-amp on the CPU")
         self.enabled = enabled
         self.device_type = device.type
-        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled) if enabled else None
+        self.scaler = torch.amp.GradScaler(device.type) if enabled else None
+        self.skipped_steps = 0
+        self.loss_scale = self.scaler.get_scale() if enabled else None
 
     def autocast(self):
         return torch.autocast(device_type=self.device_type, dtype=torch.float16, enabled=self.enabled)
@@ -147,10 +149,14 @@ class Precision:
         if self.scaler is None:
             loss.backward()
             optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)  # not taken when the scaled gradients hold an inf or a NaN,
+        self.scaler.update()  # and then alone the scale is lowered
+        scale = self.scaler.get_scale()  # a host sync; scaler.step has made one this step already
+        if scale < self.loss_scale:
+            self.skipped_steps += 1
+        self.loss_scale = scale
 
 
 # --- BN-statistics matching -------------------------------------------------------------------
@@ -233,6 +239,8 @@ class UnitResult:
     seconds: float
     peak_memory_mb: float
     losses: list[float] = field(default_factory=list)
+    loss_scale: float | None = None  # AMP's loss scale at the end; None in fp32
+    skipped_steps: int = 0  # AMP's steps skipped for an overflow (the pixels did not move on them)
 
 
 def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: torch.Tensor,
@@ -289,7 +297,8 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
     else:  # the process's high-water mark: an upper bound for this unit
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     losses = torch.stack(history).float().cpu().tolist() if history else []
-    return UnitResult(images, ce.item(), bn.item(), time.perf_counter() - start, peak, losses)
+    return UnitResult(images, ce.item(), bn.item(), time.perf_counter() - start, peak, losses,
+                      precision.loss_scale, precision.skipped_steps)
 
 
 # --- the set: units, files, resume ------------------------------------------------------------
@@ -360,12 +369,20 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
             continue
         for label, image in zip(unit.classes, result.images):
             save_png(build.image_path(label, unit.ipc_id), image)
-        stats[f"{unit.ipc_id}/{unit.block}"] = {
-            "ce": round(result.ce, 4), "bn": round(result.bn, 4),
-            "seconds": round(result.seconds, 2), "peak_memory_mb": round(result.peak_memory_mb, 1),
-        }
-        log.info("unit ipc_id=%d block=%d: ce %.3f bn %.3f, %.1f s, peak %.0f MB", unit.ipc_id,
-                 unit.block, result.ce, result.bn, result.seconds, result.peak_memory_mb)
+        stats[f"{unit.ipc_id}/{unit.block}"] = unit_stats(result)
+        scaling = "" if result.loss_scale is None else \
+            f", loss scale {result.loss_scale:g}, {result.skipped_steps} step(s) skipped for overflow"
+        log.info("unit ipc_id=%d block=%d: ce %.3f bn %.3f, %.1f s, peak %.0f MB%s", unit.ipc_id,
+                 unit.block, result.ce, result.bn, result.seconds, result.peak_memory_mb, scaling)
+    return stats
+
+
+def unit_stats(result: UnitResult) -> dict:
+    """What the manifest keeps of a finished unit; with AMP, its loss scale and skipped steps too."""
+    stats = {"ce": round(result.ce, 4), "bn": round(result.bn, 4), "seconds": round(result.seconds, 2),
+             "peak_memory_mb": round(result.peak_memory_mb, 1)}
+    if result.loss_scale is not None:
+        stats.update(loss_scale=result.loss_scale, skipped_steps=result.skipped_steps)
     return stats
 
 
@@ -421,6 +438,9 @@ def stage_recover(ctx: BuildContext) -> dict:
     patches_sha256 = cached_sha256(build.patches)  # check_patches hashed it already
     check_recover(ctx, patches_sha256)
     config, settings = recover_settings(ctx, patches_sha256)
+    if config.amp and ctx.device.type == "cpu":
+        log.warning("recover: AMP on the CPU is many times slower than fp32; it is there to test AMP's path "
+                    "(drop --amp for a real build)")
     previous = build.read_manifest().get("stages", {}).get("recover", {})
     env = environment(ctx.device)
     if previous.get("environment") not in (None, env):
@@ -450,4 +470,4 @@ def stage_recover(ctx: BuildContext) -> dict:
 
 __all__ = ["BNStatisticsLoss", "NonFiniteError", "Precision", "RecoverConfig", "Unit", "UnitResult", "arc_merge", "augment",
            "check_finite", "check_recover", "cosine_lr", "plan_units", "recover_set", "recover_settings", "recover_unit", "resample",
-           "stage_recover", "stage_schedule", "unit_done"]
+           "stage_recover", "stage_schedule", "unit_done", "unit_stats"]

@@ -73,3 +73,17 @@ def test_tables_refuse_a_student_row_mixing_lrs(tmp_path):
     path.write_text(json.dumps(records))
     with pytest.raises(SystemExit, match="tiny: the methods were evaluated at different lrs"):
         tables.main(["--records", str(path)])
+
+
+def test_amp_check_runs_on_the_cpu(tmp_path):
+    """AMP's comparison with fp32 on a tiny unit: the CPU runs the CUDA check's code (``--device``)."""
+    from benchmarks import amp_check
+
+    output = tmp_path / "amp_check.json"
+    amp_check.main(["--preset", "fashion-mnist", "--teacher", "convnet-bn-w8-d2", "--batch", "5", "--iterations", "8",
+                    "--device", "cpu", "--output", str(output)])
+    (record,) = json.loads(output.read_text())
+    assert record["device"].startswith("cpu (") and record["iterations"] == 8
+    assert record["losses_finite"] == {"fp32": True, "amp": True}
+    assert (record["amp_loss_scale"], record["amp_skipped_steps"]) == (2.0 ** 16, 0)
+    assert record["pixel_p99_abs_diff"] <= 1

@@ -175,6 +175,22 @@ def test_build_writes_images_and_a_manifest(trained, data_root, caplog):
     assert "images/00000/00000.png" in manifest["files"] and "patches.safetensors" in manifest["files"]
 
 
+def test_amp_asked_for_on_the_cpu_runs_with_a_warning(trained, data_root, tmp_path, caplog):
+    """Off by default on the CPU; asked for, AMP runs there (to test its path), says it is slow, and each unit
+    records its loss scale and the steps its scaler skipped."""
+    with caplog.at_level(logging.INFO, logger="builders"):
+        run_cli(["fashion-mnist", "--ipc", "1", "--amp", "--data-root", str(data_root), "--build-root", str(trained),
+                 "--build-dir", str(tmp_path / "amp"), *FAST])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("AMP on the CPU is many times slower" in w for w in warnings) == 1
+    manifest = json.loads((tmp_path / "amp" / "manifest.json").read_text())
+    assert manifest["options"]["amp"] is True and manifest["stages"]["recover"]["settings"]["config"]["amp"] is True
+    (unit,) = manifest["stages"]["recover"]["units"].values()
+    assert (unit["loss_scale"], unit["skipped_steps"]) == (2.0 ** 16, 0)
+    assert any("loss scale 65536, 0 step(s) skipped" in r.getMessage() for r in caplog.records)
+    assert len(pngs(tmp_path / "amp" / "images")) == 10
+
+
 def test_other_settings_in_the_same_directory_are_refused(trained, data_root, capsys):
     args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained)]
     run_cli([*args, *FAST])
@@ -296,7 +312,6 @@ def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_p
 @pytest.mark.parametrize("args, message", [
     (["--method", "fadrm+", "--teacher", "convnet-bn"], "--teacher convnet-bn names FADRM's one teacher, but fadrm+"),
     (["--method", "fadrm+", "--teacher-weights", "{weights}"], "--teacher-weights gives one weights file, but fadrm+"),
-    (["--amp", "--device", "cpu"], "AMP (fp16 autocast) needs a CUDA device"),
     (["--device", "tpu"], "device 'tpu' is not supported; use auto, cpu, cuda or cuda:N"),
 ])
 def test_conflicting_choices_are_refused_before_any_work(args, message, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""``torchrun``: a build split over two CPU processes (gloo) writes the same files as one process, and a killed
-two-process evaluation resumes to the same numbers."""
+"""``torchrun``: a build split over two CPU processes (gloo) writes the same files as one process, a killed
+two-process evaluation resumes to the same numbers, and one process under torchrun joins a group of one (so a
+single GPU reaches NCCL and DDP) without changing a number."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
 
+from builders import distributed
 from fadrm_datasets._io import read_safetensors_metadata
+from tests.devices import DEVICES
 from tests.fakedata import make_fashion_mnist
 from tests.reliability.conftest import REPO, TEACHER, build_args, files_of, with_tiny_teacher
 
@@ -24,9 +30,11 @@ DROPOUT_CLI = ("-m", "tests.builders.dropout_cli")
 CHECKS, KILL_AFTER = 6, 3  # six epochs, a check (and a checkpoint) after each
 
 
-def _run(args: list[str], processes: int,
-         entry: tuple[str, ...] = ("-m", "builders.cli")) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, *entry] if processes == 1 else [
+def _run(args: list[str], processes: int, entry: tuple[str, ...] = ("-m", "builders.cli"),
+         torchrun: bool | None = None) -> subprocess.CompletedProcess:
+    """``entry ARGS`` in ``processes`` processes, under torchrun when more than one (or when asked)."""
+    torchrun = processes > 1 if torchrun is None else torchrun
+    launcher = [sys.executable, *entry] if not torchrun else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *entry]
     # Same threads in every process: the files are byte-identical at the same torch, device and threads.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -103,3 +111,49 @@ def test_a_killed_two_process_evaluation_resumes_to_the_same_numbers(tmp_path):
     differ = {"resumed_at_epoch", "seconds", "time", "command"}  # when and how it ran, not what it measured
     assert {k: v for k, v in got.items() if k not in differ} == {k: v for k, v in expected.items() if k not in differ}
     assert not list((killed / ".checkpoints").iterdir())
+
+
+def test_the_backend_and_the_gpu_follow_the_device(monkeypatch):
+    assert [distributed.backend(torch.device(d)) for d in ("cpu", "cuda", "cuda:1")] == ["gloo", "nccl", "nccl"]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_device(torch.device("cuda")) == torch.device("cuda")  # not under torchrun
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "one-process")
+    assert distributed.local_device(torch.device("cuda")) == torch.device("cuda", 1)  # the rank's GPU
+    assert distributed.local_device(torch.device("cuda:0")) == torch.device("cuda", 0)  # asked for: kept
+    assert distributed.local_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_process_under_torchrun_joins_a_group_of_one(device, monkeypatch):
+    """What torchrun --nproc-per-node 1 sets: the process joins a group of one with the device's backend."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"TORCHELASTIC_RUN_ID": "one-process", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    device = distributed.local_device(torch.device(device))
+    with distributed.process_group(device):
+        assert distributed.joined() and dist.get_backend() == distributed.backend(device)
+        distributed.barrier()
+        assert distributed.gather({"rank": 0}) == [{"rank": 0}]
+    assert not distributed.joined()
+
+
+def test_one_process_under_torchrun_measures_what_one_process_alone_does(tmp_path):
+    """Under torchrun a single process trains its student through DDP over a group of one: the same numbers."""
+    data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
+    root = with_tiny_teacher(tmp_path / "build")
+    build_dir = tmp_path / "b"
+    built = _run(build_args(root, data, build_dir, ipc=1), 1)
+    assert built.returncode == 0, built.stderr[-3000:]
+    evaluate = ["evaluate", str(build_dir), "--epochs", "2", "--device", "cpu", "--data-root", str(data)]
+    for torchrun in (False, True):
+        evaluated = _run(evaluate, 1, torchrun=torchrun)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        assert ("rank 0 of 1 joined the process group (gloo)" in evaluated.stderr) is torchrun
+    alone, under = json.loads((build_dir / "manifest.json").read_text())["evaluations"]
+    differ = {"seconds", "time", "command"}
+    assert {k: v for k, v in under.items() if k not in differ} == {k: v for k, v in alone.items() if k not in differ}

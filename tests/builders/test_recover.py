@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,7 @@ from builders.models import build_model
 from builders.presets import FASHION_MNIST, IMAGENET, PRESETS
 from builders.recover import (BNStatisticsLoss, Precision, RecoverConfig, Unit, arc_merge, plan_units,
                               recover_set, recover_unit, resample, stage_schedule)
+from tests.devices import DEVICES
 
 TINY = FASHION_MNIST.replace(stage_iterations=(3, 3, 3, 3), class_block=5)
 
@@ -155,9 +159,80 @@ def test_multi_teacher_round_robin():
     assert [len(s.sizes) for s in spies] == [4, 4, 4]  # 12 steps, one teacher per step in turn
 
 
-def test_amp_is_refused_on_the_cpu():
-    with pytest.raises(ValueError, match="CUDA"):
-        Precision(True, torch.device("cpu"))
+class Recorder(nn.Module):
+    """Wraps a teacher, records every input it sees, and returns inf logits on call ``overflow_at``."""
+
+    def __init__(self, inner: nn.Module, overflow_at: int | None = None):
+        super().__init__()
+        self.inner, self.overflow_at = inner, overflow_at
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        logits = self.inner(x)
+        return logits + float("inf") if len(self.inputs) - 1 == self.overflow_at else logits
+
+
+def recording_dtype(seen: set, function):
+    """``function``, adding the dtype of what it returns to ``seen``."""
+    def spy(*args, **kwargs):
+        out = function(*args, **kwargs)
+        seen.add(out.dtype)
+        return out
+    return spy
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_amp_computes_in_fp16_keeps_statistics_and_losses_in_fp32_and_stays_near_fp32(device, monkeypatch):
+    device = torch.device(device)
+    teacher = tiny_teacher().to(device)
+    patches = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fp32 = RecoverConfig.from_preset(TINY)
+    reference = recover_unit([teacher], torch.arange(5), patches, TINY, fp32, seed=0, device=device)
+    convs, ce, bn_terms, losses = [], set(), set(), set()
+    teacher.features[0].register_forward_hook(lambda module, inputs, output: convs.append(output.dtype))
+    monkeypatch.setattr(F, "cross_entropy", recording_dtype(ce, F.cross_entropy))
+    monkeypatch.setattr(BNStatisticsLoss, "pop", recording_dtype(bn_terms, BNStatisticsLoss.pop))
+    step = Precision.step
+
+    def recording_the_loss(self, loss, optimizer):
+        losses.add(loss.dtype)
+        step(self, loss, optimizer)
+
+    monkeypatch.setattr(Precision, "step", recording_the_loss)
+    amp = recover_unit([teacher], torch.arange(5), patches, TINY, dataclasses.replace(fp32, amp=True), seed=0,
+                       device=device)
+
+    assert len(convs) == fp32.total_iterations and set(convs) == {torch.float16}
+    assert ce == bn_terms == losses == {torch.float32}
+    assert len(amp.losses) == fp32.total_iterations and all(math.isfinite(v) for v in amp.losses)
+    # The scaler stepped every time: no overflow skipped a step, and its scale is still the initial 2^16.
+    assert (amp.skipped_steps, amp.loss_scale) == (0, 2.0 ** 16)
+    assert (reference.skipped_steps, reference.loss_scale) == (0, None)
+    assert amp.peak_memory_mb > 0
+    # fp16 rounds activations to 11 significant bits, which nudges the gradients: a pixel whose gradient
+    # is near zero may step another way. So a few pixels may differ, none by as much as one Adam step
+    # moves a pixel (lr in normalised units, in uint8 levels).
+    apart = (amp.images.float() - reference.images.float()).abs()
+    assert (apart > 0).float().mean() <= 0.01 and apart.max() < TINY.lr * min(TINY.std) * 255
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_amp_skips_an_overflowing_step_and_lowers_the_loss_scale(device):
+    device = torch.device(device)
+    # No jitter and a full-image crop: the teacher sees the pixels themselves, flipped or not.
+    preset = TINY.replace(jitter=0, crop_scale=(1.0, 1.0))
+    config = RecoverConfig.from_preset(preset, arc=False, mro=False, amp=True)  # one stage of 12 steps
+    teacher = Recorder(tiny_teacher().to(device), overflow_at=5)
+    patches = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    result = recover_unit([teacher], torch.arange(5), patches, preset, config, seed=0, device=device)
+
+    assert (result.skipped_steps, result.loss_scale) == (1, 2.0 ** 15)
+    assert [math.isfinite(v) for v in result.losses] == [step != 5 for step in range(12)]
+    seen = teacher.inputs
+    unmoved = [step for step in range(11) if torch.equal(seen[step + 1], seen[step])
+               or torch.equal(seen[step + 1], seen[step].flip(3))]
+    assert unmoved == [5]  # the pixels stood still on the overflowed step alone
 
 
 def test_units_cover_every_class_and_ipc_once():
