@@ -28,4 +28,4 @@ test: install-test
 
 test-all: install-test
 	lint-imports
-	$(PYTHON) -m pytest -m ''
+	$(PYTHON) -m pytest -m 'not cuda'  # the CUDA cases run in benchmarks/gpu_check.sh

@@ -5,7 +5,7 @@
 # /usr/share/datasets/fashion-mnist/). Writes everything under ${OUT:-build/gpu-check}.
 #
 # The code that runs only on CUDA, and the step that exercises it:
-#   1. the tests' CUDA cases (pytest -k cuda): recover_unit with AMP (fp16 autocast and the GradScaler on
+#   1. the tests' CUDA cases (pytest -m cuda): recover_unit with AMP (fp16 autocast and the GradScaler on
 #      CUDA, an injected overflow skipped, the scale lowered), teachers and batches on the GPU, its CUDA
 #      peak memory; torch.cuda.set_device and a group of one over NCCL; the CUDA generator a checkpoint
 #      keeps and restores; the GPU's name and CUDA/cuDNN versions in `environment`
@@ -22,7 +22,7 @@ OUT=${OUT:-build/gpu-check}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import pytest, torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
-python3 -m pytest -q -p no:cacheprovider -k cuda tests/builders/test_recover.py tests/builders/test_devices.py \
+python3 -m pytest -q -p no:cacheprovider -m cuda tests/builders/test_recover.py tests/builders/test_devices.py \
     tests/builders/test_distributed.py 2>&1 | tee "$OUT/pytest.log"
 python3 benchmarks/recover_speed.py --preset imagenet --teacher resnet18 --batch 100 --iterations 100 \
     --repeats 2 --device cuda --output "$OUT/speed.json"
