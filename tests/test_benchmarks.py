@@ -1,15 +1,20 @@
-"""The accuracy benchmark's bookkeeping and tables, on a tiny fake Fashion-MNIST and hand-made records."""
+"""The accuracy benchmark's bookkeeping and tables, on a tiny fake Fashion-MNIST and hand-made records; recover's
+FLOP counts against counts by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 import pytest
 import torch
+from torch import nn
 
-from benchmarks import accuracy, tables
+from benchmarks import accuracy, flops, tables
 from builders.models import build_model
+from builders.presets import get_preset
+from builders.recover import RecoverConfig
 from builders.teachers import save_teacher
 from tests.fakedata import make_fashion_mnist
 
@@ -73,3 +78,49 @@ def test_tables_refuse_a_student_row_mixing_lrs(tmp_path):
     path.write_text(json.dumps(records))
     with pytest.raises(SystemExit, match="tiny: the methods were evaluated at different lrs"):
         tables.main(["--records", str(path)])
+
+
+CPU = torch.device("cpu")
+
+
+def _probe(width: int) -> nn.Module:
+    """One convolution and one linear layer, the two kinds the counter charges, and the BatchNorm
+    layer recover needs between them."""
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(width * 16, 10)).eval()
+
+
+def _probe_forward(width: int, batch: int, resolution: int) -> int:
+    """2 * N * Cout * Cin * k * k * H * W for the convolution, 2 * N * in * out for the linear layer."""
+    return 2 * batch * width * 1 * 3 * 3 * resolution**2 + 2 * batch * (width * 16) * 10
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_recover_iteration_counts_the_forward_and_the_input_gradient_but_no_weight_gradient(batch):
+    preset = get_preset("fashion-mnist")
+    labels, patches = flops.unit_inputs(preset, batch)
+    teacher = _probe(4).requires_grad_(False)  # as recover's teachers are
+
+    def count() -> int:
+        return flops.iteration_flops(teacher, labels, patches, preset, RecoverConfig.from_preset(preset), 24, CPU)
+
+    forward = _probe_forward(4, batch, 24)
+    assert count() == 2 * forward  # the input gradient of each layer costs what its forward does
+    teacher.requires_grad_(True)  # a trainable teacher: its weight gradients run, and are charged
+    assert count() == 3 * forward
+
+
+def test_a_schedule_takes_the_teachers_round_robin_across_stages():
+    preset = get_preset("fashion-mnist")
+    labels, patches = flops.unit_inputs(preset, 2)
+    config = RecoverConfig.from_preset(preset)
+    config = dataclasses.replace(config, stages=((24, 3), (28, 3)))
+    teachers = [_probe(4).requires_grad_(False), _probe(8).requires_grad_(False)]
+
+    def step(width, resolution):
+        return 2 * _probe_forward(width, 2, resolution)
+
+    # steps 0-2 at 24 px: teachers 0, 1, 0; steps 3-5 at 28 px: 1, 0, 1 (the count goes on across stages)
+    expected = 2 * step(4, 24) + step(8, 24) + step(4, 28) + 2 * step(8, 28)
+    assert flops.schedule_flops(teachers, labels, patches, preset, config, CPU) == expected
+
