@@ -3,6 +3,7 @@ FLOP counts against counts by hand."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import accuracy, flops, tables
+from benchmarks import accuracy, flops, recover_speed, tables
 from builders.models import build_model
 from builders.presets import get_preset
 from builders.recover import RecoverConfig
@@ -124,3 +125,18 @@ def test_a_schedule_takes_the_teachers_round_robin_across_stages():
     expected = 2 * step(4, 24) + step(8, 24) + step(4, 28) + 2 * step(8, 28)
     assert flops.schedule_flops(teachers, labels, patches, preset, config, CPU) == expected
 
+
+def _convnet_bn_forward(resolution: int) -> int:
+    """Per image: three 3x3 convolutions (1 -> 64, 64 -> 64 at half, 64 -> 64 at a quarter of the
+    resolution), then the linear layer on a 64 x 3 x 3 map."""
+    macs = 64 * 9 * resolution**2 + 64 * 64 * 9 * ((resolution // 2) ** 2 + (resolution // 4) ** 2) + 64 * 9 * 10
+    return 2 * macs
+
+
+def test_recover_speed_counts_each_variants_own_schedule():
+    args = argparse.Namespace(preset="fashion-mnist", teacher="convnet-bn", iterations=8, batch=2, device="cpu")
+    counted, precision = recover_speed.count_variants(args, ["baseline", "fadrm"])
+    # baseline: 8 iterations at 28 px; FADRM: 2 per stage at 24, 28, 24, 28 px
+    assert counted["baseline"] == 8 * 2 * _convnet_bn_forward(28)
+    assert counted["fadrm"] == 4 * 2 * _convnet_bn_forward(24) + 4 * 2 * _convnet_bn_forward(28)
+    assert precision == {"baseline": torch.float32, "fadrm": torch.float32}  # no AMP on the CPU
