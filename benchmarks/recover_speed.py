@@ -9,7 +9,7 @@ Variants, all on the same teacher, unit size (``--batch`` classes) and total ite
 
 Each variant runs in a process of its own, so peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's resident high-water mark
-over what it held before the first recover call. Each times a second call after a short warm-up; the
+(``VmHWM``) over what it held before the first recover call. Each times a second call after a short warm-up; the
 variants run ``--repeats`` times, interleaved, and the median time is kept (the CPU is shared).
 
 How far from the limit: each variant's schedule is counted in FLOPs (:mod:`benchmarks.flops`: the
@@ -52,6 +52,13 @@ from builders.recover import RecoverConfig, recover_unit  # noqa: E402
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss_bytes() -> int:
+    """This process's own resident high-water mark. Not ``ru_maxrss``: after exec it keeps the launching
+    process's, so a child would report the parent's size whenever the parent held more."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def variant_config(preset, name: str, device: torch.device) -> RecoverConfig:
@@ -100,7 +107,7 @@ def run_variant(args) -> dict:
     if device.type == "cuda":
         peak = int(result.peak_memory_mb * 2**20)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        peak = _peak_rss_bytes() - before
     return {"variant": args.child, "seconds": seconds, "per_image_s": seconds / args.batch, "peak_bytes": peak,
             "iterations": config.total_iterations, "stages": [list(s) for s in config.stages]}
 

@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -140,3 +142,12 @@ def test_recover_speed_counts_each_variants_own_schedule():
     assert counted["baseline"] == 8 * 2 * _convnet_bn_forward(28)
     assert counted["fadrm"] == 4 * 2 * _convnet_bn_forward(24) + 4 * 2 * _convnet_bn_forward(28)
     assert precision == {"baseline": torch.float32, "fadrm": torch.float32}  # no AMP on the CPU
+
+
+def test_recover_speed_reports_the_childs_own_memory_not_its_parents():
+    held = torch.ones(2**28)  # 1 GiB resident here, far more than the child's unit needs
+    child = [sys.executable, recover_speed.__file__, "--preset", "fashion-mnist", "--iterations", "4", "--batch", "2",
+             "--child", "baseline"]
+    out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+    assert 0 < json.loads(out.strip().splitlines()[-1])["peak_bytes"] < 256 * 2**20
+    del held
