@@ -2,7 +2,9 @@
 # The prepared GPU check (about 5 minutes on one H200, at most 8): run from the repository root on a
 # machine with a CUDA GPU and PyTorch, with the Fashion-MNIST idx files in data/FashionMNIST/raw/ (or
 # /usr/share/datasets/fashion-mnist/). Writes everything under ${OUT:-build/gpu-check}.
-#   1. the CUDA recover rows: torchvision ResNet-18 at the ImageNet schedule (200/224, 100 images a unit)
+#   1. the CUDA recover rows: torchvision ResNet-18 at the ImageNet schedule (200/224, 100 images a unit),
+#      each with its counted FLOPs and its fraction of this GPU's torch.mm peak, measured in the same run
+#      (fp32 at the TF32 setting cuDNN gives the convolutions; fp16 for the AMP variants)
 #   2. AMP against fp32: the images stay close and every loss is finite
 #   3. a Fashion-MNIST IPC 10 build with --device cuda (teacher, patches, recover, relabel, evaluate)
 set -euo pipefail
