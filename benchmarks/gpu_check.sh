@@ -10,7 +10,9 @@
 #      peak memory; torch.cuda.set_device and a group of one over NCCL; the CUDA generator a checkpoint
 #      keeps and restores; the GPU's name and CUDA/cuDNN versions in `environment`
 #   2. recover_speed.py --device cuda: the CUDA recover rows (torchvision ResNet-18 at ImageNet's 200/224
-#      schedule, 100 images a unit), torch.cuda.synchronize, the allocator's peak memory per variant
+#      schedule, 100 images a unit), torch.cuda.synchronize, the allocator's peak memory per variant, each
+#      row with its counted FLOPs and its fraction of this GPU's torch.mm peak measured in the same run
+#      (fp32 at the TF32 setting cuDNN gives the convolutions; fp16 for the AMP variants)
 #   3. amp_check.py (CUDA by default): AMP against fp32 on that unit, its loss scale and skipped steps
 #   4. a Fashion-MNIST IPC 10 build with --device cuda (teacher, patches, recover with AMP on by default,
 #      relabel, evaluate), its environment and per-unit loss scale recorded in the manifest

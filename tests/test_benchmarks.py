@@ -1,15 +1,23 @@
-"""The accuracy benchmark's bookkeeping and tables, on a tiny fake Fashion-MNIST and hand-made records."""
+"""The accuracy benchmark's bookkeeping and tables, on a tiny fake Fashion-MNIST and hand-made records; recover's
+FLOP counts against counts by hand."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
+from torch import nn
 
-from benchmarks import accuracy, tables
+from benchmarks import accuracy, flops, recover_speed, tables
 from builders.models import build_model
+from builders.presets import get_preset
+from builders.recover import RecoverConfig
 from builders.teachers import save_teacher
 from tests.fakedata import make_fashion_mnist
 
@@ -87,3 +95,73 @@ def test_amp_check_runs_on_the_cpu(tmp_path):
     assert record["losses_finite"] == {"fp32": True, "amp": True}
     assert (record["amp_loss_scale"], record["amp_skipped_steps"]) == (2.0 ** 16, 0)
     assert record["pixel_p99_abs_diff"] <= 1
+
+
+CPU = torch.device("cpu")
+
+
+def _probe(width: int) -> nn.Module:
+    """One convolution and one linear layer, the two kinds the counter charges, and the BatchNorm
+    layer recover needs between them."""
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(width * 16, 10)).eval()
+
+
+def _probe_forward(width: int, batch: int, resolution: int) -> int:
+    """2 * N * Cout * Cin * k * k * H * W for the convolution, 2 * N * in * out for the linear layer."""
+    return 2 * batch * width * 1 * 3 * 3 * resolution**2 + 2 * batch * (width * 16) * 10
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_recover_iteration_counts_the_forward_and_the_input_gradient_but_no_weight_gradient(batch):
+    preset = get_preset("fashion-mnist")
+    labels, patches = flops.unit_inputs(preset, batch)
+    teacher = _probe(4).requires_grad_(False)  # as recover's teachers are
+
+    def count() -> int:
+        return flops.iteration_flops(teacher, labels, patches, preset, RecoverConfig.from_preset(preset), 24, CPU)
+
+    forward = _probe_forward(4, batch, 24)
+    assert count() == 2 * forward  # the input gradient of each layer costs what its forward does
+    teacher.requires_grad_(True)  # a trainable teacher: its weight gradients run, and are charged
+    assert count() == 3 * forward
+
+
+def test_a_schedule_takes_the_teachers_round_robin_across_stages():
+    preset = get_preset("fashion-mnist")
+    labels, patches = flops.unit_inputs(preset, 2)
+    config = RecoverConfig.from_preset(preset)
+    config = dataclasses.replace(config, stages=((24, 3), (28, 3)))
+    teachers = [_probe(4).requires_grad_(False), _probe(8).requires_grad_(False)]
+
+    def step(width, resolution):
+        return 2 * _probe_forward(width, 2, resolution)
+
+    # steps 0-2 at 24 px: teachers 0, 1, 0; steps 3-5 at 28 px: 1, 0, 1 (the count goes on across stages)
+    expected = 2 * step(4, 24) + step(8, 24) + step(4, 28) + 2 * step(8, 28)
+    assert flops.schedule_flops(teachers, labels, patches, preset, config, CPU) == expected
+
+
+def _convnet_bn_forward(resolution: int) -> int:
+    """Per image: three 3x3 convolutions (1 -> 64, 64 -> 64 at half, 64 -> 64 at a quarter of the
+    resolution), then the linear layer on a 64 x 3 x 3 map."""
+    macs = 64 * 9 * resolution**2 + 64 * 64 * 9 * ((resolution // 2) ** 2 + (resolution // 4) ** 2) + 64 * 9 * 10
+    return 2 * macs
+
+
+def test_recover_speed_counts_each_variants_own_schedule():
+    args = argparse.Namespace(preset="fashion-mnist", teacher="convnet-bn", iterations=8, batch=2, device="cpu")
+    counted, precision = recover_speed.count_variants(args, ["baseline", "fadrm"])
+    # baseline: 8 iterations at 28 px; FADRM: 2 per stage at 24, 28, 24, 28 px
+    assert counted["baseline"] == 8 * 2 * _convnet_bn_forward(28)
+    assert counted["fadrm"] == 4 * 2 * _convnet_bn_forward(24) + 4 * 2 * _convnet_bn_forward(28)
+    assert precision == {"baseline": torch.float32, "fadrm": torch.float32}  # no AMP on the CPU
+
+
+def test_recover_speed_reports_the_childs_own_memory_not_its_parents():
+    held = torch.ones(2**28)  # 1 GiB resident here, far more than the child's unit needs
+    child = [sys.executable, recover_speed.__file__, "--preset", "fashion-mnist", "--iterations", "4", "--batch", "2",
+             "--child", "baseline"]
+    out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+    assert 0 < json.loads(out.strip().splitlines()[-1])["peak_bytes"] < 256 * 2**20
+    del held
