@@ -134,6 +134,13 @@ def png_size(header: bytes) -> tuple[int, int] | None:
     return (width, height) if signature == b"\x89PNG\r\n\x1a\n" and chunk == b"IHDR" else None
 
 
+def max_png_bytes(size: int) -> int:
+    """The most bytes a PNG of ``size`` x ``size`` pixels takes, whatever its colour type: 16-bit RGBA
+    stored without compression, a filter byte a row, and room for the chunks around it."""
+    raw = size * (size * 8 + 1)
+    return raw + raw // 64 + (64 << 10)
+
+
 def png_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
     with open(path, "rb") as f:
         return png_size(f.read(_PNG_HEADER.size))
@@ -324,6 +331,6 @@ def ipc_of(relative: str) -> int | None:
 
 __all__ = ["BuildDirectory", "BuildLockedError", "CHECKPOINTS", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST",
            "PATCHES", "README", "SOFT_LABELS", "SOFT_LABEL_INDEX", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name",
-           "image_relpath", "inside", "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "own_file", "parquet_pattern",
-           "parquet_shard", "parse_ipc_dir", "png_file_size", "png_size", "repo_soft_labels", "repo_teacher",
+           "image_relpath", "inside", "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "max_png_bytes", "own_file",
+           "parquet_pattern", "parquet_shard", "parse_ipc_dir", "png_file_size", "png_size", "repo_soft_labels", "repo_teacher",
            "scan_images", "stack_images"]

@@ -24,30 +24,82 @@ from . import hub, layout
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
 from .registry import ORG_ENV, SetInfo, find_by_repo, get_set
+from .schema import MAX_IMAGE_SIZE, MAX_IMAGES
 
 
 class SetNotFoundError(HubError, FileNotFoundError):
     """A set is neither on disk nor asked to be downloaded."""
 
 
-def _read_parquet(paths: list[Path]) -> list[tuple[int, int, bytes]]:
-    """(label, ipc_id, PNG bytes) of every row; a shard of another schema is refused, naming the file."""
+# An honest shard's footer takes a few hundred bytes a row group and names the classes twice over: far less
+# than this. Parsing one takes many times its size in memory.
+MAX_PARQUET_FOOTER = 8 << 20
+_ROW_BYTES = 1024  # a row's label, ipc id and image name, and their offsets
+_BATCH_ROWS = 1024
+_SHARD_COLUMNS = "columns image{bytes}, label, ipc_id"
+_BROKEN = "the published version is broken: report it, or pick another version="
+
+
+def _read_parquet(paths: list[Path], most_rows: int = MAX_IMAGES,
+                  side: int = MAX_IMAGE_SIZE) -> list[tuple[int, int, bytes]]:
+    """(label, ipc_id, PNG bytes) of every row, at most ``most_rows`` in all, of images ``side`` pixels
+    wide. A shard is refused, naming it, when it is of another schema or its footer holds more than a
+    shard's, rows beyond ``most_rows`` or more data than PNGs of ``side`` x ``side`` take: all read from
+    the footer before anything is decompressed. The rows are then read a batch at a time, their bytes
+    counted against that bound as they come, so a footer that understates its sizes is cut off after a batch."""
+    import pyarrow as pa
+
+    rows, held, png_bytes = [], 0, layout.max_png_bytes(side)
+    for path in paths:
+        try:
+            shard = _open_shard(path, most_rows - len(rows), side)
+            for batch in shard.iter_batches(batch_size=_BATCH_ROWS, columns=["image", "label", "ipc_id"]):
+                data = batch.column("image").field("bytes").to_pylist()
+                labels, ipc_ids = batch.column("label").to_pylist(), batch.column("ipc_id").to_pylist()
+                if not all(isinstance(v, int) for v in labels + ipc_ids) or not all(isinstance(b, bytes) for b in data):
+                    raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
+                rows += zip(labels, ipc_ids, data)
+                held += sum(map(len, data))
+                if held > len(rows) * png_bytes:
+                    raise IntegrityError(f"{path} holds more bytes of images than PNGs of {side}x{side} can take; "
+                                         f"{_BROKEN}")
+        except (pa.ArrowException, ValueError) as error:
+            raise IntegrityError(f"{path} is not a shard of a FADRM set ({_SHARD_COLUMNS}): "
+                                 f"{' '.join(str(error).split())}") from None
+    return rows
+
+
+def _open_shard(path: Path, most_rows: int, side: int):
+    """The parquet file at ``path``, refused unless its footer is of a shard's size, its columns of a
+    shard's types, and it declares at most ``most_rows`` rows and what PNGs of ``side`` x ``side`` take."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = []
-    for path in paths:
-        try:
-            table = pq.read_table(path, columns=["image", "label", "ipc_id"])
-            data = table.column("image").combine_chunks().field("bytes").to_pylist()
-            labels, ipc_ids = table.column("label").to_pylist(), table.column("ipc_id").to_pylist()
-        except (pa.ArrowException, KeyError, ValueError) as error:
-            raise IntegrityError(f"{path} is not a shard of a FADRM set (columns image{{bytes}}, label, ipc_id): "
-                                 f"{' '.join(str(error).split())}") from None
-        if not all(isinstance(v, int) for v in labels + ipc_ids) or not all(isinstance(b, bytes) for b in data):
-            raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
-        rows += zip(labels, ipc_ids, data)
-    return rows
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 8))
+        tail = f.read(8)
+    footer = int.from_bytes(tail[:4], "little") if tail[4:] == b"PAR1" else 0
+    if footer > MAX_PARQUET_FOOTER:
+        raise IntegrityError(f"{path} has a footer of {footer:,} bytes, more than a shard's may hold "
+                             f"({MAX_PARQUET_FOOTER:,}); {_BROKEN}")
+    shard = pq.ParquetFile(path)
+    schema = shard.schema_arrow
+    image = schema.field("image").type if "image" in schema.names else None
+    if not (image is not None and pa.types.is_struct(image) and image.get_field_index("bytes") >= 0
+            and all(name in schema.names for name in ("label", "ipc_id"))):
+        raise IntegrityError(f"{path} is not a shard of a FADRM set ({_SHARD_COLUMNS})")
+    if not (pa.types.is_binary(image.field("bytes").type)
+            and all(pa.types.is_integer(schema.field(name).type) for name in ("label", "ipc_id"))):
+        raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
+    meta = shard.metadata
+    declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    room = meta.num_rows * (layout.max_png_bytes(side) + _ROW_BYTES)
+    if meta.num_rows > most_rows:
+        raise IntegrityError(f"{path} holds {meta.num_rows:,} images, more than its release records; {_BROKEN}")
+    if declared > room:
+        raise IntegrityError(f"{path} declares {declared:,} bytes for {meta.num_rows:,} images, more than PNGs of "
+                             f"{side}x{side} can take ({room:,}); {_BROKEN}")
+    return shard
 
 
 class FADRMDataset(VisionDataset):
@@ -211,7 +263,8 @@ class FADRMDataset(VisionDataset):
             self._check_rows(rows, [layout.png_file_size(e.path) for e in entries], self.build_dir / layout.IMAGES)
             self._files = [e.path for e in entries]
         else:
-            rows = _read_parquet([self.data_dir / p for p in self._shards])
+            rows = _read_parquet([self.data_dir / p for p in self._shards], expected or MAX_IMAGES,
+                                 self.image_size or MAX_IMAGE_SIZE)
             rows.sort(key=lambda r: (r[0], r[1]))
             where = self.data_dir / layout.ipc_dir(self.ipc)
             self._check_rows(rows, [layout.png_size(r[2][:32]) for r in rows], where)
