@@ -60,15 +60,25 @@ class BuildLockedError(RuntimeError):
 
 # --- paths --------------------------------------------------------------------------------------
 
+MAX_PATH_NAMES = 8  # the deepest path of a set, ipc<N>/soft_labels/<shard>, has 3
+
+
 def _lexical(directory: str | os.PathLike, relative: str) -> tuple[Path, Path]:
     """(the resolved ``directory``, ``relative`` joined to it as written), refused unless ``relative`` is
-    a relative path that, as written, stays inside the directory."""
+    a relative path that, as written, stays inside the directory, in its one spelling: at most
+    :data:`MAX_PATH_NAMES` names, none empty, ``.`` or ``..`` (another spelling could name a file as
+    another kind, ``soft_labels/../patches.safetensors``, and a deep one costs a system call a name)."""
     base = Path(directory).resolve()
     if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or "\\" in relative:
         raise LayoutError(f"refusing the path {relative!r}: not a relative path inside {base}")
+    shown = repr(relative) if len(relative) <= 80 else repr(relative[:77] + "...")
     lexical = Path(os.path.normpath(base / relative))
     if lexical == base or base not in lexical.parents:
-        raise LayoutError(f"refusing the path {relative!r}: it leaves {base}")
+        raise LayoutError(f"refusing the path {shown}: it leaves {base}")
+    names = relative.split("/")
+    if len(names) > MAX_PATH_NAMES or any(name in ("", ".", "..") for name in names):
+        raise LayoutError(f"refusing the path {shown}: a path of a set has at most {MAX_PATH_NAMES} names, "
+                          "none of them empty, '.' or '..'")
     return base, lexical
 
 

@@ -11,12 +11,18 @@ folder the library owns. The tests of cases that held already say so.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import time
 
 import pytest
 
 from fadrm_datasets.sets import FADRMDataset, IntegrityError
-from tests.reliability.hostile import PARQUET, VERSION, open_bounded, png, publish_tiny, released, republish
+from tests.fakebuild import make_build
+from tests.reliability.conftest import run_cli
+from tests.reliability.hostile import (PARQUET, VERSION, open_bounded, open_here, png, publish_tiny, released,
+                                       republish)
 
 
 def _open(root, repo, **kwargs) -> FADRMDataset:
@@ -105,3 +111,49 @@ def test_an_image_column_that_is_not_a_struct_gets_one_line(tmp_path, image):
     with pytest.raises(IntegrityError, match="is not a shard of a FADRM set") as info:
         _read_parquet([path])
     assert len(str(info.value).splitlines()) == 1
+
+
+# --- the release manifest ----------------------------------------------------------------------------
+
+def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path):
+    """Nearly 4 MB of paths 500 folders deep, each resolved folder by folder."""
+    repo = publish_tiny(hub, tmp_path, "deep", soft_labels=False)
+    deep = {"ipc20/" + "a/" * 495 + f"f{i}": f"{i:064x}" for i in range(1900)}
+
+    def edit(m):
+        return {**m, "files": {**m["files"], **deep}, "sizes": {**m["sizes"], **{p: 1 for p in deep}}}
+
+    _manifest_edit(repo, tmp_path, edit)
+    start = time.perf_counter()
+    outcome = open_here(tmp_path / "root", repo, soft_labels=False)
+    assert outcome.startswith("IntegrityError") and "a path of a set has at most 8 names" in outcome, outcome
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("path", ["ipc10/./train.parquet", "ipc10//train.parquet", "ipc10/train.parquet/",
+                                  "soft_labels/../patches.safetensors", "a/" * 8 + "b"])
+def test_a_path_of_a_set_has_one_spelling(tmp_path, path):
+    from fadrm_datasets.layout import LayoutError, inside, own_file
+
+    for resolve in (inside, own_file):
+        with pytest.raises(LayoutError, match="a path of a set has at most 8 names, none of them empty"):
+            resolve(tmp_path, path)
+
+
+# --- local builds, and the CLI reading them ----------------------------------------------------------
+
+def test_a_build_manifest_cannot_make_push_publish_a_file_beside_the_soft_labels(tmp_path, hub, capsys):
+    """``soft_labels/../patches.safetensors``: recorded under soft_labels/, it is the real patches."""
+    from huggingface_hub import HfApi
+
+    build = make_build(tmp_path / "ipc10", soft_labels=True, teacher=False)
+    patches = build / "patches.safetensors"
+    patches.write_bytes(b"canary: the real patches, never published")
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["files"]["soft_labels/../patches.safetensors"] = hashlib.sha256(patches.read_bytes()).hexdigest()
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    repo = hub.repo_id("alias")
+    code, err = run_cli(["push", str(build), "--repo", repo, "--version", VERSION], capsys)
+    assert code == 2 and "refusing the path 'soft_labels/../patches.safetensors'" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not HfApi().repo_exists(repo, repo_type="dataset")
