@@ -12,7 +12,9 @@ their parquet shards; build directories from their PNG files (:mod:`fadrm_datase
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -237,6 +239,7 @@ class FADRMDataset(VisionDataset):
         if info is not None and len(classes) != info.num_classes:
             raise IntegrityError(f"{self.build_dir or self.repo_id} holds {len(classes)} classes, not the "
                                  f"{info.num_classes} of {info.display_name}; open it with FADRMDataset instead")
+        self._check_classes(classes, num_classes)
         self.classes = list(classes)
         self.channels = int(preset.get("channels") or (info.channels if info else 3))
         self.image_size = int(preset.get("image_size") or (info.image_size if info else 0)) or None
@@ -246,6 +249,18 @@ class FADRMDataset(VisionDataset):
             raise IntegrityError(f"{self.build_dir or self.repo_id}: its preset declares {self.channels} channels "
                                  f"with mean {list(self.mean)} and std {list(self.std)}; a set has 1 or 3 channels, "
                                  "one mean and std each")
+
+    def _check_classes(self, classes: list[str], num_classes: int | None) -> None:
+        """Refuse a class list of another length than the preset's ``num_classes``, or naming a class twice."""
+        where = self.data_dir / layout.MANIFEST
+        if num_classes is not None and len(classes) != num_classes:
+            raise IntegrityError(f"{where} names {len(classes):,} classes, its preset {num_classes:,}; download or "
+                                 "rebuild the set")
+        seen: set[str] = set()
+        for name in classes:
+            if name in seen:
+                raise IntegrityError(f"{where} names the class {json.dumps(name)} twice; download or rebuild the set")
+            seen.add(name)
 
     def _load(self, expected: int | None = None) -> None:
         """Read labels, ipc ids and the encoded images, sorted by (label, ipc_id), refusing any that do not
@@ -290,6 +305,7 @@ class FADRMDataset(VisionDataset):
                                      f"not the set's {side}x{side}; download or rebuild the set")
         if len({(label, ipc_id) for label, ipc_id, _ in rows}) != len(rows):
             raise IntegrityError(f"{where}: an image (a label and ipc id) appears twice; download the set again")
+        self.image_size = side
 
     def _open_soft_labels(self) -> None:
         from .softlabels import SoftLabelStore
@@ -306,6 +322,10 @@ class FADRMDataset(VisionDataset):
         if store.num_samples != len(self) or store.num_classes != len(self.classes):
             raise IntegrityError(f"the soft labels in {directory} are for {store.num_samples} samples of "
                                  f"{store.num_classes} classes, the set has {len(self)} of {len(self.classes)}")
+        if store.image_size != self.image_size:  # every replayed batch is made at the store's size
+            size, side = store.image_size, self.image_size
+            raise IntegrityError(f"the soft labels in {directory} are made for {size}x{size} images, the set's are "
+                                 f"{side}x{side}; download or rebuild the set")
         self.soft_label_store = store
 
     # -- the Dataset protocol --------------------------------------------------------------------
@@ -320,9 +340,23 @@ class FADRMDataset(VisionDataset):
             self._load()
         return io.BytesIO(self._png[index])
 
+    def _decoded(self, index: int, decode: Callable):
+        """``decode`` applied to sample ``index``'s encoded image; one that does not decode is named."""
+        try:
+            return decode(self._encoded(index))
+        except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for a damaged image
+            name = self._files[index] if self._files is not None else (
+                f"{self.data_dir / layout.ipc_dir(self.ipc)}: the image of label {self.targets[index]}, ipc id "
+                f"{self.ipc_ids[index]}")
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise IntegrityError(f"{name} cannot be decoded ({reason}); download or rebuild the set") from None
+
+    def _pil(self, encoded) -> Image.Image:
+        with Image.open(encoded) as img:
+            return img.convert(layout.image_mode(self.channels))
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        with Image.open(self._encoded(index)) as img:
-            image = img.convert(layout.image_mode(self.channels))
+        image = self._decoded(index, self._pil)
         target = self.targets[index]
         if self.transform is not None:
             image = self.transform(image)
@@ -340,13 +374,10 @@ class FADRMDataset(VisionDataset):
     def images_uint8(self):
         """Every image as one uint8 tensor (N, C, H, W) in the canonical order."""
         if getattr(self, "_uint8", None) is None:
-            if self._files is not None:
-                sources = self._files
-            else:
-                if self._png is None:
-                    self._load()
-                sources = self._png
-            self._uint8 = layout.stack_images(sources, self.channels)
+            import torch
+
+            decode = functools.partial(layout.decode_png, channels=self.channels)
+            self._uint8 = torch.stack([self._decoded(i, decode) for i in range(len(self))])
         return self._uint8
 
     def soft_label_loader(self, epochs, num_workers: int = 0, **kwargs: Any):

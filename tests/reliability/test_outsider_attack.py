@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import time
+import zlib
 
 import pytest
 
 from fadrm_datasets.sets import FADRMDataset, IntegrityError
 from tests.fakebuild import make_build
 from tests.reliability.conftest import run_cli
-from tests.reliability.hostile import (PARQUET, VERSION, open_bounded, open_here, png, publish_tiny, released,
-                                       republish)
+from tests.reliability.hostile import (PARQUET, SOFT_INDEX, VERSION, open_bounded, open_here, parquet_with, png,
+                                       publish_tiny, released, republish)
 
 
 def _open(root, repo, **kwargs) -> FADRMDataset:
@@ -113,7 +115,86 @@ def test_an_image_column_that_is_not_a_struct_gets_one_line(tmp_path, image):
     assert len(str(info.value).splitlines()) == 1
 
 
+# --- the PNGs ----------------------------------------------------------------------------------------
+
+def test_a_truncated_png_is_reported_naming_the_image_not_as_a_raw_decoder_error(hub, tmp_path):
+    repo = publish_tiny(hub, tmp_path, "truncated", soft_labels=False)
+
+    def truncate(rows):
+        data = rows[0]["image"]["bytes"]
+        rows[0]["image"] = {"bytes": data[:len(data) // 2], "path": rows[0]["image"]["path"]}
+
+    republish(repo, {PARQUET: parquet_with(repo, truncate)}, tmp_path)
+    for use in (lambda data: data[0], lambda data: data.images_uint8()):
+        outcome = open_here(tmp_path / "root", repo, soft_labels=False, then=use)
+        assert outcome.startswith("IntegrityError"), outcome
+        assert "ipc10: the image of label 0, ipc id 0 cannot be decoded (image file is truncated" in outcome
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _idat_bomb(side: int, expands_to: int) -> bytes:
+    """A PNG declaring ``side`` x ``side`` RGB whose pixel data inflates to ``expands_to`` bytes."""
+    compress = zlib.compressobj(9)
+    block = bytes(16 << 20)
+    data = b"".join(compress.compress(block) for _ in range(expands_to // len(block))) + compress.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def test_held_a_png_whose_pixel_data_inflates_past_its_size_and_a_grayscale_png_in_a_colour_set(hub, tmp_path):
+    """Held: PIL inflates only the rows the declared 8x8 needs, not the 512 MiB behind them; a grayscale
+    PNG is served as RGB."""
+    repo = publish_tiny(hub, tmp_path, "inflate", soft_labels=False)
+
+    def change(rows):
+        rows[0]["image"] = {"bytes": _idat_bomb(8, 512 << 20), "path": rows[0]["image"]["path"]}
+        rows[1]["image"] = {"bytes": png(8, 8, "L"), "path": rows[1]["image"]["path"]}
+
+    republish(repo, {PARQUET: parquet_with(repo, change)}, tmp_path)
+    data = _open(tmp_path / "root", repo)
+    start = time.perf_counter()
+    image, _ = data[0]
+    assert image.size == (8, 8) and time.perf_counter() - start < 0.25
+    assert data[1][0].mode == "RGB" and data.images_uint8().shape == (40, 3, 8, 8)
+
+
+def test_held_jpeg_bytes_in_a_shard_are_refused_as_not_a_png(hub, tmp_path):
+    from PIL import Image
+
+    repo = publish_tiny(hub, tmp_path, "jpeg", soft_labels=False)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+
+    def change(rows):
+        rows[3]["image"] = {"bytes": jpeg.getvalue(), "path": rows[3]["image"]["path"]}
+
+    republish(repo, {PARQUET: parquet_with(repo, change)}, tmp_path)
+    outcome = open_here(tmp_path / "root", repo, soft_labels=False)
+    assert outcome.startswith("IntegrityError") and "the image of label 0, ipc id 3 is not a PNG" in outcome
+
+
 # --- the release manifest ----------------------------------------------------------------------------
+
+def test_classes_named_twice_or_not_as_many_as_the_preset_says_are_refused(hub, tmp_path):
+    repo = publish_tiny(hub, tmp_path, "classes", soft_labels=False)
+    cases = {'names the class "ant" twice': ["ant", "ant", "cat", "dog"],
+             "names 100,000 classes, its preset 4": [""] * 100_000}
+    for i, (message, classes) in enumerate(cases.items()):
+        _manifest_edit(repo, tmp_path, lambda m: {**m, "classes": classes})
+        outcome = open_here(tmp_path / f"root{i}", repo, soft_labels=False)
+        assert outcome.startswith("IntegrityError") and message in outcome, outcome
+
+
+@pytest.mark.parametrize("value", [2.0, True], ids=["float", "bool"])
+def test_held_a_format_version_of_another_type_is_refused(hub, tmp_path, value):
+    repo = publish_tiny(hub, tmp_path, "format", soft_labels=False)
+    _manifest_edit(repo, tmp_path, lambda m: {**m, "format_version": value})
+    outcome = open_here(tmp_path / "root", repo, soft_labels=False)
+    assert outcome.startswith("IntegrityError") and "format_version should be an integer" in outcome
+
 
 def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path):
     """Nearly 4 MB of paths 500 folders deep, each resolved folder by folder."""
@@ -138,6 +219,28 @@ def test_a_path_of_a_set_has_one_spelling(tmp_path, path):
     for resolve in (inside, own_file):
         with pytest.raises(LayoutError, match="a path of a set has at most 8 names, none of them empty"):
             resolve(tmp_path, path)
+
+
+# --- the soft labels ---------------------------------------------------------------------------------
+
+def test_an_index_declaring_larger_images_than_the_set_is_refused_at_open(hub, tmp_path):
+    """An 8x8 set whose index says 4096: every replayed batch would be 8 x 3 x 4096 x 4096 floats."""
+    repo = publish_tiny(hub, tmp_path, "imagesize")
+    index = json.loads(released(repo, SOFT_INDEX))
+    republish(repo, {SOFT_INDEX: json.dumps({**index, "image_size": 4096}).encode()}, tmp_path)
+    took, outcome = open_bounded(tmp_path / "root", repo, memory_mb=512, then="next(iter(data.soft_label_loader(0)))")
+    assert outcome.startswith("IntegrityError") and "made for 4096x4096 images, the set's are 8x8" in outcome, outcome
+
+
+def test_a_shard_header_nested_deeply_gets_one_line(tmp_path):
+    from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
+
+    build = make_build(tmp_path / "ipc10", soft_labels=True, teacher=False)
+    header = b"[" * 100_000 + b"]" * 100_000
+    (build / "soft_labels" / "epochs-00000-00001.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(SoftLabelStoreError, match="epochs-00000-00001.safetensors nests deeper than 32") as info:
+        SoftLabelStore.open(build / "soft_labels")
+    assert len(str(info.value).splitlines()) == 1
 
 
 # --- local builds, and the CLI reading them ----------------------------------------------------------
