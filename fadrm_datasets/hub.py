@@ -122,7 +122,11 @@ def default_root() -> Path:
     """The per-user folder that holds downloaded sets: ``$FADRM_DATASETS_CACHE``, else
     ``$XDG_CACHE_HOME/fadrm_datasets``, else ``~/.cache/fadrm_datasets``."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+        if root.exists() and not root.is_dir():
+            raise RootError(f"{CACHE_ENV}={root} is a file, not a folder: point it at a folder to keep the sets in, "
+                            "or unset it for the per-user cache")
+        return root
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "fadrm_datasets"
 
@@ -384,7 +388,8 @@ def _download(repo_id: str, version: str, commit: str, dest: Path, rel: str, siz
     part = target.with_name(f".{target.name}.part")  # hidden: never taken for a file of the set
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as f:
+        part.unlink(missing_ok=True)  # a leftover, or a link planted there: created afresh, never written through
+        with open(part, "xb") as f:
             _hub_call(repo_id, version, token, lambda: http_get(
                 served.location, _BoundedFile(f, expected, name), headers=build_hf_headers(token=token),
                 expected_size=expected, displayed_filename=rel))
@@ -466,6 +471,7 @@ def fetch(repo_id: str, ipc: int, version: str, root: str | os.PathLike, downloa
     check_repo_id(repo_id)
     check_version(version)
     dest = version_dir(check_root(root), repo_id, version)
+    _check_not_linked(dest)
     copy = _Copy(repo_id, ipc, version, dest, download, token, parts)
     if copy.online and not copy.check_tag():
         return dest  # the tag is missing for now: the verified local copy serves
@@ -475,6 +481,15 @@ def fetch(repo_id: str, ipc: int, version: str, root: str | os.PathLike, downloa
         pass
     with _version_lock(dest):
         return copy.open(writable=True)
+
+
+def _check_not_linked(dest: Path) -> None:
+    """Refuse a repo or version folder under the root that is a symbolic link: what the library deletes
+    and writes there would land in the link's target (the root's own path may hold links)."""
+    for folder in (dest.parent, dest):
+        if folder.is_symlink():
+            raise RootError(f"{folder} is a symbolic link (to {os.readlink(folder)}), not a folder of the sets: "
+                            "remove the link, or pass the folder that holds the sets as root=")
 
 
 class _NeedsWrite(Exception):

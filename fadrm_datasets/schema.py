@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,12 @@ def _check_format(version: Any, path: Path, kind: FileKind) -> None:
 
 
 def _read_bounded(path: Path, kind: FileKind) -> bytes:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    # Opened without blocking and read only if a regular file: a FIFO put in its place must not stall us.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        status = os.fstat(f.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise LayoutError(f"{path} is not a regular file; {kind.remedy}")
+        size = status.st_size
         data = f.read(kind.max_bytes + 1) if size <= kind.max_bytes else b""
     if size > kind.max_bytes or len(data) > kind.max_bytes:
         raise LayoutError(f"{path} is {max(size, len(data)):,} bytes, more than a {kind.name} may hold "

@@ -14,17 +14,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import time
 import zlib
 
 import pytest
 
+from fadrm_datasets import hub as fhub
 from fadrm_datasets.sets import FADRMDataset, IntegrityError
 from tests.fakebuild import make_build
 from tests.reliability.conftest import run_cli
 from tests.reliability.hostile import (PARQUET, SOFT_INDEX, VERSION, open_bounded, open_here, parquet_with, png,
-                                       publish_tiny, released, republish)
+                                       publish_tiny, released, republish, within)
 
 
 def _open(root, repo, **kwargs) -> FADRMDataset:
@@ -241,6 +243,69 @@ def test_a_shard_header_nested_deeply_gets_one_line(tmp_path):
     with pytest.raises(SoftLabelStoreError, match="epochs-00000-00001.safetensors nests deeper than 32") as info:
         SoftLabelStore.open(build / "soft_labels")
     assert len(str(info.value).splitlines()) == 1
+
+
+# --- the cache, shared with another user -------------------------------------------------------------
+
+def test_a_fifo_in_place_of_the_download_record_does_not_block_the_open(hub, tmp_path):
+    repo = publish_tiny(hub, tmp_path, "fifo", soft_labels=False)
+    root = tmp_path / "root"
+    _open(root, repo)
+    record = fhub.version_dir(root, repo, VERSION) / ".fadrm-source.json"
+    record.unlink()
+    os.mkfifo(record)
+    with within(10):
+        assert len(_open(root, repo)) == 40
+
+
+@pytest.mark.parametrize("folder", ["version", "repo"])
+def test_a_cache_folder_linked_elsewhere_is_refused_and_its_target_left_alone(hub, tmp_path, folder):
+    repo = publish_tiny(hub, tmp_path, "linked", soft_labels=False)
+    root, victim = tmp_path / "root", tmp_path / "victim"
+    (victim / VERSION).mkdir(parents=True)
+    for where in (victim, victim / VERSION):
+        (where / "manifest.json").write_text("precious")
+    link = fhub.version_dir(root, repo, VERSION) if folder == "version" else fhub.repo_dir(root, repo)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim)
+    outcome = open_here(root, repo, soft_labels=False)
+    assert sorted(p.name for p in victim.rglob("*")) == ["manifest.json", "manifest.json", VERSION]
+    assert all((where / "manifest.json").read_text() == "precious" for where in (victim, victim / VERSION))
+    assert outcome.startswith("RootError") and "is a symbolic link" in outcome, outcome
+
+
+def test_a_partial_download_planted_as_a_link_is_not_written_through(hub, tmp_path):
+    repo = publish_tiny(hub, tmp_path, "partlink", soft_labels=False)
+    root, victim = tmp_path / "root", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    dest = fhub.version_dir(root, repo, VERSION)
+    for part in (dest / ".manifest.json.part", dest / "ipc10" / ".train-00000-of-00001.parquet.part"):
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.symlink_to(victim)
+    outcome = open_here(root, repo, soft_labels=False)
+    assert victim.read_text() == "precious"
+    assert outcome == "OK"
+
+
+def test_held_a_lock_file_planted_as_a_link_is_not_followed(hub, tmp_path):
+    repo = publish_tiny(hub, tmp_path, "locklink", soft_labels=False)
+    root, victim = tmp_path / "root", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    lock = fhub.repo_dir(root, repo) / f"{VERSION}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(victim)
+    with pytest.raises(fhub.RootError, match="cannot be written") as info:
+        _open(root, repo)
+    assert len(str(info.value).splitlines()) == 1 and victim.read_text() == "precious"
+
+
+def test_a_cache_variable_naming_a_file_is_named_in_the_refusal(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    monkeypatch.setenv(fhub.CACHE_ENV, str(cache))
+    with pytest.raises(fhub.RootError, match=f"{fhub.CACHE_ENV}={cache} is a file, not a folder") as info:
+        FADRMDataset(repo_id="fadrm/fadrm-tiny", ipc=10, version=VERSION, download=True)
+    assert len(str(info.value).splitlines()) == 1 and "leave root out" not in str(info.value)
 
 
 # --- local builds, and the CLI reading them ----------------------------------------------------------
