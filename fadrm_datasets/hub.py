@@ -181,13 +181,14 @@ def _endpoint() -> str:
 
 # --- integrity ------------------------------------------------------------------------------------
 
-def check_paths(directory: Path, files) -> dict[str, Path]:
+def check_paths(directory: Path, files, resolve=inside) -> dict:
     """Refuse a manifest or index naming a path outside ``directory``, before anything is read or deleted;
-    returns each name's resolved path."""
+    returns each name's resolved path (``resolve``: :func:`layout.inside`, or :func:`layout.own_file`,
+    which gives None for a path through a symbolic link instead of refusing it)."""
     paths = {}
     for rel in files:
         try:
-            paths[rel] = inside(directory, rel)
+            paths[rel] = resolve(directory, rel)
         except LayoutError as error:
             raise IntegrityError(f"{error}: the set's {MANIFEST} is malformed or hostile; nothing was read "
                                  "or deleted. Report it, or pick another version=") from None
@@ -195,15 +196,14 @@ def check_paths(directory: Path, files) -> dict[str, Path]:
 
 
 def verify_files(directory: Path, files: dict[str, str]) -> list[str]:
-    """Paths in ``files`` that are missing under ``directory``, not regular files of it (a symbolic link),
-    or whose sha256 differs. A set is hashed in full the first time a process opens it and whenever one
-    of its files changes on disk."""
-    check_paths(Path(directory), files)
+    """Paths in ``files`` that are missing under ``directory``, not regular files of it (a symbolic link,
+    never followed), or whose sha256 differs. A set is hashed in full the first time a process opens it
+    and whenever one of its files changes on disk."""
+    paths = check_paths(Path(directory), files, resolve=own_file)
     bad = []
     for rel, expected in sorted(files.items()):
         try:
-            path = own_file(directory, rel)
-            if path is None or cached_sha256(path) != expected:
+            if paths[rel] is None or cached_sha256(paths[rel]) != expected:
                 bad.append(rel)
         except OSError:  # unreadable
             bad.append(rel)

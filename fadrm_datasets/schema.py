@@ -293,10 +293,13 @@ VERSION = Str(r"v\d+\.\d+\.\d+", "a version like v1.0.0")
 IPC_KEY = Str(r"[1-9]\d{0,4}", "an IPC")
 ANY_OBJECT = Record()
 
-# The preset fields the library reads; the builder's preset has many more.
+# The preset fields the library and `fadrm-build evaluate` read; the builder's preset has many more.
 PRESET = Record({
     "name": NAME, "display_name": NAME, "num_classes": Int(1, MAX_CLASSES), "channels": Int(1, 4),
     "image_size": Int(1, MAX_IMAGE_SIZE), "mean": ListOf(Number(), 4), "std": ListOf(Number(positive=True), 4),
+    "student": NAME, "eval_epochs": Int(1, MAX_EPOCHS), "eval_lr": Number(positive=True),
+    "eval_weight_decay": Number(), "eval_batch_size": Int(1, MAX_BATCH), "eval_grad_accumulation": Int(1, MAX_BATCH),
+    "temperature": Number(positive=True),
 })
 
 BUILD_MANIFEST = Record({

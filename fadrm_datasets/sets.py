@@ -222,10 +222,12 @@ class FADRMDataset(VisionDataset):
         wanted = (layout.IMAGES + "/", layout.SOFT_LABELS + "/") if self._with_soft_labels else (layout.IMAGES + "/",)
         self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith(wanted)}
         self._configure(manifest, manifest.get("preset", {}))
-        self._load()
+        # Checked before any image is opened: a recorded file replaced by a link (to a FIFO, or a file
+        # elsewhere) is refused unread.
         if not self._check_integrity():
             raise IntegrityError(f"the files of {self.build_dir} do not match the sha256 in its {layout.MANIFEST}: "
                                  "rerun the stage that wrote them (`fadrm-build ...` resumes) before using the set")
+        self._load()
 
     def _configure(self, manifest: dict, preset: dict) -> None:
         """The set's classes, geometry and normalisation: the manifest's, else the registry's."""

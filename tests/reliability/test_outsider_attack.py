@@ -26,7 +26,7 @@ from fadrm_datasets.sets import FADRMDataset, IntegrityError
 from tests.fakebuild import make_build
 from tests.reliability.conftest import run_cli
 from tests.reliability.hostile import (PARQUET, SOFT_INDEX, VERSION, open_bounded, open_here, parquet_with, png,
-                                       publish_tiny, released, republish, within)
+                                       publish_tiny, released, republish, run_bounded, within)
 
 
 def _open(root, repo, **kwargs) -> FADRMDataset:
@@ -310,6 +310,16 @@ def test_a_cache_variable_naming_a_file_is_named_in_the_refusal(tmp_path, monkey
 
 # --- local builds, and the CLI reading them ----------------------------------------------------------
 
+def test_a_build_image_linked_to_a_fifo_outside_is_refused_without_opening_it(tmp_path):
+    build = make_build(tmp_path / "ipc10", teacher=False)
+    image, fifo = build / "images" / "00000" / "00001.png", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    image.unlink()
+    image.symlink_to(fifo)
+    with within(10), pytest.raises(IntegrityError, match="do not match the sha256"):
+        FADRMDataset.from_build(build)
+
+
 def test_a_build_manifest_cannot_make_push_publish_a_file_beside_the_soft_labels(tmp_path, hub, capsys):
     """``soft_labels/../patches.safetensors``: recorded under soft_labels/, it is the real patches."""
     from huggingface_hub import HfApi
@@ -325,3 +335,26 @@ def test_a_build_manifest_cannot_make_push_publish_a_file_beside_the_soft_labels
     assert code == 2 and "refusing the path 'soft_labels/../patches.safetensors'" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not HfApi().repo_exists(repo, repo_type="dataset")
+
+
+def test_a_build_manifest_claiming_a_billion_images_is_refused_by_push_in_bounded_memory(tmp_path):
+    build = make_build(tmp_path / "ipc10", teacher=False)
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["ipc"], manifest["preset"]["num_classes"] = 10_000, 100_000
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    took, outcome = run_bounded(f"from builders.publish import read_build\nread_build({str(build)!r})", memory_mb=256)
+    assert outcome.startswith("PublishError") and "not a complete set of 100000 x 10000 images" in outcome, outcome
+    assert took < 10
+
+
+def test_evaluate_refuses_a_recorded_temperature_that_is_not_a_positive_number(clean_build, fake_data, capsys):
+    """A temperature of "hot" was a raw TypeError; 0 trained on NaN and recorded it in a manifest then unreadable."""
+    path = clean_build / "manifest.json"
+    for temperature in ("hot", 0):
+        manifest = json.loads(path.read_text())
+        manifest["preset"]["temperature"] = temperature
+        path.write_text(json.dumps(manifest))
+        code, err = run_cli(["evaluate", str(clean_build), "--epochs", "1", "--device", "cpu", "--data-root",
+                             str(fake_data)], capsys)
+        assert code == 2 and "preset.temperature should be a positive number" in err, err
+        assert len(err.strip().splitlines()) == 1 and json.loads(path.read_text()) == manifest
