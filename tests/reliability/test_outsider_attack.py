@@ -139,7 +139,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _idat_bomb(side: int, expands_to: int) -> bytes:
     """A PNG declaring ``side`` x ``side`` RGB whose pixel data inflates to ``expands_to`` bytes."""
-    compress = zlib.compressobj(9)
+    compress = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)  # zeros: as small as level 9, faster
     block = bytes(16 << 20)
     data = b"".join(compress.compress(block) for _ in range(expands_to // len(block))) + compress.flush()
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
