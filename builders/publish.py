@@ -82,12 +82,8 @@ def read_build(build_dir: str | Path) -> BuildContents:
     if not ipc or not num_classes:
         raise PublishError(f"{build.manifest_path} lacks the ipc or the preset's num_classes")
     rows = [(e.label, e.ipc_id, e.path) for e in build.scan_images()]
-    expected = {(label, i) for label in range(num_classes) for i in range(ipc)}
-    found = {(label, i) for label, i, _ in rows}
-    if found != expected:
-        missing, extra = sorted(expected - found), sorted(found - expected)
-        detail = (f"{len(missing)} missing (first: class {missing[0][0]} image {missing[0][1]})" if missing
-                  else f"{len(extra)} unexpected (first: {extra[0]})")
+    detail = _incomplete(rows, num_classes, ipc)
+    if detail:
         raise PublishError(f"{build.images} is not a complete set of {num_classes} x {ipc} images: {detail}; "
                            "finish the recover stage first")
     files = manifest.get("files", {})
@@ -113,6 +109,18 @@ def read_build(build_dir: str | Path) -> BuildContents:
     if len(classes) != num_classes:
         raise PublishError(f"the manifest names {len(classes)} classes for a preset of {num_classes}")
     return BuildContents(build.root, manifest, preset, int(ipc), list(unique_names(classes)), rows)
+
+
+def _incomplete(rows: list[tuple[int, int, Path]], num_classes: int, ipc: int) -> str | None:
+    """What keeps ``rows`` from being every (label, ipc_id) of ``num_classes`` x ``ipc``, found by walking the
+    images on disk: the manifest's numbers, whatever they claim, never size an allocation."""
+    found = sorted({(label, i) for label, i, _ in rows})
+    wanted = [pair for pair in found if pair[0] < num_classes and pair[1] < ipc]
+    if len(wanted) < num_classes * ipc:  # sorted, the n-th pair of a whole set is divmod(n, ipc)
+        first = next((divmod(n, ipc) for n, pair in enumerate(wanted) if pair != divmod(n, ipc)), divmod(len(wanted), ipc))
+        return f"{num_classes * ipc - len(wanted)} missing (first: class {first[0]} image {first[1]})"
+    extra = [pair for pair in found if pair[0] >= num_classes or pair[1] >= ipc]
+    return f"{len(extra)} unexpected (first: {extra[0]})" if extra else None
 
 
 def unrecorded_entries(root: Path, recorded: dict[str, str]) -> list[str]:

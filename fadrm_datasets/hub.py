@@ -122,7 +122,11 @@ def default_root() -> Path:
     """The per-user folder that holds downloaded sets: ``$FADRM_DATASETS_CACHE``, else
     ``$XDG_CACHE_HOME/fadrm_datasets``, else ``~/.cache/fadrm_datasets``."""
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        root = Path(os.environ[CACHE_ENV]).expanduser()
+        if root.exists() and not root.is_dir():
+            raise RootError(f"{CACHE_ENV}={root} is a file, not a folder: point it at a folder to keep the sets in, "
+                            "or unset it for the per-user cache")
+        return root
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "fadrm_datasets"
 
@@ -177,13 +181,14 @@ def _endpoint() -> str:
 
 # --- integrity ------------------------------------------------------------------------------------
 
-def check_paths(directory: Path, files) -> dict[str, Path]:
+def check_paths(directory: Path, files, resolve=inside) -> dict:
     """Refuse a manifest or index naming a path outside ``directory``, before anything is read or deleted;
-    returns each name's resolved path."""
+    returns each name's resolved path (``resolve``: :func:`layout.inside`, or :func:`layout.own_file`,
+    which gives None for a path through a symbolic link instead of refusing it)."""
     paths = {}
     for rel in files:
         try:
-            paths[rel] = inside(directory, rel)
+            paths[rel] = resolve(directory, rel)
         except LayoutError as error:
             raise IntegrityError(f"{error}: the set's {MANIFEST} is malformed or hostile; nothing was read "
                                  "or deleted. Report it, or pick another version=") from None
@@ -191,15 +196,14 @@ def check_paths(directory: Path, files) -> dict[str, Path]:
 
 
 def verify_files(directory: Path, files: dict[str, str]) -> list[str]:
-    """Paths in ``files`` that are missing under ``directory``, not regular files of it (a symbolic link),
-    or whose sha256 differs. A set is hashed in full the first time a process opens it and whenever one
-    of its files changes on disk."""
-    check_paths(Path(directory), files)
+    """Paths in ``files`` that are missing under ``directory``, not regular files of it (a symbolic link,
+    never followed), or whose sha256 differs. A set is hashed in full the first time a process opens it
+    and whenever one of its files changes on disk."""
+    paths = check_paths(Path(directory), files, resolve=own_file)
     bad = []
     for rel, expected in sorted(files.items()):
         try:
-            path = own_file(directory, rel)
-            if path is None or cached_sha256(path) != expected:
+            if paths[rel] is None or cached_sha256(paths[rel]) != expected:
                 bad.append(rel)
         except OSError:  # unreadable
             bad.append(rel)
@@ -384,7 +388,8 @@ def _download(repo_id: str, version: str, commit: str, dest: Path, rel: str, siz
     part = target.with_name(f".{target.name}.part")  # hidden: never taken for a file of the set
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as f:
+        part.unlink(missing_ok=True)  # a leftover, or a link planted there: created afresh, never written through
+        with open(part, "xb") as f:
             _hub_call(repo_id, version, token, lambda: http_get(
                 served.location, _BoundedFile(f, expected, name), headers=build_hf_headers(token=token),
                 expected_size=expected, displayed_filename=rel))
@@ -466,6 +471,7 @@ def fetch(repo_id: str, ipc: int, version: str, root: str | os.PathLike, downloa
     check_repo_id(repo_id)
     check_version(version)
     dest = version_dir(check_root(root), repo_id, version)
+    _check_not_linked(dest)
     copy = _Copy(repo_id, ipc, version, dest, download, token, parts)
     if copy.online and not copy.check_tag():
         return dest  # the tag is missing for now: the verified local copy serves
@@ -475,6 +481,15 @@ def fetch(repo_id: str, ipc: int, version: str, root: str | os.PathLike, downloa
         pass
     with _version_lock(dest):
         return copy.open(writable=True)
+
+
+def _check_not_linked(dest: Path) -> None:
+    """Refuse a repo or version folder under the root that is a symbolic link: what the library deletes
+    and writes there would land in the link's target (the root's own path may hold links)."""
+    for folder in (dest.parent, dest):
+        if folder.is_symlink():
+            raise RootError(f"{folder} is a symbolic link (to {os.readlink(folder)}), not a folder of the sets: "
+                            "remove the link, or pass the folder that holds the sets as root=")
 
 
 class _NeedsWrite(Exception):

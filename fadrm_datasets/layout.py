@@ -60,15 +60,25 @@ class BuildLockedError(RuntimeError):
 
 # --- paths --------------------------------------------------------------------------------------
 
+MAX_PATH_NAMES = 8  # the deepest path of a set, ipc<N>/soft_labels/<shard>, has 3
+
+
 def _lexical(directory: str | os.PathLike, relative: str) -> tuple[Path, Path]:
     """(the resolved ``directory``, ``relative`` joined to it as written), refused unless ``relative`` is
-    a relative path that, as written, stays inside the directory."""
+    a relative path that, as written, stays inside the directory, in its one spelling: at most
+    :data:`MAX_PATH_NAMES` names, none empty, ``.`` or ``..`` (another spelling could name a file as
+    another kind, ``soft_labels/../patches.safetensors``, and a deep one costs a system call a name)."""
     base = Path(directory).resolve()
     if not isinstance(relative, str) or not relative or Path(relative).is_absolute() or "\\" in relative:
         raise LayoutError(f"refusing the path {relative!r}: not a relative path inside {base}")
+    shown = repr(relative) if len(relative) <= 80 else repr(relative[:77] + "...")
     lexical = Path(os.path.normpath(base / relative))
     if lexical == base or base not in lexical.parents:
-        raise LayoutError(f"refusing the path {relative!r}: it leaves {base}")
+        raise LayoutError(f"refusing the path {shown}: it leaves {base}")
+    names = relative.split("/")
+    if len(names) > MAX_PATH_NAMES or any(name in ("", ".", "..") for name in names):
+        raise LayoutError(f"refusing the path {shown}: a path of a set has at most {MAX_PATH_NAMES} names, "
+                          "none of them empty, '.' or '..'")
     return base, lexical
 
 
@@ -132,6 +142,13 @@ def png_size(header: bytes) -> tuple[int, int] | None:
         return None
     signature, _, chunk, width, height = _PNG_HEADER.unpack_from(header)
     return (width, height) if signature == b"\x89PNG\r\n\x1a\n" and chunk == b"IHDR" else None
+
+
+def max_png_bytes(size: int) -> int:
+    """The most bytes a PNG of ``size`` x ``size`` pixels takes, whatever its colour type: 16-bit RGBA
+    stored without compression, a filter byte a row, and room for the chunks around it."""
+    raw = size * (size * 8 + 1)
+    return raw + raw // 64 + (64 << 10)
 
 
 def png_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -324,6 +341,6 @@ def ipc_of(relative: str) -> int | None:
 
 __all__ = ["BuildDirectory", "BuildLockedError", "CHECKPOINTS", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST",
            "PATCHES", "README", "SOFT_LABELS", "SOFT_LABEL_INDEX", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name",
-           "image_relpath", "inside", "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "own_file", "parquet_pattern",
-           "parquet_shard", "parse_ipc_dir", "png_file_size", "png_size", "repo_soft_labels", "repo_teacher",
+           "image_relpath", "inside", "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "max_png_bytes", "own_file",
+           "parquet_pattern", "parquet_shard", "parse_ipc_dir", "png_file_size", "png_size", "repo_soft_labels", "repo_teacher",
            "scan_images", "stack_images"]

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,12 @@ def _check_format(version: Any, path: Path, kind: FileKind) -> None:
 
 
 def _read_bounded(path: Path, kind: FileKind) -> bytes:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    # Opened without blocking and read only if a regular file: a FIFO put in its place must not stall us.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        status = os.fstat(f.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise LayoutError(f"{path} is not a regular file; {kind.remedy}")
+        size = status.st_size
         data = f.read(kind.max_bytes + 1) if size <= kind.max_bytes else b""
     if size > kind.max_bytes or len(data) > kind.max_bytes:
         raise LayoutError(f"{path} is {max(size, len(data)):,} bytes, more than a {kind.name} may hold "
@@ -288,10 +293,13 @@ VERSION = Str(r"v\d+\.\d+\.\d+", "a version like v1.0.0")
 IPC_KEY = Str(r"[1-9]\d{0,4}", "an IPC")
 ANY_OBJECT = Record()
 
-# The preset fields the library reads; the builder's preset has many more.
+# The preset fields the library and `fadrm-build evaluate` read; the builder's preset has many more.
 PRESET = Record({
     "name": NAME, "display_name": NAME, "num_classes": Int(1, MAX_CLASSES), "channels": Int(1, 4),
     "image_size": Int(1, MAX_IMAGE_SIZE), "mean": ListOf(Number(), 4), "std": ListOf(Number(positive=True), 4),
+    "student": NAME, "eval_epochs": Int(1, MAX_EPOCHS), "eval_lr": Number(positive=True),
+    "eval_weight_decay": Number(), "eval_batch_size": Int(1, MAX_BATCH), "eval_grad_accumulation": Int(1, MAX_BATCH),
+    "temperature": Number(positive=True),
 })
 
 BUILD_MANIFEST = Record({

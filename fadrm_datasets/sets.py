@@ -12,7 +12,9 @@ their parquet shards; build directories from their PNG files (:mod:`fadrm_datase
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -24,30 +26,82 @@ from . import hub, layout
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
 from .registry import ORG_ENV, SetInfo, find_by_repo, get_set
+from .schema import MAX_IMAGE_SIZE, MAX_IMAGES
 
 
 class SetNotFoundError(HubError, FileNotFoundError):
     """A set is neither on disk nor asked to be downloaded."""
 
 
-def _read_parquet(paths: list[Path]) -> list[tuple[int, int, bytes]]:
-    """(label, ipc_id, PNG bytes) of every row; a shard of another schema is refused, naming the file."""
+# An honest shard's footer takes a few hundred bytes a row group and names the classes twice over: far less
+# than this. Parsing one takes many times its size in memory.
+MAX_PARQUET_FOOTER = 8 << 20
+_ROW_BYTES = 1024  # a row's label, ipc id and image name, and their offsets
+_BATCH_ROWS = 1024
+_SHARD_COLUMNS = "columns image{bytes}, label, ipc_id"
+_BROKEN = "the published version is broken: report it, or pick another version="
+
+
+def _read_parquet(paths: list[Path], most_rows: int = MAX_IMAGES,
+                  side: int = MAX_IMAGE_SIZE) -> list[tuple[int, int, bytes]]:
+    """(label, ipc_id, PNG bytes) of every row, at most ``most_rows`` in all, of images ``side`` pixels
+    wide. A shard is refused, naming it, when it is of another schema or its footer holds more than a
+    shard's, rows beyond ``most_rows`` or more data than PNGs of ``side`` x ``side`` take: all read from
+    the footer before anything is decompressed. The rows are then read a batch at a time, their bytes
+    counted against that bound as they come, so a footer that understates its sizes is cut off after a batch."""
+    import pyarrow as pa
+
+    rows, held, png_bytes = [], 0, layout.max_png_bytes(side)
+    for path in paths:
+        try:
+            shard = _open_shard(path, most_rows - len(rows), side)
+            for batch in shard.iter_batches(batch_size=_BATCH_ROWS, columns=["image", "label", "ipc_id"]):
+                data = batch.column("image").field("bytes").to_pylist()
+                labels, ipc_ids = batch.column("label").to_pylist(), batch.column("ipc_id").to_pylist()
+                if not all(isinstance(v, int) for v in labels + ipc_ids) or not all(isinstance(b, bytes) for b in data):
+                    raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
+                rows += zip(labels, ipc_ids, data)
+                held += sum(map(len, data))
+                if held > len(rows) * png_bytes:
+                    raise IntegrityError(f"{path} holds more bytes of images than PNGs of {side}x{side} can take; "
+                                         f"{_BROKEN}")
+        except (pa.ArrowException, ValueError) as error:
+            raise IntegrityError(f"{path} is not a shard of a FADRM set ({_SHARD_COLUMNS}): "
+                                 f"{' '.join(str(error).split())}") from None
+    return rows
+
+
+def _open_shard(path: Path, most_rows: int, side: int):
+    """The parquet file at ``path``, refused unless its footer is of a shard's size, its columns of a
+    shard's types, and it declares at most ``most_rows`` rows and what PNGs of ``side`` x ``side`` take."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = []
-    for path in paths:
-        try:
-            table = pq.read_table(path, columns=["image", "label", "ipc_id"])
-            data = table.column("image").combine_chunks().field("bytes").to_pylist()
-            labels, ipc_ids = table.column("label").to_pylist(), table.column("ipc_id").to_pylist()
-        except (pa.ArrowException, KeyError, ValueError) as error:
-            raise IntegrityError(f"{path} is not a shard of a FADRM set (columns image{{bytes}}, label, ipc_id): "
-                                 f"{' '.join(str(error).split())}") from None
-        if not all(isinstance(v, int) for v in labels + ipc_ids) or not all(isinstance(b, bytes) for b in data):
-            raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
-        rows += zip(labels, ipc_ids, data)
-    return rows
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 8))
+        tail = f.read(8)
+    footer = int.from_bytes(tail[:4], "little") if tail[4:] == b"PAR1" else 0
+    if footer > MAX_PARQUET_FOOTER:
+        raise IntegrityError(f"{path} has a footer of {footer:,} bytes, more than a shard's may hold "
+                             f"({MAX_PARQUET_FOOTER:,}); {_BROKEN}")
+    shard = pq.ParquetFile(path)
+    schema = shard.schema_arrow
+    image = schema.field("image").type if "image" in schema.names else None
+    if not (image is not None and pa.types.is_struct(image) and image.get_field_index("bytes") >= 0
+            and all(name in schema.names for name in ("label", "ipc_id"))):
+        raise IntegrityError(f"{path} is not a shard of a FADRM set ({_SHARD_COLUMNS})")
+    if not (pa.types.is_binary(image.field("bytes").type)
+            and all(pa.types.is_integer(schema.field(name).type) for name in ("label", "ipc_id"))):
+        raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
+    meta = shard.metadata
+    declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    room = meta.num_rows * (layout.max_png_bytes(side) + _ROW_BYTES)
+    if meta.num_rows > most_rows:
+        raise IntegrityError(f"{path} holds {meta.num_rows:,} images, more than its release records; {_BROKEN}")
+    if declared > room:
+        raise IntegrityError(f"{path} declares {declared:,} bytes for {meta.num_rows:,} images, more than PNGs of "
+                             f"{side}x{side} can take ({room:,}); {_BROKEN}")
+    return shard
 
 
 class FADRMDataset(VisionDataset):
@@ -168,10 +222,12 @@ class FADRMDataset(VisionDataset):
         wanted = (layout.IMAGES + "/", layout.SOFT_LABELS + "/") if self._with_soft_labels else (layout.IMAGES + "/",)
         self._verify_files = {p: h for p, h in manifest.get("files", {}).items() if p.startswith(wanted)}
         self._configure(manifest, manifest.get("preset", {}))
-        self._load()
+        # Checked before any image is opened: a recorded file replaced by a link (to a FIFO, or a file
+        # elsewhere) is refused unread.
         if not self._check_integrity():
             raise IntegrityError(f"the files of {self.build_dir} do not match the sha256 in its {layout.MANIFEST}: "
                                  "rerun the stage that wrote them (`fadrm-build ...` resumes) before using the set")
+        self._load()
 
     def _configure(self, manifest: dict, preset: dict) -> None:
         """The set's classes, geometry and normalisation: the manifest's, else the registry's."""
@@ -185,6 +241,7 @@ class FADRMDataset(VisionDataset):
         if info is not None and len(classes) != info.num_classes:
             raise IntegrityError(f"{self.build_dir or self.repo_id} holds {len(classes)} classes, not the "
                                  f"{info.num_classes} of {info.display_name}; open it with FADRMDataset instead")
+        self._check_classes(classes, num_classes)
         self.classes = list(classes)
         self.channels = int(preset.get("channels") or (info.channels if info else 3))
         self.image_size = int(preset.get("image_size") or (info.image_size if info else 0)) or None
@@ -194,6 +251,18 @@ class FADRMDataset(VisionDataset):
             raise IntegrityError(f"{self.build_dir or self.repo_id}: its preset declares {self.channels} channels "
                                  f"with mean {list(self.mean)} and std {list(self.std)}; a set has 1 or 3 channels, "
                                  "one mean and std each")
+
+    def _check_classes(self, classes: list[str], num_classes: int | None) -> None:
+        """Refuse a class list of another length than the preset's ``num_classes``, or naming a class twice."""
+        where = self.data_dir / layout.MANIFEST
+        if num_classes is not None and len(classes) != num_classes:
+            raise IntegrityError(f"{where} names {len(classes):,} classes, its preset {num_classes:,}; download or "
+                                 "rebuild the set")
+        seen: set[str] = set()
+        for name in classes:
+            if name in seen:
+                raise IntegrityError(f"{where} names the class {json.dumps(name)} twice; download or rebuild the set")
+            seen.add(name)
 
     def _load(self, expected: int | None = None) -> None:
         """Read labels, ipc ids and the encoded images, sorted by (label, ipc_id), refusing any that do not
@@ -211,7 +280,8 @@ class FADRMDataset(VisionDataset):
             self._check_rows(rows, [layout.png_file_size(e.path) for e in entries], self.build_dir / layout.IMAGES)
             self._files = [e.path for e in entries]
         else:
-            rows = _read_parquet([self.data_dir / p for p in self._shards])
+            rows = _read_parquet([self.data_dir / p for p in self._shards], expected or MAX_IMAGES,
+                                 self.image_size or MAX_IMAGE_SIZE)
             rows.sort(key=lambda r: (r[0], r[1]))
             where = self.data_dir / layout.ipc_dir(self.ipc)
             self._check_rows(rows, [layout.png_size(r[2][:32]) for r in rows], where)
@@ -237,6 +307,7 @@ class FADRMDataset(VisionDataset):
                                      f"not the set's {side}x{side}; download or rebuild the set")
         if len({(label, ipc_id) for label, ipc_id, _ in rows}) != len(rows):
             raise IntegrityError(f"{where}: an image (a label and ipc id) appears twice; download the set again")
+        self.image_size = side
 
     def _open_soft_labels(self) -> None:
         from .softlabels import SoftLabelStore
@@ -253,6 +324,10 @@ class FADRMDataset(VisionDataset):
         if store.num_samples != len(self) or store.num_classes != len(self.classes):
             raise IntegrityError(f"the soft labels in {directory} are for {store.num_samples} samples of "
                                  f"{store.num_classes} classes, the set has {len(self)} of {len(self.classes)}")
+        if store.image_size != self.image_size:  # every replayed batch is made at the store's size
+            size, side = store.image_size, self.image_size
+            raise IntegrityError(f"the soft labels in {directory} are made for {size}x{size} images, the set's are "
+                                 f"{side}x{side}; download or rebuild the set")
         self.soft_label_store = store
 
     # -- the Dataset protocol --------------------------------------------------------------------
@@ -267,9 +342,23 @@ class FADRMDataset(VisionDataset):
             self._load()
         return io.BytesIO(self._png[index])
 
+    def _decoded(self, index: int, decode: Callable):
+        """``decode`` applied to sample ``index``'s encoded image; one that does not decode is named."""
+        try:
+            return decode(self._encoded(index))
+        except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for a damaged image
+            name = self._files[index] if self._files is not None else (
+                f"{self.data_dir / layout.ipc_dir(self.ipc)}: the image of label {self.targets[index]}, ipc id "
+                f"{self.ipc_ids[index]}")
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise IntegrityError(f"{name} cannot be decoded ({reason}); download or rebuild the set") from None
+
+    def _pil(self, encoded) -> Image.Image:
+        with Image.open(encoded) as img:
+            return img.convert(layout.image_mode(self.channels))
+
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        with Image.open(self._encoded(index)) as img:
-            image = img.convert(layout.image_mode(self.channels))
+        image = self._decoded(index, self._pil)
         target = self.targets[index]
         if self.transform is not None:
             image = self.transform(image)
@@ -287,13 +376,10 @@ class FADRMDataset(VisionDataset):
     def images_uint8(self):
         """Every image as one uint8 tensor (N, C, H, W) in the canonical order."""
         if getattr(self, "_uint8", None) is None:
-            if self._files is not None:
-                sources = self._files
-            else:
-                if self._png is None:
-                    self._load()
-                sources = self._png
-            self._uint8 = layout.stack_images(sources, self.channels)
+            import torch
+
+            decode = functools.partial(layout.decode_png, channels=self.channels)
+            self._uint8 = torch.stack([self._decoded(i, decode) for i in range(len(self))])
         return self._uint8
 
     def soft_label_loader(self, epochs, num_workers: int = 0, **kwargs: Any):

@@ -33,7 +33,6 @@ Only torch, safetensors, numpy and json are imported here: the library stays lig
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -48,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ._checks import one_of
 from .augment import resized_crop, sample_crop_boxes
 from .layout import SOFT_LABEL_INDEX, SOFT_LABELS, LayoutError, inside
-from .schema import SOFT_LABEL_FORMAT_VERSION, SOFT_LABEL_INDEX_FILE, read
+from .schema import SOFT_LABEL_FORMAT_VERSION, SOFT_LABEL_INDEX_FILE, FileKind, parse, read
 
 FORMAT = "fadrm-soft-labels"
 FORMAT_VERSION = SOFT_LABEL_FORMAT_VERSION
@@ -310,6 +309,7 @@ def _check_index(index: dict, path: Path) -> None:
 
 _HEADER_LENGTH = struct.Struct("<Q")
 MAX_SHARD_HEADER = 1 << 20  # a shard's header names about ten tensors: a few hundred bytes
+_SHARD_HEADER = FileKind("soft-label shard header", MAX_SHARD_HEADER, "download the set again or relabel")
 _DTYPES = {"I16": torch.int16, "I32": torch.int32, "U8": torch.uint8, "F16": torch.float16, "F32": torch.float32}
 
 
@@ -339,9 +339,9 @@ def check_shard_header(path: Path, index: dict, shard: dict) -> None:
             raise SoftLabelStoreError(f"{path} is not a safetensors shard (header length {length}); "
                                       "download the set again or relabel")
         try:
-            header = json.loads(f.read(length))
-        except ValueError as error:
-            raise SoftLabelStoreError(f"{path} has an unreadable header ({error})") from None
+            header = parse(f.read(length), path, _SHARD_HEADER)
+        except LayoutError as error:
+            raise SoftLabelStoreError(str(error)) from None
     data_bytes = size - _HEADER_LENGTH.size - length
     wanted = expected_tensors(index, shard["last_epoch"] - shard["first_epoch"] + 1)
     found = {name: entry for name, entry in header.items() if name != "__metadata__"} \

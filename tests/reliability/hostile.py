@@ -4,14 +4,18 @@
 release as whoever controls the repo could: new bytes for some files (the release manifest's sha256 and
 size updated to match, unless told otherwise), or a new manifest altogether, in one commit the tag is
 moved to. ``open_bounded`` opens the set in a process of its own under an address-space limit and a time
-limit, so an unbounded allocation shows as a failure of the test, not as a slow machine.
+limit, so an unbounded allocation shows as a failure of the test, not as a slow machine; ``within`` stops
+a call in this process that blocks (on a FIFO, say) instead of letting the test hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +26,9 @@ from tests.fakebuild import make_build
 from tests.reliability.conftest import REPO
 
 VERSION = "v1.0.0"
+PARQUET = "ipc10/train-00000-of-00001.parquet"
+SOFT_INDEX = "ipc10/soft_labels/index.json"
+SHARD = "ipc10/soft_labels/epochs-00000-00001.safetensors"
 
 
 def publish_tiny(hub, tmp_path: Path, stem: str, soft_labels: bool = True) -> str:
@@ -59,6 +66,41 @@ def republish(repo: str, files: dict[str, bytes], tmp_path: Path, manifest: Call
     api.create_tag(repo, tag=VERSION, revision=commit, repo_type="dataset")
 
 
+def parquet_with(repo: str, change) -> bytes:
+    """The release's parquet shard with ``change(rows)`` applied to its rows (dicts), schema kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(released(repo, PARQUET)))
+    rows = table.to_pylist()
+    change(rows)
+    out = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out)
+    return out.getvalue()
+
+
+def png(width: int, height: int, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, (width, height)).save(out, format="PNG")  # one colour: a few KB for millions of pixels
+    return out.getvalue()
+
+
+def shard_with(repo: str, change) -> bytes:
+    """The release's soft-label shard with ``change(tensors)`` applied, metadata kept."""
+    from huggingface_hub import hf_hub_download
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    path = hf_hub_download(repo, SHARD, repo_type="dataset", revision=VERSION)
+    with safe_open(path, framework="pt") as shard:
+        tensors = {name: shard.get_tensor(name) for name in shard.keys()}
+        metadata = shard.metadata()
+    change(tensors)
+    return save(tensors, metadata=metadata)
+
+
 # Run in the child: imports first (their address space is the baseline), then the limit, then the call.
 _CHILD = """
 import resource, sys, time
@@ -77,6 +119,25 @@ except BaseException as error:
     outcome = type(error).__name__ + ": " + (str(error).splitlines() or [""])[0]
 print(round(time.perf_counter() - start, 2), outcome, flush=True)
 """
+
+
+class Hung(BaseException):
+    """Raised by ``within`` into the blocked call: a BaseException, so no ``except OSError`` swallows it."""
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """Interrupt the block (in the main thread) if it runs longer than ``seconds``."""
+    def expire(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_bounded(call: str, memory_mb: int = 512, seconds: int = 60) -> tuple[float, str]:

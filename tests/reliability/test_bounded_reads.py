@@ -9,17 +9,13 @@ file and what is wrong with it, quickly, and never a MemoryError.
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
 import torch
 
-from tests.reliability.hostile import VERSION, open_bounded, open_here, publish_tiny, released, republish
-
-SOFT_INDEX = "ipc10/soft_labels/index.json"
-SHARD = "ipc10/soft_labels/epochs-00000-00001.safetensors"
-PARQUET = "ipc10/train-00000-of-00001.parquet"
+from tests.reliability.hostile import (PARQUET, SHARD, SOFT_INDEX, VERSION, open_bounded, open_here, parquet_with,
+                                       png, publish_tiny, released, republish, shard_with)
 
 
 @pytest.fixture
@@ -70,32 +66,11 @@ def test_a_wrong_typed_manifest_field_gets_one_line_naming_it(repo, tmp_path, ed
     assert outcome.startswith("IntegrityError") and field in outcome and "manifest.json" in outcome
 
 
-def _parquet_with(repo: str, change) -> bytes:
-    """The release's parquet shard with ``change(rows)`` applied to its rows (dicts), schema kept."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(released(repo, PARQUET)))
-    rows = table.to_pylist()
-    change(rows)
-    out = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), out)
-    return out.getvalue()
-
-
-def _png(width: int, height: int) -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (width, height)).save(out, format="PNG")  # one colour: a few KB for millions of pixels
-    return out.getvalue()
-
-
 def test_an_image_larger_than_the_set_declares_is_refused_before_it_is_decoded(repo, tmp_path):
     def enlarge(rows):
-        rows[0]["image"] = {"bytes": _png(6000, 6000), "path": rows[0]["image"]["path"]}
+        rows[0]["image"] = {"bytes": png(6000, 6000), "path": rows[0]["image"]["path"]}
 
-    republish(repo, {PARQUET: _parquet_with(repo, enlarge)}, tmp_path)
+    republish(repo, {PARQUET: parquet_with(repo, enlarge)}, tmp_path)
     _, outcome = open_bounded(tmp_path / "root", repo, soft_labels=False, memory_mb=256, then="data[0]")
     assert outcome.startswith("IntegrityError") and "is 6000x6000, not the set's 8x8" in outcome
 
@@ -108,24 +83,9 @@ def test_a_label_or_ipc_id_outside_the_set_is_refused(repo, tmp_path, column, va
     def move(rows):
         rows[0][column] = value
 
-    republish(repo, {PARQUET: _parquet_with(repo, move)}, tmp_path)
+    republish(repo, {PARQUET: parquet_with(repo, move)}, tmp_path)
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
     assert outcome.startswith("IntegrityError") and message in outcome
-
-
-def _shard_with(repo: str, change) -> bytes:
-    """The release's shard with ``change(tensors)`` applied, metadata kept."""
-    from safetensors import safe_open
-    from safetensors.torch import save
-
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(repo, SHARD, repo_type="dataset", revision=VERSION)
-    with safe_open(path, framework="pt") as shard:
-        tensors = {name: shard.get_tensor(name) for name in shard.keys()}
-        metadata = shard.metadata()
-    change(tensors)
-    return save(tensors, metadata=metadata)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -138,14 +98,14 @@ def _shard_with(repo: str, change) -> bytes:
     (lambda t: t["logits"][0].__setitem__(0, float("nan")), "logits holds NaN or inf"),
 ], ids=["order", "crop-box", "partner", "cutmix-box", "nan-logits"])
 def test_a_shard_pointing_outside_the_set_is_refused_naming_its_file(repo, tmp_path, change, message):
-    republish(repo, {SHARD: _shard_with(repo, change)}, tmp_path)
+    republish(repo, {SHARD: shard_with(repo, change)}, tmp_path)
     outcome = open_here(tmp_path / "root", repo, then=lambda data: next(iter(data.soft_label_loader(0))))
     assert outcome.startswith("SoftLabelStoreError") and "epochs-00000-00001.safetensors, epoch 0" in outcome
     assert message in outcome
 
 
 def test_a_shard_declaring_other_shapes_is_refused_at_open(repo, tmp_path):
-    republish(repo, {SHARD: _shard_with(repo, lambda t: t.update(order=t["order"][:, :5].contiguous()))}, tmp_path)
+    republish(repo, {SHARD: shard_with(repo, lambda t: t.update(order=t["order"][:, :5].contiguous()))}, tmp_path)
     outcome = open_here(tmp_path / "root", repo)
     assert outcome.startswith("SoftLabelStoreError") and "tensor order is not I32 of shape [2, 40]" in outcome
 
@@ -171,7 +131,7 @@ def test_a_file_the_hub_serves_at_another_size_than_recorded_is_refused_before_i
     def add_row(rows):
         rows.append({**rows[0], "ipc_id": 10})
 
-    republish(repo, {PARQUET: _parquet_with(repo, add_row)}, tmp_path, keep_sizes=True)
+    republish(repo, {PARQUET: parquet_with(repo, add_row)}, tmp_path, keep_sizes=True)
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
     assert outcome.startswith("IntegrityError") and "the Hub serves" in outcome and "its manifest records" in outcome
     assert not list((tmp_path / "root").rglob("*.parquet")) and not list((tmp_path / "root").rglob("*.part"))
