@@ -358,3 +358,15 @@ def test_evaluate_refuses_a_recorded_temperature_that_is_not_a_positive_number(c
                              str(fake_data)], capsys)
         assert code == 2 and "preset.temperature should be a positive number" in err, err
         assert len(err.strip().splitlines()) == 1 and json.loads(path.read_text()) == manifest
+
+
+def test_a_diverged_loss_is_recorded_as_null_and_the_manifest_stays_readable(tmp_path):
+    """A NaN in a record (a student whose loss diverged) made the build manifest one the strict reader
+    refuses for good; JSON has no NaN, so it is written as null."""
+    from fadrm_datasets.layout import BuildDirectory
+
+    build = BuildDirectory(tmp_path / "ipc10")
+    build.update_manifest(evaluations=[{"checks": [{"epoch": 1, "loss": float("nan"), "top1": 10.0},
+                                                   {"epoch": 2, "loss": float("inf"), "top1": 10.0}]}])
+    checks = build.read_manifest()["evaluations"][0]["checks"]
+    assert [c["loss"] for c in checks] == [None, None] and [c["top1"] for c in checks] == [10.0, 10.0]
