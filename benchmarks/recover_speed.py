@@ -9,7 +9,8 @@ Variants, all on the same teacher, unit size (``--batch`` classes) and total ite
 
 Each variant runs in a process of its own, so peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's resident high-water mark
-(``VmHWM``) over what it held before the first recover call. Each times a second call after a short warm-up; the
+(``VmHWM``, reset after the warm-up) over what it held before the measured call. Each times a second call
+after a short warm-up; the
 variants run ``--repeats`` times, interleaved, and the median time is kept (the CPU is shared).
 
 How far from the limit: each variant's schedule is counted in FLOPs (:mod:`benchmarks.flops`: the
@@ -55,6 +56,13 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak_rss() -> None:
+    """Start this process's resident high-water mark again from its resident size now (Linux), so the
+    imports' and the warm-up's peaks are not counted as the measured unit's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def _peak_rss_bytes() -> int:
     """This process's own resident high-water mark. Not ``ru_maxrss``: after exec it keeps the launching
     process's, so a child would report the parent's size whenever the parent held more."""
@@ -96,10 +104,12 @@ def run_variant(args) -> dict:
     preset, teacher, labels, patches = benchmark_unit(args)
     config = variant_config(preset, args.child, device)
     warm = dataclasses.replace(config, stages=tuple((r, 2) for r, _ in config.stages))
-    before = _rss_bytes()
     recover_unit([teacher], labels, patches, preset, warm, seed=0, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    before = _rss_bytes()
+    if device.type == "cpu":
+        _reset_peak_rss()
     start = time.perf_counter()
     result = recover_unit([teacher], labels, patches, preset, config, seed=1, device=device)
     if device.type == "cuda":
@@ -215,6 +225,8 @@ def count_variants(args, variants: list[str]) -> tuple[dict[str, float], dict[st
     configs = {variant: variant_config(preset, variant, device) for variant in variants}
     flops = {variant: schedule_flops([teacher], labels, patches, preset, config, device) / args.batch
              for variant, config in configs.items()}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the children are timed next, on the same GPU
     return flops, {variant: torch.float16 if config.amp else torch.float32 for variant, config in configs.items()}
 
 

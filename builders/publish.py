@@ -24,10 +24,10 @@ from typing import Iterator
 
 from fadrm_datasets import layout
 from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_file
-from fadrm_datasets.hub import REPO_TYPE, is_transport_error
+from fadrm_datasets.hub import REPO_TYPE, HubError, check_repo_id, check_version, is_transport_error, read_manifest
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory, LayoutError, own_file
 from fadrm_datasets.registry import SETS, parse_version, unique_names
-from fadrm_datasets.schema import REPO_FORMAT_VERSION, REPO_MANIFEST_FILE, read
+from fadrm_datasets.schema import REPO_FORMAT_VERSION
 from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
 
 from .card import make_grid, render_card
@@ -279,7 +279,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     ``existing_manifest``/``existing_card``/``remote_files`` describe the repo as it is (for merging
     other IPCs); without them the staged folder describes a repo holding this IPC alone.
     """
-    check_version(version)
+    check_release_name(repo_id, version)
     contents = contents or read_build(build_dir)
     staging = Path(staging)
     prefix = layout.ipc_prefix(contents.ipc)
@@ -344,8 +344,7 @@ def stage_soft_labels(contents: BuildContents, out: Path) -> dict | None:
     try:
         store = SoftLabelStore.open(soft_dir)
     except SoftLabelStoreError as error:
-        raise PublishError(f"{error}; finish the relabel stage, or move soft_labels/ away to publish without "
-                           "them") from None
+        raise PublishError(f"{error}; finish the relabel stage (`fadrm-build relabel ...`), then push") from None
     if store.num_samples != len(contents.rows):
         raise PublishError(f"{soft_dir} holds soft labels for {store.num_samples} samples, the set has "
                            f"{len(contents.rows)}; run the relabel stage again")
@@ -355,7 +354,8 @@ def stage_soft_labels(contents: BuildContents, out: Path) -> dict | None:
         if source is not None:
             shutil.copyfile(source, target, follow_symlinks=False)
         if source is None or sha256_file(target) != sha:
-            raise PublishError(f"{source} changed while it was staged; run the build command again, then push")
+            raise PublishError(f"{contents.root / rel} changed while it was staged; run the build command again, "
+                               "then push")
     return store.index
 
 
@@ -370,14 +370,18 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def check_version(version: str) -> None:
-    if parse_version(version) is None:
-        raise PublishError(f"version {version!r} is not of the form vX.Y.Z (e.g. v1.0.0)")
+def check_release_name(repo_id: str, version: str) -> None:
+    """The repo id and the version, refused as the library refuses them, before anything else is done."""
+    try:
+        check_repo_id(repo_id)
+        check_version(version)
+    except (ValueError, HubError) as error:
+        raise PublishError(str(error)) from None
 
 
 # --- pushing ---------------------------------------------------------------------------------------
 
-def _download_text(api, repo_id: str, filename: str, revision: str) -> Path:
+def _download_file(api, repo_id: str, filename: str, revision: str) -> Path:
     return Path(api.hf_hub_download(repo_id, filename, repo_type=REPO_TYPE, revision=revision))
 
 
@@ -434,11 +438,11 @@ def _remote_state(api, repo_id: str) -> RemoteRepo:
     manifest = None
     if MANIFEST in files:
         try:
-            manifest = read(_download_text(api, repo_id, MANIFEST, head), REPO_MANIFEST_FILE)
+            manifest = read_manifest(_download_file(api, repo_id, MANIFEST, head).parent)
         except LayoutError as error:
-            raise PublishError(f"{repo_id}'s {MANIFEST} on the Hub is not one this fadrm-datasets reads ({error}); "
-                               "publish to a new repo, or fix or delete that file first") from None
-    card = _download_text(api, repo_id, README, head).read_text() if README in files else None
+            raise PublishError(f"{repo_id}'s {MANIFEST} on the Hub cannot be merged with ({error}); publish to a new "
+                               f"repo, or delete that {MANIFEST} on the Hub and push each of its IPCs again") from None
+    card = _download_file(api, repo_id, README, head).read_text() if README in files else None
     return RemoteRepo({t.name: t.target_commit for t in refs.tags}, head, files, manifest, card)
 
 
@@ -466,9 +470,7 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
     the next request, and a rerun after a kill between the two creates the missing tag."""
     from huggingface_hub import HfApi
 
-    check_version(version)
-    if "/" not in repo_id:
-        raise PublishError(f"--repo must be ORG/NAME (or USER/NAME), got {repo_id!r}")
+    check_release_name(repo_id, version)
     contents = read_build(build_dir)  # fail on an unfinished build before touching the Hub
     api = HfApi(token=token)
     with _hub_errors(repo_id):

@@ -284,7 +284,7 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
                 precision.step(loss, optimizer)
                 with torch.no_grad():
                     x.clamp_(low, high)
-                history.append(loss.detach())  # no host sync per step; read once per stage
+                history.append(loss.detach())  # read once per stage (AMP's scaler syncs each step anyway)
                 step += 1
             check_finite(x, history[first:], config.amp, first)
     finally:

@@ -140,8 +140,23 @@ def version_dir(root: str | os.PathLike, repo_id: str, version: str) -> Path:
 
 
 def read_manifest(directory: Path) -> dict:
-    """A release's top-level manifest, read within bounds and checked against its schema."""
-    return read(Path(directory) / MANIFEST, REPO_MANIFEST_FILE)
+    """A release's top-level manifest, read within bounds and checked against its schema: it records
+    a size for every file it names, and no file in place of a folder it names."""
+    path = Path(directory) / MANIFEST
+    manifest = read(path, REPO_MANIFEST_FILE)
+    unsized = sorted(set(manifest["files"]) - set(manifest["sizes"]))
+    if unsized:
+        raise LayoutError(f"{path} records no size for {unsized[0]}; {REPO_MANIFEST_FILE.remedy}")
+    folders = {parent for rel in manifest["files"] for parent in _parents(rel)}
+    clash = sorted(folders & set(manifest["files"]))
+    if clash:
+        raise LayoutError(f"{path} names {clash[0]} both as a file and as a folder; {REPO_MANIFEST_FILE.remedy}")
+    return manifest
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def published_ipcs(manifest: dict) -> list[int]:
@@ -287,8 +302,8 @@ def _first_line(error: BaseException) -> str:
 
 def _hub_call(repo_id: str, version: str, token: str | None, call):
     """Run a huggingface_hub call, its failures turned into errors that say what to do."""
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
         return call()
@@ -300,6 +315,9 @@ def _hub_call(repo_id: str, version: str, token: str | None, call):
         raise VersionNotFoundError(f"{repo_id!r} has no version {version!r} (published: {known}); pass one of "
                                    "those as version=, or leave it out for the default (if it was there before, it "
                                    "is being republished: try again in a minute)") from None
+    except GatedRepoError:  # a kind of RepositoryNotFoundError: caught first
+        raise HubError(f"{repo_id} is gated: ask for access at {_endpoint()}/datasets/{repo_id}, then log in with "
+                       "that account (HF_TOKEN / `hf auth login`)") from None
     except RepositoryNotFoundError:
         raise _repo_not_found(repo_id) from None
     except EntryNotFoundError as error:
@@ -399,6 +417,9 @@ def _download(repo_id: str, version: str, commit: str, dest: Path, rel: str, siz
             raise _no_space(target, expected) from None
         if isinstance(error, PermissionError) or error.errno == errno.EROFS:
             raise RootError(f"cannot write {target} ({error.strerror}); pass a writable root=") from None
+        if error.errno is not None:  # the local disk's, reported as itself
+            raise HubError(f"cannot write {target} ({error.strerror}); check the root, or pass another root=") \
+                from None
         raise _Unreachable(f"the download of {name} ended early ({_first_line(error)})") from None
     finally:
         part.unlink(missing_ok=True)
@@ -532,10 +553,6 @@ class _Copy:
         manifest = self._manifest(writable)
         _check_ipc(manifest, self.ipc, self.repo_id, self.version)
         files = ipc_files(manifest, self.ipc, self.parts)
-        unsized = [rel for rel in files if rel not in manifest["sizes"]]
-        if unsized:
-            raise IntegrityError(f"{self.repo_id} {self.version}: its {MANIFEST} records no size for {unsized[0]}; "
-                                 "the published version is broken: report it, or pick another version=")
         check_paths(self.dest, manifest["files"])
         bad = verify_files(self.dest, files)
         if not bad:

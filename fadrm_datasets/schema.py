@@ -33,7 +33,7 @@ class LayoutError(ValueError):
 
 # --- the bounds ------------------------------------------------------------------------------------
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+KiB, MiB = 1 << 10, 1 << 20
 MAX_DEPTH = 32  # our files nest 5 levels deep; JSON's own parser gives up far deeper, after recursing
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_IPC = 10_000
@@ -41,7 +41,7 @@ MAX_IMAGES = 10_000_000
 MAX_IMAGE_SIZE = 4096
 MAX_EPOCHS = 100_000  # the paper's longest schedule is 1,000
 MAX_BATCH = 65_536
-MAX_FILE_BYTES = 50 * GiB  # the Hub serves nothing larger over plain HTTP
+MAX_FILE_BYTES = 50 * 10**9  # huggingface_hub's MAX_HTTP_DOWNLOAD_SIZE: nothing larger over plain HTTP
 MAX_REPO_FILES = 100_000  # the Hub advises fewer files per repo than this
 MAX_NAME = 1024  # characters in a name or a path
 
@@ -56,6 +56,10 @@ class FileKind:
     remedy: str
     spec: "Spec | None" = None
     formats: tuple[int, int] | None = None  # (oldest, newest) format_version read
+    older: str | None = None  # what to do with a file of a format older than the oldest read
+    # Written on this machine by the builder: NaN and infinity, which earlier versions wrote for a
+    # diverged loss, are read as null. A downloaded file holding them is refused.
+    local: bool = False
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def _check_format(version: Any, path: Path, kind: FileKind) -> None:
                           f"({oldest} to {newest}): upgrade fadrm-datasets")
     if version < oldest:
         raise LayoutError(f"{path} is a {kind.name} of format {version}, older than this fadrm-datasets reads "
-                          f"({oldest} to {newest}); {kind.remedy}")
+                          f"({oldest} to {newest}); {kind.older or kind.remedy}")
 
 
 def _read_bounded(path: Path, kind: FileKind) -> bytes:
@@ -101,7 +105,7 @@ def _read_bounded(path: Path, kind: FileKind) -> bytes:
 def parse(data: bytes, path: str | os.PathLike, kind: FileKind) -> Any:
     """JSON text of at most ``kind.max_bytes`` (checked by the caller) -> value, nesting bounded."""
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        value = json.loads(data.decode("utf-8"), parse_constant=_as_null if kind.local else _refuse_constant)
     except RecursionError:
         raise LayoutError(f"{path} nests deeper than {MAX_DEPTH} levels; {kind.remedy}") from None
     except (UnicodeDecodeError, ValueError) as error:
@@ -113,6 +117,10 @@ def parse(data: bytes, path: str | os.PathLike, kind: FileKind) -> Any:
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _as_null(name: str) -> None:
+    return None
 
 
 def _depth(value: Any) -> int:
@@ -129,10 +137,27 @@ def _depth(value: Any) -> int:
 
 # --- typed schemas ---------------------------------------------------------------------------------
 
+_MISSING = object()  # the value of a required field that is not there
+
+
 class _Mismatch(Exception):
-    def __init__(self, where: str, expected: str, value: Any):
+    def __init__(self, where: tuple, expected: str, value: Any):
         super().__init__(where)
         self.where, self.expected, self.value = where, expected, value
+
+
+def _location(where: tuple) -> str:
+    """A field's place, spelled only when it is refused: its steps are field names, list positions,
+    ("item", key) for an entry of an object and ("key", key) for its key."""
+    steps = []
+    for step in where:
+        if isinstance(step, int):
+            steps.append(f"[{step}]")
+        elif isinstance(step, tuple):
+            steps.append(f"[{json.dumps(step[1])}]" if step[0] == "item" else f" key {_shown(step[1])}")
+        else:
+            steps.append(f".{step}")
+    return "".join(steps).lstrip(".")
 
 
 def _shown(value: Any) -> str:
@@ -145,10 +170,10 @@ class Spec:
 
     expected = "a value"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         raise NotImplementedError
 
-    def fail(self, value: Any, where: str):
+    def fail(self, value: Any, where: tuple):
         raise _Mismatch(where, self.expected, value)
 
 
@@ -163,7 +188,7 @@ class Int(Spec):
             return f"an integer from {self.low:,} to {self.high:,}"
         return "an integer" + (f" of at least {self.low:,}" if self.low is not None else "")
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if (not isinstance(value, int) or isinstance(value, bool) or (self.low is not None and value < self.low)
                 or (self.high is not None and value > self.high)):
             self.fail(value, where)
@@ -177,10 +202,17 @@ class Number(Spec):
     def expected(self) -> str:
         return "a positive number" if self.positive else "a number"
 
-    def check(self, value: Any, where: str) -> None:
-        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-                or (self.positive and value <= 0)):
+    def check(self, value: Any, where: tuple) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not _finite(value) \
+                or (self.positive and value <= 0):
             self.fail(value, where)
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 @dataclass(frozen=True)
@@ -192,7 +224,7 @@ class Str(Spec):
     def expected(self) -> str:
         return self.what
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if (not isinstance(value, str) or len(value) > MAX_NAME
                 or (self.pattern is not None and not re.fullmatch(self.pattern, value))):
             self.fail(value, where)
@@ -202,7 +234,7 @@ class Str(Spec):
 class Bool(Spec):
     expected = "true or false"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if not isinstance(value, bool):
             self.fail(value, where)
 
@@ -215,7 +247,7 @@ class Optional(Spec):
     def expected(self) -> str:
         return f"{self.inner.expected} or null"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if value is not None:
             self.inner.check(value, where)
 
@@ -229,11 +261,11 @@ class ListOf(Spec):
     def expected(self) -> str:
         return f"a list of at most {self.max_items:,} items"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if not isinstance(value, list) or len(value) > self.max_items:
             self.fail(value, where)
         for i, item in enumerate(value):
-            self.item.check(item, f"{where}[{i}]")
+            self.item.check(item, (*where, i))
 
 
 @dataclass(frozen=True)
@@ -246,12 +278,12 @@ class MapOf(Spec):
     def expected(self) -> str:
         return f"an object of at most {self.max_items:,} entries"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if not isinstance(value, dict) or len(value) > self.max_items:
             self.fail(value, where)
         for key, item in value.items():
-            self.key.check(key, f"{where} key {_shown(key)}")
-            self.value.check(item, f"{where}[{json.dumps(key)}]")
+            self.key.check(key, (*where, ("key", key)))
+            self.value.check(item, (*where, ("item", key)))
 
 
 @dataclass(frozen=True)
@@ -262,25 +294,26 @@ class Record(Spec):
     required: tuple[str, ...] = ()
     expected = "an object"
 
-    def check(self, value: Any, where: str) -> None:
+    def check(self, value: Any, where: tuple) -> None:
         if not isinstance(value, dict):
             self.fail(value, where)
         for name in self.required:
             if name not in value:
-                raise _Mismatch(f"{where}.{name}" if where else name, "present", "nothing")
+                raise _Mismatch((*where, name), "present", _MISSING)
         for name, spec in self.fields.items():
             if name in value:
-                spec.check(value[name], f"{where}.{name}" if where else name)
+                spec.check(value[name], (*where, name))
 
 
 def check(value: Any, spec: Spec, path: str | os.PathLike, kind: FileKind) -> None:
     """Refuse ``value`` (read from ``path``) unless it meets ``spec``, in one line naming the field."""
     try:
-        spec.check(value, "")
+        spec.check(value, ())
     except _Mismatch as wrong:
-        found = "it is missing" if wrong.value == "nothing" else f"got {_shown(wrong.value)}"
-        expected = "" if wrong.expected == "present" else f" should be {wrong.expected}"
-        raise LayoutError(f"{path} is malformed: {wrong.where or 'the whole file'}{expected}, {found}; "
+        missing = wrong.value is _MISSING
+        found = "it is missing" if missing else f"got {_shown(wrong.value)}"
+        expected = "" if missing else f" should be {wrong.expected}"
+        raise LayoutError(f"{path} is malformed: {_location(wrong.where) or 'the whole file'}{expected}, {found}; "
                           f"{kind.remedy}") from None
 
 
@@ -344,15 +377,18 @@ SOFT_LABEL_FORMAT_VERSION = 1
 
 BUILD_MANIFEST_FILE = FileKind(
     "build manifest", 64 * MiB,  # a line per image: ImageNet-1K at IPC 200 takes about 25 MB
-    "rebuild the stage that wrote it, or download the set again", BUILD_MANIFEST, (1, BUILD_FORMAT_VERSION))
+    "rebuild the stage that wrote it, or download the set again", BUILD_MANIFEST, (1, BUILD_FORMAT_VERSION),
+    local=True)
 REPO_MANIFEST_FILE = FileKind(
     "release manifest", 4 * MiB,  # a line per parquet or soft-label shard, a record per IPC
-    "download the set again, or pick another version=", REPO_MANIFEST, (REPO_FORMAT_VERSION, REPO_FORMAT_VERSION))
+    "download the set again, or pick another version=", REPO_MANIFEST, (REPO_FORMAT_VERSION, REPO_FORMAT_VERSION),
+    older="it was published by an earlier fadrm-datasets, without file sizes: publish it again with this one, "
+          "or pick another version=")
 SOFT_LABEL_INDEX_FILE = FileKind(
     "soft-label index", 1 * MiB,  # a line per shard of up to 100 epochs
     "relabel again (`fadrm-build relabel ...`) or download the set again", SOFT_LABEL_INDEX,
     (1, SOFT_LABEL_FORMAT_VERSION))
-RECORD_FILE = FileKind("record", 64 * KiB, "delete it: it is made again")
+RECORD_FILE = FileKind("record", 64 * KiB, "delete it: it is made again", local=True)
 
 
 __all__ = ["BUILD_FORMAT_VERSION", "BUILD_MANIFEST", "BUILD_MANIFEST_FILE", "FileKind", "IPC_RECORD", "LayoutError",

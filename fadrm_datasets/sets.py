@@ -25,7 +25,7 @@ from torchvision.datasets import VisionDataset
 from . import hub, layout
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
-from .registry import ORG_ENV, SetInfo, find_by_repo, get_set
+from .registry import DEFAULT_ORG, ORG_ENV, SetInfo, find_by_repo, get_set, hub_org
 from .schema import MAX_IMAGE_SIZE, MAX_IMAGES
 
 
@@ -37,34 +37,40 @@ class SetNotFoundError(HubError, FileNotFoundError):
 # than this. Parsing one takes many times its size in memory.
 MAX_PARQUET_FOOTER = 8 << 20
 _ROW_BYTES = 1024  # a row's label, ipc id and image name, and their offsets
-_BATCH_ROWS = 1024
+_BATCH_BYTES = 64 << 20  # rows are read in batches of at most this many bytes of the largest PNGs
 _SHARD_COLUMNS = "columns image{bytes}, label, ipc_id"
 _BROKEN = "the published version is broken: report it, or pick another version="
 
 
 def _read_parquet(paths: list[Path], most_rows: int = MAX_IMAGES,
-                  side: int = MAX_IMAGE_SIZE) -> list[tuple[int, int, bytes]]:
+                  side: int | None = None) -> list[tuple[int, int, bytes]]:
     """(label, ipc_id, PNG bytes) of every row, at most ``most_rows`` in all, of images ``side`` pixels
-    wide. A shard is refused, naming it, when it is of another schema or its footer holds more than a
-    shard's, rows beyond ``most_rows`` or more data than PNGs of ``side`` x ``side`` take: all read from
-    the footer before anything is decompressed. The rows are then read a batch at a time, their bytes
-    counted against that bound as they come, so a footer that understates its sizes is cut off after a batch."""
+    wide (None: as wide as the first). A shard is refused, naming it, when it is of another schema or
+    its footer holds more than a shard's, rows beyond ``most_rows`` or more data than PNGs of that size
+    take: all read from the footer before anything is decompressed. The rows are then read in batches of
+    bounded bytes, each image refused as it comes when its PNG header declares another size or it holds
+    more bytes than a PNG of its size can, so a footer that understates its sizes is cut off in a batch."""
     import pyarrow as pa
 
-    rows, held, png_bytes = [], 0, layout.max_png_bytes(side)
+    bound = side or MAX_IMAGE_SIZE
+    rows, png_bytes = [], layout.max_png_bytes(bound)
     for path in paths:
         try:
-            shard = _open_shard(path, most_rows - len(rows), side)
-            for batch in shard.iter_batches(batch_size=_BATCH_ROWS, columns=["image", "label", "ipc_id"]):
+            shard = _open_shard(path, most_rows - len(rows), bound)
+            batches = shard.iter_batches(batch_size=max(1, _BATCH_BYTES // png_bytes), columns=["image", "label", "ipc_id"])
+            for batch in batches:
                 data = batch.column("image").field("bytes").to_pylist()
                 labels, ipc_ids = batch.column("label").to_pylist(), batch.column("ipc_id").to_pylist()
                 if not all(isinstance(v, int) for v in labels + ipc_ids) or not all(isinstance(b, bytes) for b in data):
                     raise IntegrityError(f"{path} holds labels, ipc ids or images of the wrong type")
+                for image in data:
+                    size = layout.png_size(image[:32])
+                    side = side or (size[0] if size else None)
+                    if len(image) > png_bytes or size is None or size != (side, side):
+                        what = "not a PNG" if size is None else f"a {size[0]}x{size[1]} PNG of {len(image):,} bytes"
+                        raise IntegrityError(f"{path} holds an image that is {what}, where the set's are {side}x{side}"
+                                             f" PNGs; {_BROKEN}")
                 rows += zip(labels, ipc_ids, data)
-                held += sum(map(len, data))
-                if held > len(rows) * png_bytes:
-                    raise IntegrityError(f"{path} holds more bytes of images than PNGs of {side}x{side} can take; "
-                                         f"{_BROKEN}")
         except (pa.ArrowException, ValueError) as error:
             raise IntegrityError(f"{path} is not a shard of a FADRM set ({_SHARD_COLUMNS}): "
                                  f"{' '.join(str(error).split())}") from None
@@ -177,8 +183,8 @@ class FADRMDataset(VisionDataset):
         except NotDownloadedError as error:
             raise SetNotFoundError(f"{error}. {self._how_to_get()}") from None
         except RepoNotFoundError:
-            if self.info is None or self.info.versions:
-                raise
+            if self.info is None or self.info.versions or self.info.repo is not None or hub_org() != DEFAULT_ORG:
+                raise  # a repo of the user's own: "not found, check the name or log in" is the right hint
             raise RepoNotFoundError(self._not_published()) from None
         self.data_dir = directory
         manifest = hub.read_manifest(directory)
@@ -241,6 +247,12 @@ class FADRMDataset(VisionDataset):
         if info is not None and len(classes) != info.num_classes:
             raise IntegrityError(f"{self.build_dir or self.repo_id} holds {len(classes)} classes, not the "
                                  f"{info.num_classes} of {info.display_name}; open it with FADRMDataset instead")
+        # A known set's geometry is the registry's: a release must not choose the bounds it is read within.
+        differ = [f"{name} {preset[name]}" for name in ("num_classes", "channels", "image_size")
+                  if info is not None and preset.get(name) not in (None, getattr(info, name))]
+        if differ:
+            raise IntegrityError(f"{self.build_dir or self.repo_id}: its preset says {', '.join(differ)}, not "
+                                 f"{info.display_name}'s; open it with FADRMDataset instead")
         self._check_classes(classes, num_classes)
         self.classes = list(classes)
         self.channels = int(preset.get("channels") or (info.channels if info else 3))
@@ -277,14 +289,15 @@ class FADRMDataset(VisionDataset):
                 raise IntegrityError(f"{unrecorded[0]} is not recorded in {self.build_dir / layout.MANIFEST} (left by an "
                                      "interrupted recover, or copied in): run the build command again to finish it")
             rows = [(e.label, e.ipc_id, e.path) for e in entries]
-            self._check_rows(rows, [layout.png_file_size(e.path) for e in entries], self.build_dir / layout.IMAGES)
+            self._check_sizes(entries)
+            self._check_rows(rows, self.build_dir / layout.IMAGES)
             self._files = [e.path for e in entries]
         else:
-            rows = _read_parquet([self.data_dir / p for p in self._shards], expected or MAX_IMAGES,
-                                 self.image_size or MAX_IMAGE_SIZE)
+            rows = _read_parquet([self.data_dir / p for p in self._shards], expected or MAX_IMAGES, self.image_size)
             rows.sort(key=lambda r: (r[0], r[1]))
             where = self.data_dir / layout.ipc_dir(self.ipc)
-            self._check_rows(rows, [layout.png_size(r[2][:32]) for r in rows], where)
+            self._check_rows(rows, where)
+            self.image_size = self.image_size or layout.png_size(rows[0][2][:32])[0]
             if expected is not None and len(rows) != expected:
                 raise IntegrityError(f"{where} holds {len(rows)} images, its manifest records {expected}; download "
                                      "the set again, or pick another version=")
@@ -292,22 +305,24 @@ class FADRMDataset(VisionDataset):
         self.targets = [int(r[0]) for r in rows]
         self.ipc_ids = [int(r[1]) for r in rows]
 
-    def _check_rows(self, rows: list[tuple[int, int, Any]], sizes: list[tuple[int, int] | None], where) -> None:
-        """Refuse an image whose label or ipc id lies outside the set, a (label, ipc id) pair seen twice, and
-        an image whose PNG header declares another size than the set's, read before anything is decoded
-        (PIL's decompression-bomb limit lets far larger images through)."""
-        side = self.image_size or (sizes[0][0] if sizes and sizes[0] else None)
-        for (label, ipc_id, source), size in zip(rows, sizes):
+    def _check_rows(self, rows: list[tuple[int, int, Any]], where) -> None:
+        """Refuse an image whose label or ipc id lies outside the set, and a (label, ipc id) pair seen twice."""
+        for label, ipc_id, _ in rows:
             if not (0 <= label < len(self.classes) and 0 <= ipc_id < self.ipc):
                 raise IntegrityError(f"{where}: an image has label {label} and ipc id {ipc_id}, outside the set's "
                                      f"{len(self.classes)} classes of {self.ipc} images; download or rebuild the set")
-            if size is None or size != (side, side):
-                name = source if isinstance(source, Path) else f"the image of label {label}, ipc id {ipc_id}"
-                raise IntegrityError(f"{where}: {name} is {'not a PNG' if size is None else f'{size[0]}x{size[1]}'}, "
-                                     f"not the set's {side}x{side}; download or rebuild the set")
         if len({(label, ipc_id) for label, ipc_id, _ in rows}) != len(rows):
             raise IntegrityError(f"{where}: an image (a label and ipc id) appears twice; download the set again")
-        self.image_size = side
+
+    def _check_sizes(self, entries: list[layout.ImageEntry]) -> None:
+        """Refuse a build's image whose PNG header declares another size than the set's, read before anything
+        is decoded (PIL's decompression-bomb limit lets far larger images through)."""
+        for entry in entries:
+            size = layout.png_file_size(entry.path)
+            self.image_size = self.image_size or (size[0] if size else None)
+            if size is None or size != (self.image_size, self.image_size):
+                raise IntegrityError(f"{entry.path} is {'not a PNG' if size is None else f'{size[0]}x{size[1]}'}, not "
+                                     f"the set's {self.image_size}x{self.image_size}; rebuild the set")
 
     def _open_soft_labels(self) -> None:
         from .softlabels import SoftLabelStore

@@ -286,12 +286,13 @@ def _check_index(index: dict, path: Path) -> None:
     """Refuse an index whose shards do not cover its epochs once each, in order, or name files outside
     its folder (the fields' types and bounds are checked as it is read: schema.SOFT_LABEL_INDEX)."""
     shards = sorted(index["shards"], key=lambda s: s["first_epoch"])
-    expected_first = 0
+    next_epoch = 0
     for shard in shards:  # O(shards): never a list of every epoch (a hostile index claims billions)
-        if shard["first_epoch"] != expected_first or shard["last_epoch"] < shard["first_epoch"]:
+        if shard["first_epoch"] != next_epoch or shard["last_epoch"] < shard["first_epoch"]:
+            next_epoch = -1  # a gap, an overlap or a backwards shard
             break
-        expected_first = shard["last_epoch"] + 1
-    if expected_first != index["epochs"] or len(shards) != len(index["shards"]):
+        next_epoch = shard["last_epoch"] + 1
+    if next_epoch != index["epochs"]:
         raise SoftLabelStoreError(f"{path}: its shards do not cover epochs 0..{index['epochs'] - 1} once each")
     if index.get("topk") is not None and index["topk"] >= index["num_classes"]:
         raise SoftLabelStoreError(f"{path}: topk {index['topk']} is not below num_classes {index['num_classes']}")
@@ -377,8 +378,7 @@ def check_epoch_values(tensors: dict[str, torch.Tensor], index: dict, where: str
     if "flips" in tensors and int(tensors["flips"].max()) > 1:
         refuse("a flip flag is neither 0 nor 1")
     if "partners" in tensors:
-        sizes = torch.tensor([min(batch, n - start) for start in range(0, n, batch)])
-        room = sizes.repeat_interleave(sizes)  # at each position, the size of its batch
+        room = (n - torch.arange(n) // batch * batch).clamp(max=batch)  # at each position, its batch's size
         partners = tensors["partners"].long()
         if bool(((partners < 0) | (partners >= room)).any()):
             refuse("a CutMix partner lies outside its batch")

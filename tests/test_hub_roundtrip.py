@@ -257,6 +257,24 @@ def test_a_set_with_no_release_says_so_in_one_line(tmp_path):
     assert "fadrm-build imagenet --ipc 10" in message and "FADRM_HUB_ORG" in message
 
 
+def test_a_gated_repo_says_so_not_that_it_is_missing(tmp_path, monkeypatch):
+    """huggingface_hub's GatedRepoError is a kind of RepositoryNotFoundError: it must not read as "not found"."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError("Access to this dataset is restricted", response=SimpleNamespace(
+            status_code=403, headers={}, request=None, url="", text="", json=lambda: {}))
+
+    monkeypatch.setattr(HfApi, "list_repo_refs", gated)
+    with pytest.raises(fhub.HubError) as info:
+        FADRMDataset(tmp_path, repo_id="acme/fadrm-imagenet", ipc=10, download=True)
+    assert not isinstance(info.value, RepoNotFoundError)
+    assert str(info.value).startswith("acme/fadrm-imagenet is gated: ask for access at ")
+
+
 def test_a_file_broken_on_the_hub_is_reported_not_looped(hub, tmp_path):
     """When the Hub itself serves a file that differs from the manifest, one refetch, then a clear error."""
     from builders.publish import push

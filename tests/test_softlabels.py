@@ -219,3 +219,16 @@ def test_plan_is_a_function_of_the_generator():
         _, _, h, w = a.cutmix_boxes[i].tolist()
         assert a.lams[i].item() == pytest.approx(1 - h * w / 784, abs=1e-6)
     assert isinstance(EpochPlan.from_tensors(a.to_tensors(), 8), EpochPlan)
+
+
+@pytest.mark.parametrize("extra", [{"first_epoch": 1, "last_epoch": 1}, {"first_epoch": 0, "last_epoch": 0},
+                                   {"first_epoch": 2, "last_epoch": 3}], ids=["overlap", "repeat", "beyond"])
+def test_an_index_whose_shards_overlap_or_overrun_is_refused(tmp_path, extra):
+    store = write_store(tmp_path / "sl", epochs=2)
+    index_path = store.directory / "index.json"
+    index = json.loads(index_path.read_text())
+    name = f"epochs-{extra['first_epoch']:05d}-{extra['last_epoch']:05d}.safetensors"
+    index["shards"].append({"file": name, **extra})
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(SoftLabelStoreError, match="do not cover epochs 0..1 once each"):
+        SoftLabelStore.open(store.directory)

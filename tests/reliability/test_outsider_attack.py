@@ -74,7 +74,7 @@ def test_a_shard_that_decompresses_far_past_its_images_is_refused_before_it_is_r
     republish(repo, {PARQUET: shard}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo, soft_labels=False, memory_mb=256)
     assert outcome.startswith("IntegrityError") and "more than PNGs of 8x8 can take" in outcome, outcome
-    assert "train-00000-of-00001.parquet" in outcome and took < 10
+    assert "train-00000-of-00001.parquet" in outcome and took < 30
 
 
 def test_a_shard_padded_with_empty_row_groups_is_read_in_bounded_memory(hub, tmp_path):
@@ -83,7 +83,7 @@ def test_a_shard_padded_with_empty_row_groups_is_read_in_bounded_memory(hub, tmp
     table = _release_table(repo)
     republish(repo, {PARQUET: _parquet([table] + [table.slice(0, 0)] * 30_000, table.schema)}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo, soft_labels=False, memory_mb=512)
-    assert outcome == "OK" and took < 10
+    assert outcome == "OK" and took < 30
 
 
 def test_a_shard_whose_footer_is_larger_than_a_shard_needs_is_refused_before_it_is_parsed(tmp_path):
@@ -146,20 +146,23 @@ def _idat_bomb(side: int, expands_to: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 
-def test_held_a_png_whose_pixel_data_inflates_past_its_size_and_a_grayscale_png_in_a_colour_set(hub, tmp_path):
-    """Held: PIL inflates only the rows the declared 8x8 needs, not the 512 MiB behind them; a grayscale
-    PNG is served as RGB."""
+def test_a_png_holding_more_data_than_its_size_can_is_refused_at_open(hub, tmp_path):
+    """A PNG whose pixel data would inflate to 512 MiB behind an 8x8 header: PIL would inflate only the
+    declared rows, but the image carries far more bytes than any 8x8 PNG can, so it is refused as the
+    shard is read."""
     repo = publish_tiny(hub, tmp_path, "inflate", soft_labels=False)
+    bomb = _idat_bomb(8, 512 << 20)
+    republish(repo, {PARQUET: parquet_with(repo, lambda rows: rows[0].update(image={"bytes": bomb,
+                                                                                   "path": "x"}))}, tmp_path)
+    outcome = open_here(tmp_path / "root", repo, soft_labels=False)
+    assert outcome.startswith("IntegrityError") and f"a 8x8 PNG of {len(bomb):,} bytes" in outcome, outcome
 
-    def change(rows):
-        rows[0]["image"] = {"bytes": _idat_bomb(8, 512 << 20), "path": rows[0]["image"]["path"]}
-        rows[1]["image"] = {"bytes": png(8, 8, "L"), "path": rows[1]["image"]["path"]}
 
-    republish(repo, {PARQUET: parquet_with(repo, change)}, tmp_path)
+def test_held_a_grayscale_png_in_a_colour_set_is_served_as_colour(hub, tmp_path):
+    repo = publish_tiny(hub, tmp_path, "grey", soft_labels=False)
+    republish(repo, {PARQUET: parquet_with(repo, lambda rows: rows[1].update(image={"bytes": png(8, 8, "L"),
+                                                                                   "path": "x"}))}, tmp_path)
     data = _open(tmp_path / "root", repo)
-    start = time.perf_counter()
-    image, _ = data[0]
-    assert image.size == (8, 8) and time.perf_counter() - start < 0.25
     assert data[1][0].mode == "RGB" and data.images_uint8().shape == (40, 3, 8, 8)
 
 
@@ -175,7 +178,7 @@ def test_held_jpeg_bytes_in_a_shard_are_refused_as_not_a_png(hub, tmp_path):
 
     republish(repo, {PARQUET: parquet_with(repo, change)}, tmp_path)
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
-    assert outcome.startswith("IntegrityError") and "the image of label 0, ipc id 3 is not a PNG" in outcome
+    assert outcome.startswith("IntegrityError") and "holds an image that is not a PNG, where the set's are 8x8 PNGs" in outcome
 
 
 # --- the release manifest ----------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path)
     start = time.perf_counter()
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
     assert outcome.startswith("IntegrityError") and "a path of a set has at most 8 names" in outcome, outcome
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 10
 
 
 @pytest.mark.parametrize("path", ["ipc10/./train.parquet", "ipc10//train.parquet", "ipc10/train.parquet/",
@@ -344,7 +347,7 @@ def test_a_build_manifest_claiming_a_billion_images_is_refused_by_push_in_bounde
     (build / "manifest.json").write_text(json.dumps(manifest))
     took, outcome = run_bounded(f"from builders.publish import read_build\nread_build({str(build)!r})", memory_mb=256)
     assert outcome.startswith("PublishError") and "not a complete set of 100000 x 10000 images" in outcome, outcome
-    assert took < 10
+    assert took < 30
 
 
 def test_evaluate_refuses_a_recorded_temperature_that_is_not_a_positive_number(clean_build, fake_data, capsys):
@@ -370,3 +373,24 @@ def test_a_diverged_loss_is_recorded_as_null_and_the_manifest_stays_readable(tmp
                                                    {"epoch": 2, "loss": float("inf"), "top1": 10.0}]}])
     checks = build.read_manifest()["evaluations"][0]["checks"]
     assert [c["loss"] for c in checks] == [None, None] and [c["top1"] for c in checks] == [10.0, 10.0]
+
+
+def test_a_release_of_a_known_set_cannot_declare_the_geometry_it_is_read_within(hub, tmp_path, monkeypatch):
+    """The bounds a shard is read within follow the set's image size: for a set the registry knows, a
+    release saying 4096 px for 8 px images (room for a decompression bomb) is refused before its
+    parquet is read."""
+    from fadrm_datasets.registry import SETS, SetInfo
+
+    repo = publish_tiny(hub, tmp_path, "geometry", soft_labels=False)
+    monkeypatch.setitem(SETS, "tiny-known", SetInfo(name="tiny-known", display_name="Tiny known", repo_name="x",
+                                                    repo=repo, num_classes=4, channels=3, image_size=8,
+                                                    mean=(0.5,) * 3, std=(0.25,) * 3))
+
+    def lie(manifest):
+        manifest["ipcs"]["10"]["preset"]["image_size"] = 4096
+        return manifest
+
+    republish(repo, {}, tmp_path, manifest=lie)
+    outcome = open_here(tmp_path / "root", repo, soft_labels=False)
+    assert outcome == "IntegrityError: " + f"{repo}: its preset says image_size 4096, not Tiny known's; open it with " \
+                                           "FADRMDataset instead"
