@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.run  # noqa: F401  torchrun itself: the test command installs torch, so a missing one fails
 
 from builders import distributed
 from fadrm_datasets._io import read_safetensors_metadata
 from tests.devices import DEVICES
 from tests.fakedata import make_fashion_mnist
 from tests.reliability.conftest import REPO, TEACHER, build_args, files_of, with_tiny_teacher
-
-pytest.importorskip("torch.distributed.run")
 
 
 DROPOUT_CLI = ("-m", "tests.builders.dropout_cli")
