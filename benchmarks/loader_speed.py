@@ -63,7 +63,9 @@ def images_per_second(batches) -> float:
 
 def synthetic_build(size: int, images: int, epochs: int, folder: Path):
     """Random images of ``size`` px and a dense store of ``epochs`` epochs from a tiny teacher."""
-    from builders.presets import IMAGENET
+    from builders.presets import get_preset
+
+    IMAGENET = get_preset("imagenet")
     from builders.relabel import RelabelConfig, write_soft_labels
     from torch import nn
 

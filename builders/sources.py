@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets.registry import FASHION_MNIST_CLASSES
+from fadrm_datasets.registry import get_set
 
 from .presets import Preset
 
@@ -132,7 +132,7 @@ def load_fashion_mnist(root: Path, split: str, download: bool) -> TensorImages:
         return load_fashion_mnist(root, split, download=False)
     x = torch.from_numpy(read_idx(images).copy()).unsqueeze(1)
     y = torch.from_numpy(read_idx(labels).astype(np.int64))
-    return TensorImages(x, y, list(FASHION_MNIST_CLASSES))
+    return TensorImages(x, y, get_set("fashion-mnist").classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +234,8 @@ class HFImages(Dataset):
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), row["label"]
 
 
-Loader = Callable[[Path, str, bool], Dataset]
+# A reader: (root, split, download, **the preset's source_options) -> the split's images.
+Loader = Callable[..., Dataset]
 SOURCES: dict[str, Loader] = {
     "fashion-mnist": load_fashion_mnist,
     "cifar100": load_cifar100,
@@ -282,7 +283,7 @@ def load_split(preset: Preset, root: Path | str, split: str, download: bool = Fa
     if split == "val" and preset.validation_size <= 0:
         raise ValueError(f"the {preset.name} preset holds out no validation split; use the test split")
     root = root if str(root).startswith("hf:") else Path(root)
-    data = SOURCES[preset.source](root, "test" if split == "test" else "train", download)
+    data = SOURCES[preset.source](root, "test" if split == "test" else "train", download, **preset.source_options)
     if len(data.classes) != preset.num_classes:
         raise DataNotFoundError(f"the {preset.display_name} data at {root} holds {len(data.classes)} classes, not "
                                 f"{preset.num_classes}; point --data-root at the whole dataset")

@@ -25,7 +25,7 @@ from torchvision.datasets import VisionDataset
 from . import hub, layout
 from .hub import (HubError, IntegrityError, IPCNotPublishedError, NotDownloadedError, OfflineError,
                   RepoNotFoundError, VersionNotFoundError)
-from .registry import DEFAULT_ORG, ORG_ENV, SetInfo, find_by_repo, get_set, hub_org
+from .registry import DEFAULT_ORG, ORG_ENV, SETS, SetInfo, find_by_repo, get_set, hub_org
 from .schema import MAX_IMAGE_SIZE, MAX_IMAGES
 
 
@@ -455,26 +455,17 @@ class _RegisteredSet(FADRMDataset):
         super().__init__(root, None, ipc, version, transform, target_transform, download, soft_labels, build_dir)
 
 
-class FADRMCIFAR100(_RegisteredSet, set_name="cifar100"):
-    """FADRM-distilled CIFAR-100: 100 classes of 32x32 RGB images."""
+def _flat_class(info: SetInfo) -> type[FADRMDataset]:
+    """``FADRMImageNet`` and its kind: the declared set's class, made from its declaration alone."""
+    namespace = {"__doc__": info.description, "__module__": __name__, "__qualname__": info.class_name}
+    return type(info.class_name, (_RegisteredSet,), namespace, set_name=info.name)
 
 
-class FADRMTinyImageNet(_RegisteredSet, set_name="tiny-imagenet"):
-    """FADRM-distilled Tiny-ImageNet: 200 classes (WordNet ids) of 64x64 RGB images."""
+# The flat class of each declared set, by its registry name (the card's code sample names it). Each is
+# also a name of this module, so a DataLoader's worker processes find it by name.
+SET_CLASSES: dict[str, type[FADRMDataset]] = {info.name: _flat_class(info) for info in SETS.values() if info.class_name}
+globals().update({cls.__name__: cls for cls in SET_CLASSES.values()})
 
-
-class FADRMImageNet(_RegisteredSet, set_name="imagenet"):
-    """FADRM-distilled ImageNet-1K: 1000 classes of 224x224 RGB images."""
-
-
-class FADRMFashionMNIST(_RegisteredSet, set_name="fashion-mnist"):
-    """FADRM-distilled Fashion-MNIST: 10 classes of 28x28 grayscale images."""
-
-
-# The flat class of each registered set, by its registry name (the card's code sample names it).
-SET_CLASSES: dict[str, type[FADRMDataset]] = {
-    cls.set_name: cls for cls in (FADRMCIFAR100, FADRMTinyImageNet, FADRMImageNet, FADRMFashionMNIST)}
-
-__all__ = ["FADRMCIFAR100", "FADRMDataset", "FADRMFashionMNIST", "FADRMImageNet", "FADRMTinyImageNet",
-           "HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
-           "RepoNotFoundError", "SET_CLASSES", "SetNotFoundError", "VersionNotFoundError"]
+__all__ = ["FADRMDataset", "HubError", "IPCNotPublishedError", "IntegrityError", "NotDownloadedError", "OfflineError",
+           "RepoNotFoundError", "SET_CLASSES", "SetNotFoundError", "VersionNotFoundError",
+           *(cls.__name__ for cls in SET_CLASSES.values())]

@@ -15,14 +15,14 @@ from torch import nn
 
 from fadrm_datasets.layout import BuildDirectory
 from builders.imaging import save_png
-from builders.presets import CIFAR100
+from builders.presets import get_preset
 
 NUM_CLASSES, IPC, SIZE = 4, 10, 8
 CLASSES = ["ant", "bee", "cat", "dog"]
 
 
 def tiny_preset(num_classes: int = NUM_CLASSES, size: int = SIZE, channels: int = 3):
-    return CIFAR100.replace(name="tiny-test", display_name="Tiny test", source="none", num_classes=num_classes,
+    return get_preset("cifar100").replace(name="tiny-test", display_name="Tiny test", source="none", num_classes=num_classes,
                             class_names=None,
                             image_size=size, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels,
                             stage_resolutions=(size,), stage_iterations=(1,), relabel_epochs=2,

@@ -61,7 +61,7 @@ def make_cifar100(root: Path, per_class: int = 3, test_per_class: int = 1, seed:
     import hashlib
     import pickle
 
-    from fadrm_datasets.registry import CIFAR100_CLASSES
+    from fadrm_datasets.registry import get_set
 
     rng = np.random.default_rng(seed)
     base = Path(root) / "cifar-100-python"
@@ -72,7 +72,7 @@ def make_cifar100(root: Path, per_class: int = 3, test_per_class: int = 1, seed:
         entry = {"data": images.transpose(0, 3, 1, 2).reshape(len(labels), -1), "fine_labels": labels.tolist(),
                  "coarse_labels": (labels // 5).tolist()}
         (base / split).write_bytes(pickle.dumps(entry))
-    (base / "meta").write_bytes(pickle.dumps({"fine_label_names": list(CIFAR100_CLASSES),
+    (base / "meta").write_bytes(pickle.dumps({"fine_label_names": get_set("cifar100").classes,
                                               "coarse_label_names": [f"super{i}" for i in range(20)]}))
     return {name: hashlib.md5((base / name).read_bytes()).hexdigest() for name in ("train", "test", "meta")}
 

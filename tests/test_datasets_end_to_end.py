@@ -31,17 +31,27 @@ from tests.builders.test_build import run_cli
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One way a user has a source on disk, and what the test builds from it."""
+
+    id: str
+    make_source: Callable  # (folder, hub, monkeypatch) -> --data-root
+    ipc: int = 1
+    method: str = "fadrm"
+
+
+@dataclass(frozen=True)
 class Config:
     id: str
     dataset: str
     ipc: int
     version: str
-    make_source: Callable  # (folder, hub, monkeypatch) -> --data-root
+    make_source: Callable
     teacher: str  # a tiny architecture that fits the image size
     method: str = "fadrm"
     flags: tuple[str, ...] = ()
-    given_weights: bool = False  # pass the teacher as --teacher-weights (ImageNet has no recipe)
-    threads: int = 1  # 224-pixel units of 100 images are worth both cores
+    given_weights: bool = False  # pass the teacher as --teacher-weights (a preset with no recipe)
+    threads: int = 1  # 224-pixel units are worth both cores
 
 
 def fashion_source(folder: Path, hub, monkeypatch) -> str:
@@ -75,21 +85,43 @@ def imagenet_hub_source(folder: Path, hub, monkeypatch) -> str:
     return fakedata.push_imagenet_to_hub(hub.repo_id("imagenet-1k"))
 
 
-# Recover takes a small step on ImageNet so the images stay smooth: the pushed parquet stays small.
+# The fake sources of each source reader (a preset's ``source``), one per on-disk form a user has.
 # The Hub source is about reading the data: its set is the random real subset (no recover), which
-# still goes through the teacher, patches, relabel, evaluate, push and load.
+# still goes through the teacher, patches, relabel, evaluate, push and load. Fashion-MNIST is loaded
+# exactly as the README writes it, at IPC 10.
+FAKE_SOURCES: dict[str, tuple[Variant, ...]] = {
+    "fashion-mnist": (Variant("", fashion_source, ipc=10),),
+    "cifar100": (Variant("", cifar_source), Variant("fadrm+", cifar_source, ipc=2, method="fadrm+")),
+    "tiny-imagenet": (Variant("zip", tiny_zip_source), Variant("folder", tiny_folder_source, ipc=2)),
+    "imagenet": (Variant("folder", imagenet_folder_source),
+                 Variant("hf-random-real", imagenet_hub_source, method="random-real")),
+}
+
+# Recover takes a small step on 224-pixel images so they stay smooth: the pushed parquet stays small.
 SMALL_STEP = ("--lr", "0.001")
-CONFIGS = [
-    Config("fashion-mnist", "fashion-mnist", 10, "v1.0.0", fashion_source, "convnet-bn-w8-d2"),
-    Config("cifar100", "cifar100", 1, "v1.0.0", cifar_source, "convnet-bn-w8-d3"),
-    Config("cifar100-fadrm+", "cifar100", 2, "v1.1.0", cifar_source, "convnet-bn-w8-d3", method="fadrm+"),
-    Config("tiny-imagenet-zip", "tiny-imagenet", 1, "v1.0.0", tiny_zip_source, "convnet-bn-w8-d4"),
-    Config("tiny-imagenet-folder", "tiny-imagenet", 2, "v1.1.0", tiny_folder_source, "convnet-bn-w8-d4"),
-    Config("imagenet-folder", "imagenet", 1, "v1.0.0", imagenet_folder_source, "convnet-bn-w4-d5",
-           flags=SMALL_STEP, given_weights=True, threads=2),
-    Config("imagenet-hf-random-real", "imagenet", 1, "v1.1.0", imagenet_hub_source, "convnet-bn-w4-d5",
-           method="random-real", given_weights=True, threads=2),
-]
+
+
+def tiny_teacher_name(image_size: int) -> str:
+    """A tiny ConvNet-BN deep enough to pool an image of this size down (28 -> 2 blocks ... 224 -> 5)."""
+    depth = min(5, max(2, image_size.bit_length() - 3))
+    return f"convnet-bn-w{4 if image_size >= 224 else 8}-d{depth}"
+
+
+def configs() -> list[Config]:
+    """Every declared dataset, through each on-disk form of its source; a dataset whose source has
+    no fake form here fails (add one to FAKE_SOURCES)."""
+    found = []
+    for dataset, preset in sorted(presets.PRESETS.items()):
+        large = preset.image_size >= 224
+        for number, variant in enumerate(FAKE_SOURCES.get(preset.source, (Variant("no-fake-source", None),))):
+            found.append(Config("-".join(filter(None, (dataset, variant.id))), dataset, variant.ipc, f"v1.{number}.0",
+                                variant.make_source, tiny_teacher_name(preset.image_size), variant.method,
+                                flags=SMALL_STEP if large and variant.method != "random-real" else (),
+                                given_weights=preset.teacher_recipe is None, threads=2 if large else 1))
+    return found
+
+
+CONFIGS = configs()
 
 
 def tiny_preset(preset: presets.Preset, teacher: str) -> presets.Preset:
@@ -118,6 +150,7 @@ def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cac
 
     from builders.models import build_model
 
+    assert config.make_source is not None, f"no fake source for {config.dataset}'s reader: add one to FAKE_SOURCES"
     torch.set_num_threads(config.threads)  # the one_thread fixture puts it back
     real = presets.get_preset(config.dataset)
     preset = tiny_preset(real, config.teacher)

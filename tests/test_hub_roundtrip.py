@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fadrm_datasets import hub as fhub
-from fadrm_datasets.registry import FASHION_MNIST, SETS, SetInfo
+from fadrm_datasets.registry import SETS, SetInfo, get_set
 from fadrm_datasets.sets import (FADRMDataset, FADRMFashionMNIST, IntegrityError, IPCNotPublishedError,
                                  OfflineError, RepoNotFoundError, SetNotFoundError, VersionNotFoundError)
 from builders.card import grid_layout
@@ -228,7 +228,7 @@ def test_flat_subclass_uses_the_registry(hub, tmp_path, monkeypatch):
     from builders.publish import push
 
     repo_id = hub.repo_id("fadrm-fashion-mnist")
-    monkeypatch.setitem(SETS, "fashion-mnist", FASHION_MNIST.replace(repo=repo_id))
+    monkeypatch.setitem(SETS, "fashion-mnist", get_set("fashion-mnist").replace(repo=repo_id))
     build = make_build(tmp_path / "fm" / "ipc1", ipc=1, num_classes=10, size=28, channels=1, classes=None,
                        teacher=False)
     manifest_path = build / "manifest.json"
@@ -238,7 +238,7 @@ def test_flat_subclass_uses_the_registry(hub, tmp_path, monkeypatch):
     push(build, repo_id, "v0.1.0")
     ds = FADRMFashionMNIST(tmp_path / "root", ipc=1, download=True)
     assert ds.repo_id == repo_id and ds.version == "v0.1.0" and len(ds) == 10
-    assert ds.classes == list(FASHION_MNIST.class_names) and ds.class_to_idx["Trouser"] == 1
+    assert ds.classes == get_set("fashion-mnist").classes and ds.class_to_idx["Trouser"] == 1
     image, label = ds[3]
     assert image.mode == "L" and image.size == (28, 28) and label == 3
     assert same_pixels(pixels(ds), expected_pixels(build, channels=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fadrm_datasets.install import WHERE, pip_install
 from fadrm_datasets.registry import SETS
 from fadrm_datasets.sets import SET_CLASSES
@@ -30,6 +32,13 @@ def published_sets_table() -> dict[str, dict[str, str]]:
 
 def listed(cell: str) -> tuple[str, ...]:
     return () if cell == "none yet" else tuple(version.strip() for version in cell.split(","))
+
+
+def test_the_readme_names_every_dataset_the_builder_builds():
+    from builders.presets import PRESETS
+
+    line = next(line for line in README.read_text().splitlines() if line.startswith("Datasets: "))
+    assert re.findall(r"`([a-z0-9-]+)`", line) == sorted(PRESETS), "the README's list of datasets is not the declarations'"
 
 
 def test_the_readme_lists_the_released_versions_the_registry_pins():

@@ -9,9 +9,10 @@ from fadrm_datasets import registry
 
 def test_a_license_other_needs_its_terms_and_a_gate_needs_their_link():
     with pytest.raises(ValueError, match="license 'other' needs a license_name and a license_link"):
-        registry.FASHION_MNIST.replace(license="other")
+        registry.get_set("fashion-mnist").replace(license="other")
     with pytest.raises(ValueError, match="license 'other' needs"):
-        registry.IMAGENET.replace(license_link=None)
+        registry.get_set("imagenet").replace(license_link=None)
     with pytest.raises(ValueError, match="a gated set needs a license_link"):
-        registry.CIFAR100.replace(gated=True)
-    assert registry.IMAGENET.gated and registry.TINY_IMAGENET.gated and not registry.CIFAR100.gated
+        registry.get_set("cifar100").replace(gated=True)
+    assert registry.get_set("imagenet").gated and registry.get_set("tiny-imagenet").gated
+    assert not registry.get_set("cifar100").gated

@@ -127,7 +127,7 @@ def test_registry(monkeypatch):
     with pytest.raises(KeyError, match="unknown set 'mnist'"):
         registry.get_set("mnist")
     with pytest.raises(ValueError, match="vX.Y.Z"):
-        registry.CIFAR100.replace(default_version="1.0")
+        registry.get_set("cifar100").replace(default_version="1.0")
 
 
 def test_library_imports_stay_light():

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from builders.models import build_model
-from builders.presets import FASHION_MNIST
+from builders.presets import get_preset
 from builders.relabel import RelabelConfig, teacher_logits, teacher_mode, write_soft_labels
 from fadrm_datasets.softlabels import (EpochPlan, ReplayBatchSampler, ReplayDataset, SoftLabelStore,
                                        SoftLabelStoreError, apply_plan, compress_logits, expand_logits,
                                        make_epoch_plan, replay_loader, sample_crop_boxes)
 
+FASHION_MNIST = get_preset("fashion-mnist")
 PRESET = FASHION_MNIST.replace(relabel_batch_size=8, relabel_crop_scale=(0.3, 1.0))
 
 

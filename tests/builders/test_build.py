@@ -111,7 +111,7 @@ def test_larger_sets_get_their_own_longer_trained_teacher(data_root, tmp_path, m
     from builders import presets
     from builders.teachers import read_teacher_metadata
 
-    base = presets.FASHION_MNIST
+    base = presets.get_preset("fashion-mnist")
     recipe = dataclasses.replace(base.teacher_recipe, epochs=1, epochs_from_ipc=((3, 2),))
     monkeypatch.setitem(presets.PRESETS, "fashion-mnist", base.replace(teacher_recipe=recipe))
     root = tmp_path / "build"
@@ -356,6 +356,8 @@ def test_a_build_decides_its_teachers_once(trained, data_root, tmp_path, monkeyp
     run_cli(["fashion-mnist", "--ipc", "1", "--method", "fadrm+", "--data-root", str(data_root), "--build-root",
              str(trained), "--build-dir", str(tmp_path / "plus"), "--iterations", "3,3,3,3", "--device", "cpu",
              "--epochs", "1", "--evaluate"])
-    from builders.presets import FASHION_MNIST
+    from builders.presets import get_preset
+
+    FASHION_MNIST = get_preset("fashion-mnist")
 
     assert resolved == ["fadrm+"] and sorted(loaded) == sorted(FASHION_MNIST.teachers_plus)

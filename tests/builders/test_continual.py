@@ -14,13 +14,14 @@ from torch import nn
 from builders import continual
 from builders.cli import main
 from builders.models import build_model
-from builders.presets import FASHION_MNIST
+from builders.presets import get_preset
 from fadrm_datasets._io import sha256_file
 from fadrm_datasets.continual import ClassIncrementalScenario
 from fadrm_datasets.layout import BuildDirectory
 from tests.fakebuild import make_build
 from tests.fakedata import make_fashion_mnist
 
+FASHION_MNIST = get_preset("fashion-mnist")
 STUDENT = "convnet-bn-w8-d1"  # tiny: the whole run takes seconds
 METHODS = ("fadrm", "random-real")
 

@@ -13,11 +13,12 @@ from torch import nn
 from builders.imaging import normalize, pixel_bounds
 from fadrm_datasets.layout import BuildDirectory
 from builders.models import build_model
-from builders.presets import FASHION_MNIST, IMAGENET, PRESETS
+from builders.presets import PRESETS
 from builders.recover import (BNStatisticsLoss, Precision, RecoverConfig, Unit, arc_merge, plan_units,
                               recover_set, recover_unit, resample, stage_schedule)
 from tests.devices import DEVICES
 
+FASHION_MNIST, IMAGENET = PRESETS["fashion-mnist"], PRESETS["imagenet"]
 TINY = FASHION_MNIST.replace(stage_iterations=(3, 3, 3, 3), class_block=5)
 
 

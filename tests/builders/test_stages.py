@@ -11,10 +11,12 @@ from PIL import Image
 
 from builders.models import UnknownModelError, build_model
 from builders.patches import Patches, keep_by_difficulty, select_patches
-from builders.presets import CIFAR100, FASHION_MNIST, IMAGENET, get_preset, UnknownDatasetError
+from builders.presets import UnknownDatasetError, get_preset
 from builders.sources import DataNotFoundError, TensorImages, load_imagenet, load_split, load_tiny_imagenet, read_idx
 from builders.teachers import TeacherError, load_teacher, read_teacher_metadata, save_teacher
 from tests.fakedata import make_fashion_mnist, write_idx_images, write_idx_labels
+
+CIFAR100, FASHION_MNIST, IMAGENET = (get_preset(name) for name in ("cifar100", "fashion-mnist", "imagenet"))
 
 
 def test_read_idx_round_trip(tmp_path):

@@ -1,0 +1,32 @@
+"""ImageNet-1K: 1000 classes, distilled at 224x224 from an ImageFolder tree or a Hub dataset."""
+
+from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo, unique_names
+from ._shared import IMAGENET_TERMS, PAPER_RECOVER
+
+
+def _classes() -> tuple[str, ...]:
+    # torchvision ships the 1000 category names in the standard (sorted wnid) order; two names
+    # ("crane", "maillot") occur twice, so they are made unique.
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return unique_names(_IMAGENET_CATEGORIES)
+
+
+DECLARATION = SetInfo(
+    name="imagenet", display_name="ImageNet-1K", class_name="FADRMImageNet", repo_name="fadrm-imagenet",
+    num_classes=1000, channels=3, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=_classes(),
+    source_datasets=("ILSVRC/imagenet-1k",), **IMAGENET_TERMS,
+    build=dict(
+        source="imagenet",
+        teacher="resnet18",
+        teachers_plus=("resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"),
+        teacher_recipe=None,  # torchvision's pretrained ImageNet weights
+        stage_resolutions=(200, 224, 200, 224),
+        **PAPER_RECOVER,
+        jitter=32,
+        relabel_epochs=300,
+        soft_label_topk=100,  # 1000 classes: top-k + mean of the rest keeps the store small
+        student="resnet18",
+        eval_epochs=300,
+    ),
+)

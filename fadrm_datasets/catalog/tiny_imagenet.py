@@ -1,0 +1,24 @@
+"""Tiny-ImageNet: 200 ImageNet classes of 64x64 RGB images, from Stanford's zip."""
+
+from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo
+from ._shared import IMAGENET_TERMS, PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS
+
+DECLARATION = SetInfo(
+    # The classes are WordNet ids in the order of the source's wnids.txt: taken from the manifest.
+    # Stanford has no copy on the Hub; zh-plus/tiny-imagenet is the one users load. Its images are ImageNet's.
+    name="tiny-imagenet", display_name="Tiny-ImageNet", class_name="FADRMTinyImageNet",
+    repo_name="fadrm-tiny-imagenet", num_classes=200, channels=3, image_size=64, mean=IMAGENET_MEAN,
+    std=IMAGENET_STD, source_datasets=("zh-plus/tiny-imagenet",), **IMAGENET_TERMS,
+    build=dict(
+        source="tiny-imagenet",
+        teacher="resnet18-cifar",
+        teachers_plus=SMALL_IMAGE_TEACHERS_PLUS,
+        teacher_recipe=dict(optimizer="sgd", lr=0.01, weight_decay=1e-4, epochs=50, batch_size=128),
+        stage_resolutions=(64, 64, 64, 64),
+        **PAPER_RECOVER,
+        jitter=4,
+        relabel_epochs=300,
+        student="resnet18-cifar",
+        eval_epochs=300,
+    ),
+)
