@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Fashion-MNIST IPC 10 with each of the four methods into OUT, from a fresh build root (so
 # every teacher is trained, none read from a cache), with 20 soft-label and student epochs, on one
-# thread. Two runs of this script at two commits are compared with `benchmarks/same_bytes_diff.sh`:
+# thread. Two runs of this script at two commits are compared with `benchmarks/same_bytes_compare.py`:
 # a refactor that must not change what is built shows no difference.
 #   usage: benchmarks/same_bytes.sh OUT [PYTHON]
 set -euo pipefail

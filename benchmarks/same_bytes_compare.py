@@ -1,0 +1,59 @@
+"""Compare two runs of ``benchmarks/same_bytes.sh`` (before and after a change that must not change
+what a build makes): for every method's build, the images and soft labels byte for byte, every
+teacher's weights, and the evaluation records with their times left out.
+
+    python benchmarks/same_bytes_compare.py BEFORE_ROOT AFTER_ROOT
+
+Prints one line per build and exits 1 when anything differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import sys
+from pathlib import Path
+
+DATASET = "fashion-mnist"
+TIMES = ("seconds",)  # the only fields of an evaluation record that measure time
+
+
+def differing_files(before: Path, after: Path) -> list[str]:
+    """Relative paths under ``before`` or ``after`` that are missing from one or differ in bytes."""
+    names = {p.relative_to(before) for p in before.rglob("*") if p.is_file()}
+    names |= {p.relative_to(after) for p in after.rglob("*") if p.is_file()}
+    return sorted(str(n) for n in names if not ((before / n).is_file() and (after / n).is_file()
+                                                  and filecmp.cmp(before / n, after / n, shallow=False)))
+
+
+def evaluations(build: Path) -> list[dict]:
+    records = json.loads((build / "manifest.json").read_text()).get("evaluations") or []
+    return [{k: v for k, v in record.items() if k not in TIMES} for record in records]
+
+
+def compare(before: Path, after: Path) -> bool:
+    same = True
+    for build in sorted(p for p in (before / DATASET).iterdir() if p.name.startswith("ipc")):
+        other = after / DATASET / build.name
+        files = [f"{part}/{name}" for part in ("images", "soft_labels")
+                 for name in differing_files(build / part, other / part)]
+        records_same = evaluations(build) == evaluations(other)
+        print(f"{build.name}: {len(files)} differing image/soft-label files{': ' + ', '.join(files[:5]) if files else ''}; "
+              f"evaluation records {'equal' if records_same else 'DIFFER'} ({len(evaluations(build))} each)")
+        same = same and not files and records_same
+    teachers = differing_files(before / DATASET / "teachers", after / DATASET / "teachers")
+    print(f"teachers: {len(teachers)} differing files{': ' + ', '.join(teachers) if teachers else ''}")
+    return same and not teachers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    args = parser.parse_args()
+    sys.exit(0 if compare(args.before, args.after) else 1)
+
+
+if __name__ == "__main__":
+    main()
