@@ -52,6 +52,7 @@ from .models import build_model
 from .options import BuildError
 from .presets import Preset
 from .progress import progress as progress_bar
+from .schedules import cosine_schedule
 from .relabel import TEACHER_MODES, teacher_logits, teacher_mode
 from .seeding import derive_seed
 from .sources import EVAL_SPLITS, load_split
@@ -156,8 +157,7 @@ def train_step(model: nn.Module, images: torch.Tensor, dataset: ContinualSet, sc
     accumulation = max(1, preset.eval_grad_accumulation)
     batches = math.ceil(len(images) / preset.eval_batch_size)
     total_steps = max(1, settings.epochs * math.ceil(batches / accumulation))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    schedule = cosine_schedule(optimizer, total_steps)
     old_outputs = scenario.seen_count(step - 1) if previous is not None else 0
     images = images.to(device)
     model.train()

@@ -38,6 +38,7 @@ from .models import build_model
 from .options import BuildError
 from .presets import Preset, get_preset
 from .progress import progress as progress_bar
+from .schedules import cosine_schedule
 from .seeding import derive_seed
 from .sources import EVAL_SPLITS, load_split
 from .teachers import evaluate_accuracy
@@ -96,8 +97,7 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     batches = store.num_batches
     steps_per_epoch = math.ceil(batches / accumulation)
     total_steps = max(1, epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    schedule = cosine_schedule(optimizer, total_steps)
     checks_at = check_epochs(epochs, check_every)
     world, rank = distributed.world_size(), distributed.rank()
     resumed = None

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from .options import INITS, BuildError, BuildFailed
 from .patches import Patches
 from .presets import Preset
 from .progress import progress
+from .schedules import cosine_factor
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,6 @@ def check_finite(x: torch.Tensor, losses: list[torch.Tensor], amp: bool, first_s
         raise NonFiniteError(f"the loss or the pixels became NaN or inf by step {at}")
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    return 0.5 * base * (1.0 + math.cos(math.pi * step / total))
-
-
 def augment(x: torch.Tensor, config: RecoverConfig, generator: torch.Generator) -> torch.Tensor:
     """Per-step augmentation, one draw for the whole batch: random roll (jitter), random
     resized crop back to the current resolution, horizontal flip."""
@@ -273,7 +269,7 @@ def recover_unit(teachers: Sequence[nn.Module], labels: torch.Tensor, patches: t
             optimizer = torch.optim.Adam([x], lr=config.lr, betas=config.adam_betas)  # reset per stage
             for _ in range(iterations):
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(config.lr, step, total)
+                    group["lr"] = config.lr * cosine_factor(step, total)
                 teacher_index = step % len(teachers)  # FADRM+: round-robin
                 with precision.autocast():
                     logits = teachers[teacher_index](augment(x, config, generator))
@@ -469,5 +465,5 @@ def stage_recover(ctx: BuildContext) -> dict:
 
 
 __all__ = ["BNStatisticsLoss", "NonFiniteError", "Precision", "RecoverConfig", "Unit", "UnitResult", "arc_merge", "augment",
-           "check_finite", "check_recover", "cosine_lr", "plan_units", "recover_set", "recover_settings", "recover_unit", "resample",
+           "check_finite", "check_recover", "plan_units", "recover_set", "recover_settings", "recover_unit", "resample",
            "stage_recover", "stage_schedule", "unit_done", "unit_stats"]

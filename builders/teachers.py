@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from .models import build_model
 from .options import BuildOptions
 from .presets import Preset, TeacherRecipe
 from .progress import progress
+from .schedules import cosine_schedule
 from .sources import load_split
 
 log = logging.getLogger(__name__)
@@ -309,9 +309,7 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True, generator=generator,
                         drop_last=len(train) > recipe.batch_size)
     total_steps = max(1, epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))
-    )
+    schedule = cosine_schedule(optimizer, total_steps)
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
