@@ -19,7 +19,9 @@ import math
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +70,150 @@ def check_epochs(epochs: int, every: int | None = None) -> set[int]:
     return {e for e in range(every, epochs + 1, every)} | {epochs}
 
 
+def check_store(store: SoftLabelStore, preset: Preset, epochs: int) -> None:
+    """Refuse more epochs than the store holds; warn when its batches are not the preset's."""
+    if epochs > store.epochs:
+        raise ValueError(f"{epochs} evaluation epochs asked for, but the soft-label store holds only "
+                         f"{store.epochs}; pass --epochs {store.epochs} or less, or relabel with "
+                         f"--epochs {epochs}")
+    if store.batch_size != preset.eval_batch_size:
+        log.warning("evaluate: the store's recorded batches hold %d images (preset eval batch %d); the "
+                    "replay follows the store", store.batch_size, preset.eval_batch_size)
+
+
+@dataclass
+class StudentRun:
+    """One student run once set up: its model (``net`` is the same model, wrapped in DDP under torchrun),
+    optimizer and schedule, the replayed batches still to train on, and where the run stands."""
+
+    preset: Preset
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    batches: int  # recorded batches an epoch
+    accumulation: int
+    device: torch.device
+    targets: str  # "soft" or "hard"
+    loader: Iterator | None = None
+    pad: tuple[torch.Tensor, torch.Tensor] | None = None  # the last batch trained on: a weightless pass's input
+    checkpoint: StudentCheckpoint | None = None
+    so_far: Progress = field(default_factory=lambda: Progress(epoch=0, checks=[], best=None, seconds=0.0))
+    resumed_at: int | None = None
+
+    def train_epoch(self) -> tuple[torch.Tensor, int]:
+        """One epoch of optimizer steps; returns the summed loss (on the device: no sync per batch) and
+        the number of images it is summed over.
+
+        Under torchrun (DDP, even as its only process) each optimizer step's recorded batches are dealt to
+        the ranks; each real batch weighs world / group size and DDP averages over the world, so a step's
+        gradient is the same sum as with one process. Ranks with fewer batches in a step make weightless
+        passes to keep the all-reduce in step (never rank 0, whose BatchNorm statistics DDP broadcasts)."""
+        world, rank = distributed.world_size(), distributed.rank()
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        running, seen = torch.zeros((), device=self.device), 0
+        for group in range(math.ceil(self.batches / self.accumulation)):
+            size = min(self.accumulation, self.batches - group * self.accumulation)
+            own, passes = len(range(rank, size, world)), -(-size // world)
+            for index in range(passes):
+                weight = world if index < own else 0
+                if weight:
+                    x, soft, _ = next(self.loader)
+                    self.pad = x.to(self.device, memory_format=torch.channels_last), soft.to(self.device)
+                x, soft = self.pad
+                with contextlib.nullcontext() if index == passes - 1 or world == 1 else self.net.no_sync():
+                    out = self.net(x)
+                    loss = kd_loss(out, soft, self.preset.temperature) if self.targets == "soft" \
+                        else hard_label_loss(out, soft)
+                    (loss * weight / size).backward()
+                if weight:
+                    running, seen = running + loss.detach() * len(x), seen + len(x)
+            self.optimizer.step()
+            self.schedule.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return running, seen
+
+    def check(self, epoch: int, running: torch.Tensor, seen: int, test_set) -> dict:
+        """Measure the test split after ``epoch`` (1-based) and add the check to the run's progress; rank 0
+        measures, every rank keeps the numbers. Returns them with the epoch's mean loss over every rank."""
+        running, seen = map(sum, zip(*distributed.gather((running.item(), seen))))
+        measured = evaluate_accuracy(self.model, test_set, self.preset, self.device) if distributed.is_main() else None
+        metrics = distributed.gather(measured)[0]
+        so_far = self.so_far
+        so_far.epoch = epoch
+        so_far.best = metrics["top1"] if so_far.best is None else max(so_far.best, metrics["top1"])
+        so_far.checks.append({"epoch": epoch, "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
+                              "loss": round(running / max(1, seen), 4)})
+        return {**metrics, "loss": running / max(1, seen)}
+
+    def save(self, seconds: float) -> None:
+        """Keep the run's state as of its last check (``seconds`` trained so far) in its checkpoint."""
+        if self.checkpoint is None:
+            return
+        rng_by_rank = distributed.gather(rng_state(self.device))  # every rank draws its own dropout masks
+        if distributed.is_main():
+            progress = Progress(self.so_far.epoch, self.so_far.checks, self.so_far.best, seconds)
+            self.checkpoint.save(self.model, self.optimizer, self.schedule, progress, rng_by_rank)
+
+
+def new_student(preset: Preset, student: str, seed: int, device: torch.device) -> nn.Module:
+    """The run's fresh student, its initialisation drawn from the run's seed."""
+    torch.manual_seed(derive_seed(seed, "evaluate", "init"))
+    model: nn.Module = build_model(student, preset.num_classes, preset.channels, preset.image_size)
+    # channels_last: the same maths, 1.35x faster steps for the ConvNet-BN student on this CPU
+    # (benchmarks/student_step.py) and the usual layout for convolutions on CUDA.
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def resume(run: StudentRun, checkpoint: StudentCheckpoint, checks_at: set[int]) -> None:
+    """Keep ``run``'s state in ``checkpoint``, with what only this loop knows in its identity (that decides
+    the numbers too), and restore the run from it when it holds this run's state."""
+    model, device, world = run.model, run.device, distributed.world_size()
+    layout = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()]).encode())
+    run.checkpoint = checkpoint.with_identity(checks=sorted(checks_at), device=device.type, processes=world,
+                                              torch=torch.__version__, threads=torch.get_num_threads(),
+                                              model_layout=layout.hexdigest()[:16])
+    resumed = run.checkpoint.load(model, run.optimizer, run.schedule, distributed.rank())
+    found = distributed.gather(resumed.epoch if resumed else 0)
+    if len(set(found)) > 1:
+        raise RuntimeError(f"the ranks found checkpoints at different epochs ({found}); keep the build "
+                           "directory on storage every rank shares")
+    if resumed is not None:
+        run.so_far, run.resumed_at = resumed, resumed.epoch
+
+
+def set_up_student_run(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
+                       student: str, epochs: int, device: torch.device, seed: int, num_workers: int, targets: str,
+                       checks_at: set[int], checkpoint: StudentCheckpoint | None) -> StudentRun:
+    """The fresh (or resumed) student with AdamW and a cosine schedule over all steps, and the replay of
+    the epochs it has still to train."""
+    model = new_student(preset, student, seed, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.eval_lr, weight_decay=preset.eval_weight_decay)
+    accumulation = max(1, preset.eval_grad_accumulation)
+    schedule = cosine_schedule(optimizer, max(1, epochs * math.ceil(store.num_batches / accumulation)))
+    run = StudentRun(preset, model, model, optimizer, schedule, store.num_batches, accumulation, device, targets)
+    if checkpoint is not None:
+        resume(run, checkpoint, checks_at)
+    if distributed.joined():
+        run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    world, rank = distributed.world_size(), distributed.rank()
+
+    def mine(batch: int) -> bool:
+        return (batch % accumulation) % world == rank
+
+    remaining = range(run.so_far.epoch, epochs)
+    if remaining:
+        run.loader = iter(replay_loader(images, labels, store, remaining, preset.mean, preset.std,
+                                        num_workers=num_workers, keep=mine if world > 1 else None, targets=targets,
+                                        persistent_workers=num_workers > 0))
+    if run.resumed_at is not None:  # after the loader, whose creation draws from the generator as it did at the start
+        run.so_far.restore_rng(device)
+    run.pad = (torch.zeros(1, preset.channels, store.image_size, store.image_size, device=device),
+               torch.zeros(1, preset.num_classes, device=device))
+    return run
+
+
 def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
                   test_set, student: str | None = None, epochs: int | None = None, device="cpu", seed: int = 0,
                   num_workers: int = 0, check_every: int | None = None, progress: bool = True,
@@ -79,106 +225,31 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
     once the record is kept)."""
     student = student or preset.student
     epochs = epochs or preset.eval_epochs
-    if epochs > store.epochs:
-        raise ValueError(f"{epochs} evaluation epochs asked for, but the soft-label store holds only "
-                         f"{store.epochs}; pass --epochs {store.epochs} or less, or relabel with "
-                         f"--epochs {epochs}")
-    if store.batch_size != preset.eval_batch_size:
-        log.warning("evaluate: the store's recorded batches hold %d images (preset eval batch %d); the "
-                    "replay follows the store", store.batch_size, preset.eval_batch_size)
+    check_store(store, preset, epochs)
     device = torch.device(device)
-    torch.manual_seed(derive_seed(seed, "evaluate", "init"))
-    model: nn.Module = build_model(student, preset.num_classes, preset.channels, preset.image_size)
-    # channels_last: the same maths, 1.35x faster steps for the ConvNet-BN student on this CPU
-    # (benchmarks/student_step.py) and the usual layout for convolutions on CUDA.
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=preset.eval_lr, weight_decay=preset.eval_weight_decay)
-    accumulation = max(1, preset.eval_grad_accumulation)
-    batches = store.num_batches
-    steps_per_epoch = math.ceil(batches / accumulation)
-    total_steps = max(1, epochs * steps_per_epoch)
-    schedule = cosine_schedule(optimizer, total_steps)
     checks_at = check_epochs(epochs, check_every)
-    world, rank = distributed.world_size(), distributed.rank()
-    resumed = None
-    if checkpoint is not None:  # what only this loop knows decides the numbers too
-        layout = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()]).encode())
-        checkpoint = checkpoint.with_identity(checks=sorted(checks_at), device=device.type, processes=world,
-                                              torch=torch.__version__, threads=torch.get_num_threads(),
-                                              model_layout=layout.hexdigest()[:16])
-        resumed = checkpoint.load(model, optimizer, schedule, rank)
-        found = distributed.gather(resumed.epoch if resumed else 0)
-        if len(set(found)) > 1:
-            raise RuntimeError(f"the ranks found checkpoints at different epochs ({found}); keep the build "
-                               "directory on storage every rank shares")
-    so_far = resumed or Progress(epoch=0, checks=[], best=None, seconds=0.0)
-    checks, best = so_far.checks, so_far.best
-    start = time.perf_counter() - so_far.seconds
-    # Under torchrun (DDP, even as its only process) each optimizer step's recorded batches are dealt to the
-    # ranks; each real batch weighs world / group size and DDP averages over the world, so a step's gradient
-    # is the same sum as with one process. Ranks with fewer batches in a step make weightless passes to keep
-    # the all-reduce in step (never rank 0, whose BatchNorm statistics DDP broadcasts).
-    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if distributed.joined() else model
-
-    def mine(batch: int) -> bool:
-        return (batch % accumulation) % world == rank
-
-    remaining = range(so_far.epoch, epochs)
-    loader = iter(replay_loader(images, labels, store, remaining, preset.mean, preset.std,
-                                num_workers=num_workers, keep=mine if world > 1 else None, targets=targets,
-                                persistent_workers=num_workers > 0)) if remaining else None
-    if resumed is not None:  # after the loader, whose creation draws from the generator as it did at the start
-        resumed.restore_rng(device)
-    x = torch.zeros(1, preset.channels, store.image_size, store.image_size, device=device)  # a pad's input
-    soft = torch.zeros(1, preset.num_classes, device=device)
-    bar = progress_bar(remaining, f"evaluate {student}", enabled=progress and distributed.is_main())
+    run = set_up_student_run(preset, images, labels, store, student, epochs, device, seed, num_workers, targets,
+                             checks_at, checkpoint)
+    start = time.perf_counter() - run.so_far.seconds
+    bar = progress_bar(range(run.so_far.epoch, epochs), f"evaluate {student}",
+                       enabled=progress and distributed.is_main())
     for epoch in bar:
-        net.train()
-        optimizer.zero_grad(set_to_none=True)
-        running, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per batch
-        for group in range(steps_per_epoch):
-            size = min(accumulation, batches - group * accumulation)
-            own, steps = len(range(rank, size, world)), -(-size // world)
-            for step in range(steps):
-                weight = world if step < own else 0
-                if weight:
-                    x, soft, _ = next(loader)
-                    x, soft = x.to(device, memory_format=torch.channels_last), soft.to(device)
-                syncing = step == steps - 1 or world == 1
-                with contextlib.nullcontext() if syncing else net.no_sync():
-                    out = net(x)
-                    loss = kd_loss(out, soft, preset.temperature) if targets == "soft" else hard_label_loss(out, soft)
-                    (loss * weight / size).backward()
-                if weight:
-                    running, seen = running + loss.detach() * len(x), seen + len(x)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+        running, seen = run.train_epoch()
         if epoch + 1 in checks_at:
-            running, seen = map(sum, zip(*distributed.gather((running.item(), seen))))
-            measured = evaluate_accuracy(model, test_set, preset, device) if distributed.is_main() else None
-            metrics = distributed.gather(measured)[0]  # rank 0 measures; every rank keeps its numbers
-            best = metrics["top1"] if best is None else max(best, metrics["top1"])
-            checks.append({"epoch": epoch + 1, "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
-                           "loss": round(running / max(1, seen), 4)})
+            metrics, best = run.check(epoch + 1, running, seen, test_set), run.so_far.best
             log.info("evaluate %s: epoch %d/%d loss %.4f, %s top-1 %.2f %% top-5 %.2f %% (best %.2f %%)",
-                     student, epoch + 1, epochs, running / max(1, seen), split, metrics["top1"], metrics["top5"], best)
+                     student, epoch + 1, epochs, metrics["loss"], split, metrics["top1"], metrics["top5"], best)
             bar.set_postfix(top1=f"{metrics['top1']:.2f}", best=f"{best:.2f}")
-            if checkpoint is not None:
-                rng_by_rank = distributed.gather(rng_state(device))  # every rank draws its own dropout masks
-                if distributed.is_main():
-                    checkpoint.save(model, optimizer, schedule,
-                                    Progress(epoch + 1, checks, best, time.perf_counter() - start), rng_by_rank)
-    final = checks[-1]
-    return {"student": student, "epochs": epochs, "top1_best": round(best, 2), "top1_final": final["top1"],
+            run.save(time.perf_counter() - start)
+    final = run.so_far.checks[-1]
+    return {"student": student, "epochs": epochs, "top1_best": round(run.so_far.best, 2), "top1_final": final["top1"],
             "top5": final["top5"], "seconds": round(time.perf_counter() - start, 2), "seed": seed,
-            "checks": checks, "split": split, "lr": preset.eval_lr, "weight_decay": preset.eval_weight_decay,
-            "temperature": preset.temperature, "batch_size": store.batch_size,
-            "grad_accumulation": accumulation, "soft_label_epochs": store.epochs,
-            "teacher_mode": store.teacher_mode, "teachers": store.teachers, "device": str(device),
-            "processes": world, "labels": targets,
-            "resumed_at_epoch": resumed.epoch if resumed else None}
+            "checks": run.so_far.checks, "split": split, "lr": preset.eval_lr,
+            "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
+            "batch_size": store.batch_size, "grad_accumulation": run.accumulation,
+            "soft_label_epochs": store.epochs, "teacher_mode": store.teacher_mode, "teachers": store.teachers,
+            "device": str(device), "processes": distributed.world_size(), "labels": targets,
+            "resumed_at_epoch": run.resumed_at}
 
 
 def manifest_preset(manifest: dict) -> Preset:
