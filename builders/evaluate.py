@@ -166,7 +166,7 @@ def new_student(preset: Preset, student: str, seed: int, device: torch.device) -
     return model.to(device, memory_format=torch.channels_last)
 
 
-def resume(run: StudentRun, checkpoint: StudentCheckpoint, checks_at: set[int]) -> None:
+def resume_run(run: StudentRun, checkpoint: StudentCheckpoint, checks_at: set[int]) -> None:
     """Keep ``run``'s state in ``checkpoint``, with what only this loop knows in its identity (that decides
     the numbers too), and restore the run from it when it holds this run's state."""
     model, device, world = run.model, run.device, distributed.world_size()
@@ -194,7 +194,7 @@ def set_up_student_run(preset: Preset, images: torch.Tensor, labels: torch.Tenso
     schedule = cosine_schedule(optimizer, max(1, epochs * math.ceil(store.num_batches / accumulation)))
     run = StudentRun(preset, model, model, optimizer, schedule, store.num_batches, accumulation, device, targets)
     if checkpoint is not None:
-        resume(run, checkpoint, checks_at)
+        resume_run(run, checkpoint, checks_at)
     if distributed.joined():
         run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     world, rank = distributed.world_size(), distributed.rank()
@@ -336,5 +336,5 @@ def teacher_accuracy(manifest: dict) -> str | None:
     return None
 
 
-__all__ = ["check_epochs", "evaluate_build", "hard_label_loss", "kd_loss", "manifest_preset", "stage_evaluate", "teacher_accuracy",
-           "train_student"]
+__all__ = ["StudentRun", "check_epochs", "check_store", "evaluate_build", "hard_label_loss", "kd_loss", "manifest_preset",
+           "new_student", "resume_run", "set_up_student_run", "stage_evaluate", "teacher_accuracy", "train_student"]
