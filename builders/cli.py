@@ -14,7 +14,7 @@ import click
 
 from fadrm_datasets.softlabels import TARGETS
 
-from .continual import MODES as CONTINUAL_MODES
+from .continual import CONTINUAL_MODES
 from .options import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
 from .relabel import TEACHER_MODES
@@ -338,7 +338,7 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
     from .relabel import stage_relabel
 
     with open_build(dataset, make_options(dataset, ipc=ipc, **kwargs)) as ctx:
-        record = stage_relabel(ctx, epochs=epochs, teacher_mode_name=teacher_mode, epochs_per_shard=epochs_per_shard)
+        record = stage_relabel(ctx, epochs=epochs, teacher_mode=teacher_mode, epochs_per_shard=epochs_per_shard)
     say(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
                f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {ctx.directory.soft_labels}")
 

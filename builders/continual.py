@@ -51,16 +51,16 @@ from .evaluate import kd_loss, manifest_preset
 from .models import build_model
 from .options import BuildError
 from .presets import Preset
-from .progress import progress as progress_bar
+from .progress import progress_bar
 from .schedules import cosine_schedule
-from .relabel import TEACHER_MODES, teacher_logits, teacher_mode
+from .relabel import TEACHER_MODES, teacher_logits, teachers_in_mode
 from .seeding import derive_seed
 from .sources import EVAL_SPLITS, load_split
 from .teachers import evaluate_accuracy, load_teacher, recorded_teacher_file
 
 log = logging.getLogger(__name__)
 
-MODES = ("fresh", "carried")
+CONTINUAL_MODES = ("fresh", "carried")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class ContinualSettings:
 
     def __post_init__(self) -> None:
         for mode in self.modes:
-            one_of("mode", mode, MODES)
+            one_of("mode", mode, CONTINUAL_MODES)
         one_of("split", self.split, EVAL_SPLITS)
         one_of("teacher mode", self.teacher_mode, TEACHER_MODES)
         if self.steps <= 0 or self.epochs <= 0 or not self.orders or not self.modes:
@@ -161,7 +161,7 @@ def train_step(model: nn.Module, images: torch.Tensor, dataset: ContinualSet, sc
     old_outputs = scenario.seen_count(step - 1) if previous is not None else 0
     images = images.to(device)
     model.train()
-    with teacher_mode(dataset.teachers, settings.teacher_mode):
+    with teachers_in_mode(dataset.teachers, settings.teacher_mode):
         for _ in range(settings.epochs):
             plan = make_epoch_plan(len(images), preset.image_size, preset.eval_batch_size,
                                    preset.relabel_crop_scale, generator)
@@ -355,6 +355,6 @@ def plot(records: list[dict], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["ContinualSet", "ContinualSettings", "MODES", "RECORD_KEY", "check_sets", "format_table", "grow_head",
-           "open_set", "plot", "read_records", "run_continual", "run_order", "save_records", "step_targets",
+__all__ = ["CONTINUAL_MODES", "ContinualSet", "ContinualSettings", "RECORD_KEY", "check_sets", "format_table",
+           "grow_head", "open_set", "plot", "read_records", "run_continual", "run_order", "save_records", "step_targets",
            "summarise", "train_step"]

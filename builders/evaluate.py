@@ -39,7 +39,7 @@ from .checkpoints import Progress, StudentCheckpoint, prune, rng_state
 from .models import build_model
 from .options import BuildError
 from .presets import Preset, get_preset
-from .progress import progress as progress_bar
+from .progress import progress_bar
 from .schedules import cosine_schedule
 from .seeding import derive_seed
 from .sources import EVAL_SPLITS, load_split
@@ -153,8 +153,8 @@ class StudentRun:
             return
         rng_by_rank = distributed.gather(rng_state(self.device))  # every rank draws its own dropout masks
         if distributed.is_main():
-            progress = Progress(self.so_far.epoch, self.so_far.checks, self.so_far.best, seconds)
-            self.checkpoint.save(self.model, self.optimizer, self.schedule, progress, rng_by_rank)
+            standing = Progress(self.so_far.epoch, self.so_far.checks, self.so_far.best, seconds)
+            self.checkpoint.save(self.model, self.optimizer, self.schedule, standing, rng_by_rank)
 
 
 def new_student(preset: Preset, student: str, seed: int, device: torch.device) -> nn.Module:

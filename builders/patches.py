@@ -31,7 +31,7 @@ from .context import BuildContext
 from .imaging import normalize
 from .options import DIFFICULTIES, BuildError
 from .presets import Preset
-from .progress import progress
+from .progress import progress_bar
 from .seeding import derive_seed
 from .sources import load_split
 
@@ -90,7 +90,7 @@ def select_patches(preset: Preset, train: Dataset, teacher: nn.Module | None, ip
     per_patch = 1 if difficulty == "random" else (candidates or preset.patch_candidates)
     size = preset.image_size
     images, sources, boxes, scores = [], [], [], []
-    for label in progress(range(preset.num_classes), "patches", leave=False):
+    for label in progress_bar(range(preset.num_classes), "patches", leave=False):
         generator = torch.Generator().manual_seed(derive_seed(seed, "patches", label))
         pool = class_indices(train.targets, label)
         if len(pool) == 0:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 
-def progress(iterable, desc: str, enabled: bool = True, **kwargs):
+def progress_bar(iterable, desc: str, enabled: bool = True, **kwargs):
     # disable=None lets tqdm hide the bar when stderr is not a terminal.
     return tqdm(iterable, desc=desc, disable=None if enabled else True, dynamic_ncols=True, **kwargs)
 
 
-__all__ = ["progress"]
+__all__ = ["progress_bar"]

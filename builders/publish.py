@@ -269,11 +269,11 @@ def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], 
     }
 
 
-def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path,
-          existing_manifest: dict | None = None, existing_card: str | None = None,
-          remote_files: set[str] | None = None, versions: list[str] | None = None,
-          template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-          contents: BuildContents | None = None, records: list[dict] | None = None) -> dict:
+def write_release_folder(build_dir: str | Path, repo_id: str, version: str, staging: str | Path,
+                         existing_manifest: dict | None = None, existing_card: str | None = None,
+                         remote_files: set[str] | None = None, versions: list[str] | None = None,
+                         template: str | Path | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                         contents: BuildContents | None = None, records: list[dict] | None = None) -> dict:
     """Write the repo layout for one build into ``staging``; returns the new top-level manifest.
 
     ``existing_manifest``/``existing_card``/``remote_files`` describe the repo as it is (for merging
@@ -292,7 +292,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
                                                    int(contents.preset["image_size"])))
     public = public_manifest(contents.manifest)
     atomic_write_json(out / MANIFEST, public)
-    soft = stage_soft_labels(contents, staging / layout.repo_soft_labels(contents.ipc))
+    soft = copy_soft_labels(contents, staging / layout.repo_soft_labels(contents.ipc))
     for name, path in _teacher_files(contents).items():
         (staging / layout.TEACHERS).mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, staging / layout.repo_teacher(name))
@@ -332,7 +332,7 @@ def stage(build_dir: str | Path, repo_id: str, version: str, staging: str | Path
     return manifest
 
 
-def stage_soft_labels(contents: BuildContents, out: Path) -> dict | None:
+def copy_soft_labels(contents: BuildContents, out: Path) -> dict | None:
     """Copy the build's soft-label store to ``out``: exactly the files its manifest records (read from
     regular files of the build, checked again against their sha256 once copied), after the library has
     opened it as a user would. Returns its index; None for a build without soft labels."""
@@ -486,8 +486,9 @@ def push(build_dir: str | Path, repo_id: str, version: str, force: bool = False,
         staging.mkdir(parents=True, exist_ok=True)
         # Everything is staged and checked before the first write to the Hub (a local failure, such as a
         # full disk, is reported as itself, not as the Hub's).
-        manifest = stage(build_dir, repo_id, version, staging, remote.manifest, remote.card, remote.files,
-                         [t for t in remote.tags if parse_version(t)], template, max_shard_bytes, contents, records)
+        manifest = write_release_folder(build_dir, repo_id, version, staging, remote.manifest, remote.card,
+                                        remote.files, [t for t in remote.tags if parse_version(t)], template,
+                                        max_shard_bytes, contents, records)
         validate_card((staging / README).read_text())
         written = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
         commit = _commit(api, repo_id, version, contents.ipc, staging, private, remote)
@@ -567,4 +568,4 @@ def _restore(api, repo_id: str, commit: str, source: str, message: str) -> None:
 
 
 __all__ = ["LOCAL_OPTIONS", "PublishError", "PushResult", "arrow_schema", "features_json", "public_manifest", "push",
-           "read_build", "read_records", "stage", "validate_card", "write_parquet"]
+           "read_build", "read_records", "validate_card", "write_parquet", "write_release_folder"]

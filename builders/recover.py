@@ -47,7 +47,7 @@ from .imaging import normalize, pixel_bounds, save_png, to_uint8
 from .options import INITS, BuildError, BuildFailed
 from .patches import Patches
 from .presets import Preset
-from .progress import progress
+from .progress import progress_bar
 from .schedules import cosine_factor
 from .seeding import derive_seed
 
@@ -353,7 +353,7 @@ def recover_set(teachers: Sequence[nn.Module], patches: torch.Tensor, preset: Pr
     log.info("recover: %d units (%d already done), %d iterations each over stages %s",
              len(units), len(units) - len(todo), config.total_iterations, list(config.stages))
     stats = {}
-    for unit in progress(todo, "recover", unit="unit"):
+    for unit in progress_bar(todo, "recover", unit="unit"):
         labels = torch.tensor(unit.classes)
         try:
             result = recover_unit(teachers, labels, patches[labels, unit.ipc_id], preset, config,

@@ -38,7 +38,7 @@ from . import distributed
 from .context import BuildContext
 from .options import BuildError
 from .presets import Preset
-from .progress import progress as progress_bar
+from .progress import progress_bar
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _batchnorms(models: Sequence[nn.Module]) -> Iterator[nn.modules.batchnorm._B
 
 
 @contextlib.contextmanager
-def teacher_mode(models: Sequence[nn.Module], mode: str):
+def teachers_in_mode(models: Sequence[nn.Module], mode: str):
     """Put teachers in relabel mode for the duration, then restore them exactly.
 
     ``train``: only the BatchNorm layers switch to batch statistics (dropout and the like stay
@@ -268,7 +268,7 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
     config = dataclasses.replace(config, topk=topk)
     for model in models:  # as in evaluate: channels_last convolutions are faster on CPU and CUDA
         model.to(memory_format=torch.channels_last)
-    with teacher_mode(models, config.teacher_mode), _deterministic():
+    with teachers_in_mode(models, config.teacher_mode), _deterministic():
         for first, last in progress_bar(todo, "relabel shards", enabled=progress and len(todo) > 1):
             start = time.perf_counter()
             data = build_shard(models, images, preset, config, first, last, fingerprint, device, progress)
@@ -315,7 +315,7 @@ def check_images(build: BuildDirectory, remedy: str) -> None:
         raise BuildError(f"{len(damaged)} image(s) changed since recover wrote them ({', '.join(damaged[:3])}); "
                          f"run `{remedy}` again: it makes their units again")
 
-def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_name: str = "train",
+def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode: str = "train",
                   epochs_per_shard: int | None = None) -> dict:
     """Relabel a build's images with its teachers into ``<build>/soft_labels`` (resumable)."""
     build, options, preset = ctx.directory, ctx.options, ctx.preset
@@ -328,7 +328,7 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
     start = time.perf_counter()
     teacher_ids = [f"{name}@{weights}" for name, weights in ctx.teachers.weights_ids().items()]
     images, labels, _ = build.load_images(preset.channels)
-    config = RelabelConfig.from_preset(preset, epochs=epochs, teacher_mode=teacher_mode_name, seed=options.seed,
+    config = RelabelConfig.from_preset(preset, epochs=epochs, teacher_mode=teacher_mode, seed=options.seed,
                                        epochs_per_shard=epochs_per_shard)
     index = write_soft_labels(ctx.teachers.modules(), teacher_ids, images, preset, build.soft_labels, config,
                               ctx.device, distributed.rank(), distributed.world_size())
@@ -351,4 +351,4 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode_nam
 
 __all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "check_images", "choose_epochs_per_shard", "epoch_bytes",
            "epoch_plan", "receipt_path", "relabel_epoch", "shard_digest", "shard_ranges", "stage_relabel",
-           "teacher_logits", "teacher_mode", "write_shard", "write_soft_labels"]
+           "teacher_logits", "teachers_in_mode", "write_shard", "write_soft_labels"]

@@ -26,7 +26,7 @@ from .imaging import normalize, random_flip, random_pad_crop
 from .models import build_model
 from .options import BuildOptions
 from .presets import Preset, TeacherRecipe
-from .progress import progress
+from .progress import progress_bar
 from .schedules import cosine_schedule
 from .sources import load_split
 
@@ -313,7 +313,7 @@ def train_teacher(preset: Preset, name: str, train: Dataset, test: Dataset, seed
     start = time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        bar = progress(loader, f"teacher {name} epoch {epoch + 1}/{epochs}", leave=False)
+        bar = progress_bar(loader, f"teacher {name} epoch {epoch + 1}/{epochs}", leave=False)
         for step, (images, labels) in enumerate(bar):
             x = normalize(images.to(device), preset)
             x = random_pad_crop(x, recipe.crop_padding, generator)

@@ -10,7 +10,7 @@ from torch import nn
 
 from builders.models import build_model
 from builders.presets import get_preset
-from builders.relabel import RelabelConfig, teacher_logits, teacher_mode, write_soft_labels
+from builders.relabel import RelabelConfig, teacher_logits, teachers_in_mode, write_soft_labels
 from fadrm_datasets.softlabels import (EpochPlan, ReplayBatchSampler, ReplayDataset, SoftLabelStore,
                                        SoftLabelStoreError, apply_plan, compress_logits, expand_logits,
                                        make_epoch_plan, replay_loader, sample_crop_boxes)
@@ -56,7 +56,7 @@ def test_replay_through_the_teacher_gives_the_stored_logits(tmp_path, mode, num_
         record = store.epoch(epoch)
         loader = replay_loader(images, labels, store, epoch, PRESET.mean, PRESET.std, num_workers=num_workers)
         seen = []
-        with teacher_mode([teacher], mode):
+        with teachers_in_mode([teacher], mode):
             for b, (x, soft, y) in enumerate(loader):
                 batch = record.batches()[b]
                 assert x.shape == (len(batch), 1, 28, 28) and x.dtype == torch.float32

@@ -118,7 +118,7 @@ def parse_token_spec(spec: str) -> Account:
     return Account(parts[0], parts[1], tuple(parts[2:]))
 
 
-class HubError(Exception):
+class ErrorAnswer(Exception):
     """An HTTP error answered the way the Hub does: ``X-Error-Code`` header and ``{"error": ...}`` body."""
 
     def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
@@ -159,9 +159,9 @@ def _json_object(data: bytes, what: str) -> dict:
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        raise HubError(400, f"{what} is not valid JSON")
+        raise ErrorAnswer(400, f"{what} is not valid JSON")
     if not isinstance(value, dict):
-        raise HubError(400, f"{what} must be a JSON object")
+        raise ErrorAnswer(400, f"{what} must be a JSON object")
     return value
 
 
@@ -171,14 +171,14 @@ def _field(obj: dict, name: str, kind: type, default: Any = None) -> Any:
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise HubError(400, f"Field {name!r} must be of type {kind.__name__}, not {type(value).__name__}")
+        raise ErrorAnswer(400, f"Field {name!r} must be of type {kind.__name__}, not {type(value).__name__}")
     return value
 
 
 def _objects(obj: dict, name: str) -> list[dict]:
     items = _field(obj, name, list, [])
     if not all(isinstance(item, dict) for item in items):
-        raise HubError(400, f"Field {name!r} must be a list of objects")
+        raise ErrorAnswer(400, f"Field {name!r} must be a list of objects")
     return items
 
 
@@ -244,7 +244,7 @@ class Store:
     def blob_path(self, sha256: str) -> Path:
         # An object id names a file under blobs/: anything but 64 hex digits could name another file.
         if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
-            raise HubError(400, f"Invalid object id {str(sha256)[:80]!r}: expected 64 hex digits")
+            raise ErrorAnswer(400, f"Invalid object id {str(sha256)[:80]!r}: expected 64 hex digits")
         return self.blob_dir / sha256
 
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
@@ -278,9 +278,9 @@ class Store:
                     f.write(chunk)
                     written += len(chunk)
             if written != size:
-                raise HubError(400, f"Upload of {written} bytes, not the {size} bytes granted")
+                raise ErrorAnswer(400, f"Upload of {written} bytes, not the {size} bytes granted")
             if digest.hexdigest() != sha256:
-                raise HubError(400, f"Uploaded content does not match sha256 {sha256}")
+                raise ErrorAnswer(400, f"Uploaded content does not match sha256 {sha256}")
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -304,7 +304,7 @@ class Store:
     def create(self, repo_type: str, repo_id: str, private: bool) -> dict:
         with self.lock:
             if (repo_type, repo_id) in self.repos:
-                raise HubError(409, f"You already created this {repo_type} repo")
+                raise ErrorAnswer(409, f"You already created this {repo_type} repo")
             doc = {
                 "type": repo_type,
                 "id": repo_id,
@@ -344,7 +344,7 @@ class Store:
         for sha in candidates:
             if sha is not None:
                 return sha
-        raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        raise ErrorAnswer(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
     def _regular_entry(self, data: bytes) -> dict:
         return {"sha256": self.put_blob(data), "size": len(data), "oid": _git_blob_sha1(data), "lfs": False}
@@ -384,11 +384,11 @@ class Store:
     ) -> str:
         with self.lock:
             if branch not in doc["branches"]:
-                raise HubError(404, f"Invalid rev id: {branch} is not a branch", "RevisionNotFound")
+                raise ErrorAnswer(404, f"Invalid rev id: {branch} is not a branch", "RevisionNotFound")
             head = doc["branches"][branch]
             parent_commit = _field(header, "parentCommit", str)
             if parent_commit is not None and parent_commit != head:
-                raise HubError(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
+                raise ErrorAnswer(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
             files = dict(doc["commits"][head]["files"])
             for op in operations:
                 self._apply(files, op.get("key"), _field(op, "value", dict, {}))
@@ -401,26 +401,26 @@ class Store:
     def _apply(self, files: dict, key: str | None, value: dict) -> None:
         path = _field(value, "path", str, "")
         if key in ("file", "lfsFile") and not _valid_repo_path(path):
-            raise HubError(400, f"Invalid path in repo: {path[:200]!r}")
+            raise ErrorAnswer(400, f"Invalid path in repo: {path[:200]!r}")
         if key == "file":
             files[path] = self._regular_entry(self._file_content(path, value))
         elif key == "lfsFile":
             oid, size = _field(value, "oid", str, ""), _field(value, "size", int)
             if value.get("algo", "sha256") != "sha256" or not self.has_blob(oid, size):
-                raise HubError(422, f"LFS object {oid} for {path} was not uploaded")
+                raise ErrorAnswer(422, f"LFS object {oid} for {path} was not uploaded")
             files[path] = self._lfs_entry(oid, self.blob_path(oid).stat().st_size)
         elif key == "deletedFile":
             if files.pop(path, None) is None:
-                raise HubError(404, f"File not found: {path}", "EntryNotFound")
+                raise ErrorAnswer(404, f"File not found: {path}", "EntryNotFound")
         elif key == "deletedFolder":
             prefix = path.rstrip("/") + "/"
             doomed = [p for p in files if p.startswith(prefix)]
             if not doomed:
-                raise HubError(404, f"Folder not found: {path}", "EntryNotFound")
+                raise ErrorAnswer(404, f"Folder not found: {path}", "EntryNotFound")
             for p in doomed:
                 del files[p]
         else:
-            raise HubError(400, f"Unsupported commit operation: {str(key)[:80]!r}")
+            raise ErrorAnswer(400, f"Unsupported commit operation: {str(key)[:80]!r}")
 
     @staticmethod
     def _file_content(path: str, value: dict) -> bytes:
@@ -430,7 +430,7 @@ class Store:
                 return base64.b64decode(content, validate=True)
             return content.encode()
         except ValueError:  # bad base64, or a lone surrogate that UTF-8 cannot encode
-            raise HubError(400, f"Invalid content for {path!r}")
+            raise ErrorAnswer(400, f"Invalid content for {path!r}")
 
     def set_ref(self, doc: dict, kind: str, name: str, sha: str | None) -> None:
         """Create (``sha``) or delete (``None``) a branch or tag; ``kind`` is ``"branches"`` or ``"tags"``."""
@@ -438,15 +438,15 @@ class Store:
             refs = doc[kind]
             if sha is None:
                 if name not in refs:
-                    raise HubError(404, f"Invalid rev id: {name}", "RevisionNotFound")
+                    raise ErrorAnswer(404, f"Invalid rev id: {name}", "RevisionNotFound")
                 if kind == "branches" and name == DEFAULT_BRANCH:
-                    raise HubError(403, f"Cannot delete the default branch {name}")
+                    raise ErrorAnswer(403, f"Cannot delete the default branch {name}")
                 del refs[name]
             else:
                 if name in refs:
-                    raise HubError(409, f"{'Branch' if kind == 'branches' else 'Tag'} {name} already exists")
+                    raise ErrorAnswer(409, f"{'Branch' if kind == 'branches' else 'Tag'} {name} already exists")
                 if not _valid_ref_name(name):
-                    raise HubError(400, f"Invalid ref name: {name[:200]!r}")
+                    raise ErrorAnswer(400, f"Invalid ref name: {name[:200]!r}")
                 refs[name] = sha
             self.save(doc)
 
@@ -500,9 +500,9 @@ class Hub:
         size, expires, signature = (query.get(name, [""])[-1] for name in ("size", "expires", "signature"))
         if not (_DECIMAL_RE.fullmatch(size) and _DECIMAL_RE.fullmatch(expires) and hmac.compare_digest(
                 signature.encode(), self._grant_signature(oid, int(size), int(expires)).encode())):
-            raise HubError(403, f"No valid upload grant for {oid}: upload URLs come from the LFS batch endpoint")
+            raise ErrorAnswer(403, f"No valid upload grant for {oid}: upload URLs come from the LFS batch endpoint")
         if self.clock() > int(expires):
-            raise HubError(403, f"The upload grant for {oid} has expired")
+            raise ErrorAnswer(403, f"The upload grant for {oid} has expired")
         return int(size)
 
     def _grant_signature(self, oid: str, size: int, expires: int) -> str:
@@ -514,15 +514,15 @@ class Hub:
         doc = self.store.get(repo_type, repo_id)
         # Like the Hub, a private repo the caller cannot see does not exist for them.
         if doc is None or (doc["private"] and repo_id.split("/")[0] not in self.namespaces(account)):
-            raise HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
+            raise ErrorAnswer(404, f"Repository not found: {repo_id}", "RepoNotFound")
         return doc
 
     def repo_for_write(self, repo_type: str, repo_id: str, account: Account | None) -> dict:
         doc = self.repo_for_read(repo_type, repo_id, account)
         if account is None:
-            raise HubError(401, "You must be authenticated to write to a repo")
+            raise ErrorAnswer(401, "You must be authenticated to write to a repo")
         if repo_id.split("/")[0] not in self.namespaces(account):
-            raise HubError(403, f"You don't have the rights to write to {repo_id}")
+            raise ErrorAnswer(403, f"You don't have the rights to write to {repo_id}")
         return doc
 
     # -- views --------------------------------------------------------------------------------------
@@ -562,7 +562,7 @@ class Hub:
         paths = sorted(set(files) | _directories(files))
         if folder:
             if folder not in _directories(files):
-                raise HubError(404, f"Folder not found: {folder}", "EntryNotFound")
+                raise ErrorAnswer(404, f"Folder not found: {folder}", "EntryNotFound")
             paths = [p for p in paths if p.startswith(folder + "/")]
         if not recursive:
             depth = folder.count("/") + 1 if folder else 0
@@ -636,7 +636,7 @@ class _Body:
 
     def __init__(self, rfile, length: int | None, limit: int):
         if length is not None and length > limit:
-            raise HubError(413, f"Request body larger than {limit} bytes")
+            raise ErrorAnswer(413, f"Request body larger than {limit} bytes")
         self._rfile = rfile
         self._limit = limit
         self._chunked = length is None
@@ -652,7 +652,7 @@ class _Body:
             return b""
         data = self._rfile.read(min(size, self._left))
         if not data:
-            raise HubError(400, "Request body ended before its announced length")
+            raise ErrorAnswer(400, "Request body ended before its announced length")
         self._left -= len(data)
         if self._left == 0:
             if self._chunked:
@@ -667,7 +667,7 @@ class _Body:
     def _next_chunk(self) -> None:
         size_field = self._line("chunk size").split(b";", 1)[0].strip(b" \t")
         if not _CHUNK_SIZE_RE.fullmatch(size_field):
-            raise HubError(400, f"Malformed chunk size {size_field[:40]!r}: expected hex digits")
+            raise ErrorAnswer(400, f"Malformed chunk size {size_field[:40]!r}: expected hex digits")
         size = int(size_field, 16)
         if size == 0:
             self._skip_trailers()
@@ -675,23 +675,23 @@ class _Body:
             return
         self._announced += size
         if self._announced > self._limit:
-            raise HubError(413, f"Request body larger than {self._limit} bytes")
+            raise ErrorAnswer(413, f"Request body larger than {self._limit} bytes")
         self._left = size
 
     def _end_of_chunk(self) -> None:
         if self._rfile.read(2) != b"\r\n":
-            raise HubError(400, "Malformed chunked body: chunk data not followed by CRLF")
+            raise ErrorAnswer(400, "Malformed chunked body: chunk data not followed by CRLF")
 
     def _skip_trailers(self) -> None:
         for _ in range(MAX_TRAILER_LINES):
             if not self._line("trailer"):
                 return
-        raise HubError(400, f"More than {MAX_TRAILER_LINES} trailer lines")
+        raise ErrorAnswer(400, f"More than {MAX_TRAILER_LINES} trailer lines")
 
     def _line(self, what: str) -> bytes:
         line = self._rfile.readline(CHUNK_LINE_LIMIT + 1)
         if not line.endswith(b"\r\n"):
-            raise HubError(400, f"Malformed {what} line: longer than {CHUNK_LINE_LIMIT} bytes or not ended by CRLF")
+            raise ErrorAnswer(400, f"Malformed {what} line: longer than {CHUNK_LINE_LIMIT} bytes or not ended by CRLF")
         return line[:-2]
 
 
@@ -703,25 +703,25 @@ def _parse_target(target: str) -> tuple[list[str], str, dict[str, list[str]]]:
     """
     raw_path, _, query = target.partition("?")
     if not raw_path.startswith("/"):
-        raise HubError(400, f"Malformed request target {target[:80]!r}: expected a path starting with /")
+        raise ErrorAnswer(400, f"Malformed request target {target[:80]!r}: expected a path starting with /")
     segments = raw_path.split("/")[1:]
     if "" in segments[:-1]:
-        raise HubError(400, f"Malformed request target {target[:80]!r}: empty path segment")
+        raise ErrorAnswer(400, f"Malformed request target {target[:80]!r}: empty path segment")
     if _BAD_ESCAPE_RE.search(target):
-        raise HubError(400, f"Malformed request target {target[:80]!r}: bad percent-escape")
+        raise ErrorAnswer(400, f"Malformed request target {target[:80]!r}: bad percent-escape")
     try:
         decoded = [unquote(segment, errors="strict") for segment in segments]
         params = parse_qs(query, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
-        raise HubError(400, f"Malformed request target {target[:80]!r}: escapes that are not UTF-8")
+        raise ErrorAnswer(400, f"Malformed request target {target[:80]!r}: escapes that are not UTF-8")
     if any(_UNSAFE_CHAR_RE.search(segment) for segment in decoded):
-        raise HubError(400, f"Malformed request target {target[:80]!r}: control character")
+        raise ErrorAnswer(400, f"Malformed request target {target[:80]!r}: control character")
     return decoded, raw_path, params
 
 
 def _repo_id(namespace: str, name: str) -> str:
     if not (_NAME_RE.fullmatch(namespace) and _NAME_RE.fullmatch(name)):
-        raise HubError(400, f"Invalid repo id {namespace[:100]!r}/{name[:100]!r}")
+        raise ErrorAnswer(400, f"Invalid repo id {namespace[:100]!r}/{name[:100]!r}")
     return f"{namespace}/{name}"
 
 
@@ -736,7 +736,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     else:
         start, end = int(first), min(int(last), size - 1) if last else size - 1
     if start >= size or start > end:
-        raise HubError(416, f"Range {header} not satisfiable", headers={"Content-Range": f"bytes */{size}"})
+        raise ErrorAnswer(416, f"Range {header} not satisfiable", headers={"Content-Range": f"bytes */{size}"})
     return start, end
 
 
@@ -792,12 +792,12 @@ class _Handler(BaseHTTPRequestHandler):
         if encodings:
             # Both headers at once is how requests are smuggled past proxies: refuse rather than pick one.
             if lengths or [e.strip().lower() for e in encodings] != ["chunked"]:
-                raise HubError(400, "Unsupported framing: only Transfer-Encoding: chunked, without Content-Length")
+                raise ErrorAnswer(400, "Unsupported framing: only Transfer-Encoding: chunked, without Content-Length")
             return None
         if not lengths:
             return 0
         if len(lengths) > 1 or not _DECIMAL_RE.fullmatch(lengths[0].strip()):
-            raise HubError(400, f"Invalid Content-Length {', '.join(lengths)[:80]!r}")
+            raise ErrorAnswer(400, f"Invalid Content-Length {', '.join(lengths)[:80]!r}")
         return int(lengths[0])
 
     def _open_body(self, limit: int) -> _Body:
@@ -832,7 +832,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._reader is None and self._body_droppable():
             try:
                 _Body(self.rfile, self._length, DRAIN_LIMIT).read_all()
-            except (HubError, TimeoutError, ConnectionError):
+            except (ErrorAnswer, TimeoutError, ConnectionError):
                 self.close_connection = True
 
     # -- requests and answers -------------------------------------------------------------------------
@@ -849,7 +849,7 @@ class _Handler(BaseHTTPRequestHandler):
             segments, raw_path, self.query = _parse_target(self.path)
             self.account = self._authenticate()
             self._route(segments, raw_path)
-        except HubError as err:
+        except ErrorAnswer as err:
             body = {"error": err.message, **err.extra}
             self._send_json(err.status, body, {**err.headers, **self._error_headers(err)})
         except (TimeoutError, ConnectionError):
@@ -861,7 +861,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._drop_body()
 
     @staticmethod
-    def _error_headers(err: HubError) -> dict[str, str]:
+    def _error_headers(err: ErrorAnswer) -> dict[str, str]:
         # Header values must be short, printable ASCII; messages may quote whatever the client sent.
         headers = {"X-Error-Message": err.message.encode("unicode_escape").decode("ascii")[:1000]}
         if err.code:
@@ -876,7 +876,7 @@ class _Handler(BaseHTTPRequestHandler):
         account = self.hub.accounts.get(token.strip()) if scheme.lower() == "bearer" else None
         if account is None:
             # This exact message makes huggingface_hub raise a plain 401 instead of RepositoryNotFoundError.
-            raise HubError(401, "Invalid credentials in Authorization header")
+            raise ErrorAnswer(401, "Invalid credentials in Authorization header")
         return account
 
     def _param(self, name: str, default: str | None = None) -> str | None:
@@ -907,7 +907,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Send one page of ``items``, with a GitHub-style ``Link: <...>; rel="next"`` header if more remain."""
         cursor = self._param("cursor", "0")
         if not _DECIMAL_RE.fullmatch(cursor):
-            raise HubError(400, f"Invalid cursor: {cursor[:80]!r}")
+            raise ErrorAnswer(400, f"Invalid cursor: {cursor[:80]!r}")
         start = int(cursor)
         end = start + self.hub.page_size
         headers = {}
@@ -923,7 +923,7 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         writes = method in ("POST", "PUT", "DELETE")
         if writes and self.account is None and not self._anonymous_write(method, segments):
-            raise HubError(401, "You must be authenticated to write")  # before a byte of the body is read
+            raise ErrorAnswer(401, "You must be authenticated to write")  # before a byte of the body is read
         if segments[0] == "api":
             api = segments[1:]
             if api == ["whoami-v2"] and method == "GET":
@@ -947,7 +947,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._resolve(repo_type, _repo_id(rest[0], rest[1]), rest[3], "/".join(rest[4:]))
             if rest[2:] == ["info", "lfs", "objects", "batch"] and rest[1].endswith(".git") and method == "POST":
                 return self._lfs_batch(repo_type, _repo_id(rest[0], rest[1].removesuffix(".git")))
-        raise HubError(404, f"Unknown endpoint: {method} {raw_path}")
+        raise ErrorAnswer(404, f"Unknown endpoint: {method} {raw_path}")
 
     @staticmethod
     def _anonymous_write(method: str, segments: list[str]) -> bool:
@@ -984,13 +984,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._commit(repo_type, repo_id, args[0])
         if name in ("branch", "tag") and len(args) == 1 and method in ("POST", "DELETE"):
             return self._ref_change(repo_type, repo_id, name, args[0])
-        raise HubError(404, f"Unknown endpoint: {method} {raw_path}")
+        raise ErrorAnswer(404, f"Unknown endpoint: {method} {raw_path}")
 
     # -- account and repo management ----------------------------------------------------------------
 
     def _whoami(self) -> None:
         if self.account is None:
-            raise HubError(401, "Invalid credentials in Authorization header")
+            raise ErrorAnswer(401, "Invalid credentials in Authorization header")
         user = self.account.user
         orgs = sorted(self.hub.user_orgs[user])
         self._send_json(200, {
@@ -1008,14 +1008,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _repo_target(self, payload: dict) -> tuple[str, str]:
         """``(repo_type, repo_id)`` of a create/delete payload; the namespace defaults to the caller."""
         if self.account is None:
-            raise HubError(401, "You must be authenticated to manage repos")
+            raise ErrorAnswer(401, "You must be authenticated to manage repos")
         repo_type = _field(payload, "type", str) or "model"
         namespace = _field(payload, "organization", str) or self.account.user
         name = _field(payload, "name", str, "")
         if repo_type not in URL_PREFIXES or not _NAME_RE.fullmatch(name) or not _NAME_RE.fullmatch(namespace):
-            raise HubError(400, f"Invalid repo: type={repo_type[:20]!r} name={namespace[:100]!r}/{name[:100]!r}")
+            raise ErrorAnswer(400, f"Invalid repo: type={repo_type[:20]!r} name={namespace[:100]!r}/{name[:100]!r}")
         if namespace not in self.hub.namespaces(self.account):
-            raise HubError(403, f"You don't have the rights to manage repos in {namespace}")
+            raise ErrorAnswer(403, f"You don't have the rights to manage repos in {namespace}")
         return repo_type, f"{namespace}/{name}"
 
     def _repo_url(self, repo_type: str, repo_id: str) -> str:
@@ -1027,7 +1027,7 @@ class _Handler(BaseHTTPRequestHandler):
         private = payload.get("visibility") == "private" or payload.get("private") is True
         try:
             self.hub.store.create(repo_type, repo_id, private)
-        except HubError as err:
+        except ErrorAnswer as err:
             # create_repo(exist_ok=True) reads the existing repo's url from the 409 body.
             err.extra["url"] = self._repo_url(repo_type, repo_id)
             raise
@@ -1068,15 +1068,15 @@ class _Handler(BaseHTTPRequestHandler):
             payload = self._json_body()
             paths, expand = _field(payload, "paths", list, []), bool(payload.get("expand"))
             if not all(isinstance(path, str) for path in paths):
-                raise HubError(400, "Field 'paths' must be a list of strings")
+                raise ErrorAnswer(400, "Field 'paths' must be a list of strings")
         else:
             try:
                 form = parse_qs(self._read_body(JSON_BODY_LIMIT).decode(), keep_blank_values=True)
             except UnicodeDecodeError:
-                raise HubError(400, "Form body is not UTF-8")
+                raise ErrorAnswer(400, "Form body is not UTF-8")
             paths, expand = form.get("paths", []), form.get("expand", [""])[-1].lower() in ("1", "true")
         if len(paths) > MAX_PATHS_PER_REQUEST:
-            raise HubError(400, f"At most {MAX_PATHS_PER_REQUEST} paths per request, got {len(paths)}")
+            raise ErrorAnswer(400, f"At most {MAX_PATHS_PER_REQUEST} paths per request, got {len(paths)}")
         infos = [self.hub.path_info(doc, sha, p.strip("/"), expand) for p in paths]
         self._send_json(200, [info for info in infos if info is not None])
 
@@ -1121,7 +1121,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry = doc["commits"][sha]["files"].get(path)
         if entry is None:
             # The client caches the absence of the file under this commit.
-            raise HubError(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": sha})
+            raise ErrorAnswer(404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": sha})
         size = entry["size"]
         start, end = 0, size - 1
         status = 200
@@ -1167,7 +1167,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 sample = base64.b64decode(_field(item, "sample", str, ""), validate=True)
             except ValueError:
-                raise HubError(400, f"Invalid base64 sample for {path[:200]!r}")
+                raise ErrorAnswer(400, f"Invalid base64 sample for {path[:200]!r}")
             mode = self.hub.upload_mode(doc, sha, path, _field(item, "size", int, 0), sample)
             existing = current.get(path)
             # The oid lets the client skip unchanged files: sha256 for LFS, git blob sha1 for regular ones.
@@ -1179,7 +1179,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.repo_for_write(repo_type, repo_id, self.account)
         payload = self._json_body()
         if payload.get("operation") != "upload":
-            raise HubError(400, "Only the 'upload' LFS batch operation is supported")
+            raise ErrorAnswer(400, "Only the 'upload' LFS batch operation is supported")
         objects = []
         for obj in _objects(payload, "objects"):
             oid, size = obj.get("oid"), obj.get("size")
@@ -1210,20 +1210,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.store.blob_path(oid)  # refuses anything but a sha256
         size = self.hub.granted_size(oid, self.query)
         if self._length is not None and self._length != size:
-            raise HubError(400, f"Content-Length {self._length} is not the {size} bytes granted")
+            raise ErrorAnswer(400, f"Content-Length {self._length} is not the {size} bytes granted")
         self.hub.store.put_blob_file(self._open_body(size), size, oid)
         self._send(200, b"", "text/plain")
 
     def _lfs_verify(self, oid: str) -> None:
         self.hub.store.blob_path(oid)  # a sha256, or refused: never a probe of other files
         if not self.hub.store.has_blob(oid, _field(self._json_body(), "size", int)):
-            raise HubError(404, f"LFS object {oid} not found")
+            raise ErrorAnswer(404, f"LFS object {oid} not found")
         self._send_json(200, {"success": True})
 
     def _commit(self, repo_type: str, repo_id: str, branch: str) -> None:
         doc = self.hub.repo_for_write(repo_type, repo_id, self.account)
         if self._flag("create_pr"):
-            raise HubError(400, "Pull requests are not supported by the loopback hub")
+            raise ErrorAnswer(400, "Pull requests are not supported by the loopback hub")
         lines = [_json_object(line, "A line of the commit payload")
                  for line in self._read_body(COMMIT_BODY_LIMIT).split(b"\n") if line.strip()]
         headers = [_field(line, "value", dict, {}) for line in lines if line.get("key") == "header"]

@@ -10,7 +10,7 @@ import pytest
 from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs, render_card, size_category,
                            split_front_matter)
 from builders.presets import PRESETS
-from builders.publish import PublishError, public_manifest, read_build, stage
+from builders.publish import PublishError, public_manifest, read_build, write_release_folder
 from fadrm_datasets._io import sha256_file
 from fadrm_datasets.install import install_hint
 from tests.fakebuild import CLASSES, expected_pixels, make_build
@@ -24,7 +24,7 @@ def build(tmp_path_factory):
 @pytest.fixture(scope="module")
 def staged(build, tmp_path_factory):
     folder = tmp_path_factory.mktemp("staging")
-    manifest = stage(build, "org/fadrm-tiny", "v1.0.0", folder)
+    manifest = write_release_folder(build, "org/fadrm-tiny", "v1.0.0", folder)
     return folder, manifest
 
 
@@ -73,7 +73,7 @@ def test_parquet_carries_the_datasets_features(staged, build):
 
 
 def test_shards_split_by_size(build, tmp_path):
-    manifest = stage(build, "org/x", "v1.0.0", tmp_path, max_shard_bytes=4000)
+    manifest = write_release_folder(build, "org/x", "v1.0.0", tmp_path, max_shard_bytes=4000)
     shards = manifest["ipcs"]["10"]["shards"]
     assert len(shards) > 1 and shards[0] == f"ipc10/train-00000-of-{len(shards):05d}.parquet"
     import pyarrow.parquet as pq
@@ -188,9 +188,9 @@ def test_another_ipc_merges_with_the_repo(build, staged, tmp_path):
     folder, first = staged
     five = make_build(tmp_path / "b" / "ipc5", ipc=5, seed=9, teacher=False)
     existing_card = (folder / "README.md").read_text()
-    manifest = stage(five, "org/fadrm-tiny", "v1.1.0", tmp_path / "s", existing_manifest=first,
-                     existing_card=existing_card, remote_files=set(first["files"]) | {".gitattributes"},
-                     versions=["v1.0.0"])
+    manifest = write_release_folder(five, "org/fadrm-tiny", "v1.1.0", tmp_path / "s", existing_manifest=first,
+                                    existing_card=existing_card, remote_files=set(first["files"]) | {".gitattributes"},
+                                    versions=["v1.0.0"])
     assert sorted(manifest["ipcs"]) == ["10", "5"] and manifest["ipcs"]["10"]["version"] == "v1.0.0"
     assert manifest["files"]["ipc10/train-00000-of-00001.parquet"] == first["files"]["ipc10/train-00000-of-00001.parquet"]
     assert "ipc5/train-00000-of-00001.parquet" in manifest["files"]
@@ -200,7 +200,7 @@ def test_another_ipc_merges_with_the_repo(build, staged, tmp_path):
 
     other = make_build(tmp_path / "c" / "ipc10", classes=["w", "x", "y", "z"], teacher=False)
     with pytest.raises(PublishError, match="other classes"):
-        stage(other, "org/fadrm-tiny", "v1.2.0", tmp_path / "t", existing_manifest=first)
+        write_release_folder(other, "org/fadrm-tiny", "v1.2.0", tmp_path / "t", existing_manifest=first)
 
 
 def test_merge_configs_keeps_foreign_entries():
@@ -223,7 +223,7 @@ def test_unfinished_or_tampered_builds_are_refused(tmp_path):
     with pytest.raises(PublishError, match="not a build directory"):
         read_build(tmp_path / "nothing")
     with pytest.raises(PublishError, match="is not a release tag; give one like 'v1.0.0'"):
-        stage(make_build(tmp_path / "c" / "ipc10", teacher=False), "org/x", "1.0", tmp_path / "s")
+        write_release_folder(make_build(tmp_path / "c" / "ipc10", teacher=False), "org/x", "1.0", tmp_path / "s")
 
 
 def test_card_yaml_passes_the_hub_validator(staged, hub):
@@ -289,7 +289,7 @@ def test_card_shows_final_accuracy_over_seeds_scores_and_commands(build, tmp_pat
                record("fadrm", 79.0, 0.5, 79.5, student="mobilenet_v2"),  # superseded by the next
                record("fadrm", 80.5, 0.5, 81.0, student="mobilenet_v2"),
                {**record("fadrm", 1.0, 0.0, 1.0), "split": "val"}, {**record("fadrm", 2.0, 0.0, 2.0), "ipc": 50}]
-    manifest = stage(build, "org/fadrm-tiny", "v1.0.0", tmp_path / "s", records=records)
+    manifest = write_release_folder(build, "org/fadrm-tiny", "v1.0.0", tmp_path / "s", records=records)
     _, body = split_front_matter((tmp_path / "s" / "README.md").read_text())
     assert "top-1 % (last epoch, mean ± std) | best checkpoint % (chosen on the test split)" in body
     assert "| fadrm | convnet-bn | soft | 3 | 88.84 ± 0.34 | 89.12 | convnet-bn (91.57 %) |" in body

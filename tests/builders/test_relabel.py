@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import builders.relabel as relabel
 from fadrm_datasets.layout import BuildDirectory
 from builders.cli import cli
-from builders.relabel import RelabelConfig, choose_epochs_per_shard, epoch_bytes, shard_ranges, teacher_mode
+from builders.relabel import RelabelConfig, choose_epochs_per_shard, epoch_bytes, shard_ranges, teachers_in_mode
 from builders.teachers import save_teacher
 from fadrm_datasets.softlabels import SoftLabelStore
 from tests.fakedata import make_fashion_mnist
@@ -95,7 +95,7 @@ def test_teacher_mode_keeps_running_statistics_and_restores_flags():
     teacher.classifier.train()  # an odd flag, to see it restored
     state = {k: v.clone() for k, v in teacher.state_dict().items()}
     x = torch.randn(8, 1, 28, 28)
-    with teacher_mode([teacher], "train"):
+    with teachers_in_mode([teacher], "train"):
         bn = teacher.features[1]
         assert bn.training and not teacher.training and not teacher.classifier.training
         first = teacher(x)
