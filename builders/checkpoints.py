@@ -1,12 +1,12 @@
 """A student run's state at its last check, so a killed evaluation resumes instead of starting over.
 
-A ResNet-18 student on a CPU trains for over an hour; the state (weights and buffers, the optimizer's
-moments, the schedule, every rank's random generators, the checks so far) is written at every check as
-one safetensors file, atomically. Its metadata holds the run's identity (the inputs' hashes and every
-setting that decides the numbers) and a sha256 over the tensors and the rest of the metadata: a file is
-resumed from only when both match, never because it exists. A resumed run ends with the same numbers
-as one never stopped (``tests/reliability/test_evaluate_resume.py``). ``.checkpoints/`` may be deleted at any
-time; the next run then starts from epoch 0.
+A student run on a CPU is long (a ResNet-18's run time: BENCHMARKS.md, "Other students"); the state
+(weights and buffers, the optimizer's moments, the schedule, every rank's random generators, the checks
+so far) is written at every check as one safetensors file, atomically. Its metadata holds the run's
+identity (the inputs' hashes and every setting that decides the numbers) and a sha256 over the tensors
+and the rest of the metadata: a file is resumed from only when both match, never because it exists. A
+resumed run ends with the same numbers as one never stopped (``tests/reliability/test_evaluate_resume.py``).
+``.checkpoints/`` may be deleted at any time; the next run then starts from epoch 0.
 """
 
 from __future__ import annotations

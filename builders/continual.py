@@ -70,7 +70,7 @@ class ContinualSettings:
     steps: int = 5
     orders: tuple[int, ...] = PEER_ORDER_SEEDS  # class-order seeds
     modes: tuple[str, ...] = ("fresh",)
-    epochs: int = 150  # per step; sized so the Fashion-MNIST benchmark runs in about an hour on one core
+    epochs: int = 150  # per step; sized by the benchmark's time budget (BENCHMARKS.md, "Continual learning")
     split: str = "test"  # "val": the held-out training images, for choosing settings
     teacher_mode: str = "train"  # BatchNorm on each batch's statistics, as the set's relabel; chosen on val
     previous_temperature: float = 2.0  # carried: distillation from the previous step's model
@@ -111,7 +111,7 @@ def open_set(build_dir: str | Path, device: torch.device, data_root: str | None 
     if not records:
         raise BuildError(f"{build.root} records no teacher in its manifest; run `fadrm-build teacher "
                          f"{preset.name}` and rebuild the set")
-    # channels_last: the layout the students train in (2.5x faster teacher forwards on this CPU than mixed layouts)
+    # channels_last: the layout the students train in, so teacher and batch share one layout
     files = {name: recorded_teacher_file(name, record, manifest) for name, record in records.items()}
     teachers = [load_teacher(preset, name, path, device).to(memory_format=torch.channels_last)
                 for name, path in files.items()]
@@ -356,5 +356,5 @@ def plot(records: list[dict], path: str | Path) -> Path:
 
 
 __all__ = ["CONTINUAL_MODES", "ContinualSet", "ContinualSettings", "RECORD_KEY", "check_sets", "format_table",
-           "grow_head", "open_set", "plot", "read_records", "run_continual", "run_order", "save_records", "step_targets",
-           "summarise", "train_step"]
+           "grow_head", "open_set", "plot", "read_records", "run_continual", "run_order", "save_records",
+           "step_targets", "summarise", "train_step"]

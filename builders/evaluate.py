@@ -161,8 +161,8 @@ def new_student(preset: Preset, student: str, seed: int, device: torch.device) -
     """The run's fresh student, its initialisation drawn from the run's seed."""
     torch.manual_seed(derive_seed(seed, "evaluate", "init"))
     model: nn.Module = build_model(student, preset.num_classes, preset.channels, preset.image_size)
-    # channels_last: the same maths, 1.35x faster steps for the ConvNet-BN student on this CPU
-    # (benchmarks/student_step.py) and the usual layout for convolutions on CUDA.
+    # channels_last: the same maths, faster steps on the CPU (BENCHMARKS.md, "Student step speed:
+    # channels_last") and the usual layout for convolutions on CUDA.
     return model.to(device, memory_format=torch.channels_last)
 
 
@@ -336,5 +336,6 @@ def teacher_accuracy(manifest: dict) -> str | None:
     return None
 
 
-__all__ = ["StudentRun", "check_epochs", "check_store", "evaluate_build", "hard_label_loss", "kd_loss", "manifest_preset",
-           "new_student", "resume_run", "set_up_student_run", "stage_evaluate", "teacher_accuracy", "train_student"]
+__all__ = ["StudentRun", "check_epochs", "check_store", "evaluate_build", "hard_label_loss", "kd_loss",
+           "manifest_preset", "new_student", "resume_run", "set_up_student_run", "stage_evaluate", "teacher_accuracy",
+           "train_student"]

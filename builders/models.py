@@ -10,9 +10,8 @@
   top-level max-pool (ShuffleNetV2, MobileNetV2/V3, MNASNet, EfficientNet, RegNet; for example
   ``shufflenet_v2_x0_5-cifar``): that convolution at stride 1 (kernel unchanged), no max-pool. An
   ImageNet stem divides the image by 32, so a 28 px image is 1x1 after the last stage and the
-  network learns poorly (ShuffleNetV2 x0.5, Fashion-MNIST IPC 10: 44.54 / 69.30 % validation
-  top-1 at lr 1e-3 / 3e-3, against 82.26 / 86.28 with this stem; BENCHMARKS.md). The larger feature
-  maps cost time: those validation runs took about twice as long (359-383 s against 164-181 s).
+  network learns poorly; this stem's larger feature maps cost time instead (ShuffleNetV2 x0.5 on
+  Fashion-MNIST with either stem, accuracy and seconds: BENCHMARKS.md, "Other students").
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ REPO_FORMAT_VERSION = 2
 SOFT_LABEL_FORMAT_VERSION = 1
 
 BUILD_MANIFEST_FILE = FileKind(
-    "build manifest", 64 * MiB,  # a line per image: ImageNet-1K at IPC 200 takes about 25 MB
+    "build manifest", 64 * MiB,  # a line per image (ImageNet-1K's size: RELIABILITY.md, "What we bound")
     "rebuild the stage that wrote it, or download the set again", BUILD_MANIFEST, (1, BUILD_FORMAT_VERSION),
     local=True)
 REPO_MANIFEST_FILE = FileKind(
