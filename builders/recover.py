@@ -75,20 +75,12 @@ class RecoverConfig:
     def from_preset(cls, preset: Preset, *, arc: bool = True, mro: bool = True,
                     amp: bool = False, init: str = "patches") -> "RecoverConfig":
         one_of("init", init, INITS)
-        return cls(
-            stages=stage_schedule(preset, mro=mro, arc=arc),
-            output_size=preset.image_size,
-            lr=preset.lr,
-            adam_betas=preset.adam_betas,
-            r_bn=preset.r_bn,
-            first_bn_multiplier=preset.first_bn_multiplier,
-            alpha=preset.alpha,
-            jitter=preset.jitter,
-            crop_scale=preset.crop_scale,
-            arc=arc,
-            amp=amp,
-            init=init,
-        )
+        # The fields a preset has too (lr, Adam's betas, the loss weights, alpha, the augmentation) are the
+        # preset's, by name; a field of both that is set here as well would be a TypeError, not a silent pick.
+        preset_fields = {f.name for f in dataclasses.fields(preset)}
+        shared = {f.name: getattr(preset, f.name) for f in dataclasses.fields(cls) if f.name in preset_fields}
+        return cls(stages=stage_schedule(preset, mro=mro, arc=arc), output_size=preset.image_size, arc=arc, amp=amp,
+                   init=init, **shared)
 
     @property
     def total_iterations(self) -> int:

@@ -79,6 +79,17 @@ def test_stage_schedule_follows_the_preset():
     assert stage_schedule(FASHION_MNIST, mro=False, arc=False) == ((28, FASHION_MNIST.total_iterations),)
 
 
+def test_the_recover_config_takes_the_presets_settings_by_name():
+    preset = FASHION_MNIST.replace(lr=0.125, adam_betas=(0.25, 0.75), r_bn=3.0, first_bn_multiplier=7.0, alpha=0.375,
+                                   jitter=5, crop_scale=(0.3, 0.9))
+    config = RecoverConfig.from_preset(preset, arc=False, amp=True, init="gaussian")
+    # The manifest records this dict: its keys, their order and their values.
+    assert list(dataclasses.asdict(config).items()) == [
+        ("stages", ((24, 100), (28, 100), (24, 100), (28, 100))), ("output_size", 28), ("lr", 0.125),
+        ("adam_betas", (0.25, 0.75)), ("r_bn", 3.0), ("first_bn_multiplier", 7.0), ("alpha", 0.375), ("jitter", 5),
+        ("crop_scale", (0.3, 0.9)), ("arc", False), ("amp", True), ("init", "gaussian")]
+
+
 def test_teacher_sees_the_preset_resolution_sequence():
     spy = ResolutionSpy(tiny_teacher())
     config = RecoverConfig.from_preset(TINY)
