@@ -38,7 +38,7 @@ from typing import Iterator
 from ._io import atomic_write_json, cached_sha256
 from .layout import MANIFEST, SOFT_LABEL_INDEX, LayoutError, inside, is_parquet_shard, own_file, repo_soft_labels
 from .registry import newest_version, parse_version
-from .schema import MAX_FILE_BYTES, RECORD_FILE, REPO_MANIFEST_FILE, SOFT_LABEL_INDEX_FILE, read
+from .schema import MAX_FILE_BYTES, RECORD_FILE, REPO_MANIFEST_FILE, SOFT_LABEL_INDEX_FILE, NewerFormatError, read
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +456,8 @@ def _download_manifest(repo_id: str, version: str, commit: str, dest: Path, toke
     _download(repo_id, version, commit, dest, MANIFEST, None, REPO_MANIFEST_FILE.max_bytes, token)
     try:
         manifest = read_manifest(dest)
+    except NewerFormatError:
+        raise  # in the words every reader uses, before any file of an IPC is downloaded
     except (OSError, LayoutError) as error:
         raise IntegrityError(f"{repo_id} {version} has no usable {MANIFEST} ({_first_line(error)}): it is not a "
                              "published FADRM set of a format this library reads, or the version is broken") from None
@@ -578,6 +580,8 @@ class _Copy:
         if path.is_file():
             try:
                 manifest = read_manifest(self.dest)
+            except NewerFormatError:
+                raise  # fetched again, it would be as new
             except LayoutError as error:
                 if not self.download:
                     raise IntegrityError(f"{error}; pass download=True to fetch it again") from None
