@@ -24,7 +24,8 @@ from typing import Iterator
 
 from fadrm_datasets import layout
 from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_file
-from fadrm_datasets.hub import REPO_TYPE, HubError, check_repo_id, check_version, is_transport_error, read_manifest
+from fadrm_datasets.hub import (REPO_TYPE, HubError, check_repo_id, check_version, file_sizes, is_transport_error,
+                                read_manifest)
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory, LayoutError, own_file
 from fadrm_datasets.registry import SETS, parse_version, unique_names
 from fadrm_datasets.schema import REPO_MANIFEST_FILE, NewerFormatError, check_written, release_manifest
@@ -431,7 +432,8 @@ def _remote_state(api, repo_id: str) -> RemoteRepo:
     manifest = None
     if MANIFEST in files:
         try:
-            manifest = read_manifest(_download_file(api, repo_id, MANIFEST, head).parent)
+            manifest = read_manifest(_download_file(api, repo_id, MANIFEST, head).parent,
+                                     lambda paths: file_sizes(repo_id, "main", head, paths, api.token))
         except NewerFormatError as error:
             raise PublishError(str(error)) from None
         except LayoutError as error:

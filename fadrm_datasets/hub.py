@@ -5,8 +5,9 @@ A version is a git tag ``vX.Y.Z`` on the set's dataset repo. One version of one 
 ``ipc<N>/train-*.parquet``, ``ipc<N>/soft_labels/...``). The repo id and the version are checked
 before anything touches the disk, so neither can name a folder outside the root.
 
-The top-level ``manifest.json`` records the sha256 and the size of every file of the release; it is
-read within bounds and checked against its schema (:mod:`fadrm_datasets.schema`), and every path in it
+The top-level ``manifest.json`` records the sha256 and the size of every file of the release (one of
+format 1, published before sizes were recorded, is migrated on download with the sizes the Hub holds
+at the release's commit); it is read within bounds and checked against its schema (:mod:`fadrm_datasets.schema`), and every path in it
 must lie inside the version's folder, else nothing is read or deleted. Only the files a call needs
 are downloaded (the IPC's parquet shards, and its soft labels when asked for), each refused before
 its first byte if the Hub's size is not the manifest's, cut off if the transfer runs past it, and
@@ -33,12 +34,13 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ._io import atomic_write_json, cached_sha256
 from .layout import MANIFEST, SOFT_LABEL_INDEX, LayoutError, inside, is_parquet_shard, own_file, repo_soft_labels
 from .registry import newest_version, parse_version
-from .schema import MAX_FILE_BYTES, RECORD_FILE, REPO_MANIFEST_FILE, SOFT_LABEL_INDEX_FILE, NewerFormatError, read
+from .schema import (MAX_FILE_BYTES, RECORD_FILE, REPO_FORMAT_VERSION, REPO_MANIFEST, REPO_MANIFEST_FILE,
+                     SOFT_LABEL_INDEX_FILE, NewerFormatError, check, read)
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +141,19 @@ def version_dir(root: str | os.PathLike, repo_id: str, version: str) -> Path:
     return repo_dir(root, repo_id) / check_version(version)
 
 
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path, hub_sizes: Callable[[list[str]], dict[str, int]] | None = None) -> dict:
     """A release's top-level manifest, read within bounds and checked against its schema: it records
-    a size for every file it names, and no file in place of a folder it names."""
+    a size for every file it names, and no file in place of a folder it names. One of format 1, published
+    before sizes were recorded, is migrated to the newest format with the sizes ``hub_sizes`` gives for
+    its files (the Hub's, at the release's commit); without ``hub_sizes`` it is refused."""
     path = Path(directory) / MANIFEST
     manifest = read(path, REPO_MANIFEST_FILE)
+    if manifest.get("format_version", 1) < REPO_FORMAT_VERSION:
+        if hub_sizes is None:
+            raise LayoutError(f"{path} is of format {manifest.get('format_version', 1)}, without file sizes: download "
+                              "the set again to migrate it, or pick another version=")
+        manifest = {**manifest, "format_version": REPO_FORMAT_VERSION, "sizes": hub_sizes(sorted(manifest["files"]))}
+        check(manifest, REPO_MANIFEST, path, REPO_MANIFEST_FILE)
     unsized = sorted(set(manifest["files"]) - set(manifest["sizes"]))
     if unsized:
         raise LayoutError(f"{path} records no size for {unsized[0]}; {REPO_MANIFEST_FILE.remedy}")
@@ -451,16 +461,46 @@ def _limit(rel: str) -> int:
     return SOFT_LABEL_INDEX_FILE.max_bytes if rel.endswith("/" + SOFT_LABEL_INDEX) else MAX_FILE_BYTES
 
 
+_PATHS_PER_REQUEST = 1000  # the Hub answers at most this many paths at once
+
+
+def file_sizes(repo_id: str, version: str, commit: str, paths: list[str], token: str | None) -> dict[str, int]:
+    """The size the Hub holds of each file of ``paths`` at ``commit``, asked a thousand at a time; refused
+    when one is missing."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    api, sizes = HfApi(token=token), {}
+    for start in range(0, len(paths), _PATHS_PER_REQUEST):
+        batch = paths[start:start + _PATHS_PER_REQUEST]
+        found = _hub_call(repo_id, version, token,
+                          lambda: api.get_paths_info(repo_id, batch, revision=commit, repo_type=REPO_TYPE))
+        sizes.update({info.path: info.size for info in found if isinstance(info, RepoFile) and info.path in batch})
+    missing = sorted(set(paths) - set(sizes))
+    if missing:
+        raise IntegrityError(f"{repo_id} {version}: {missing[0]}, which its {MANIFEST} lists, is not on the Hub; the "
+                             "published version is broken: report it, or pick another version=")
+    return sizes
+
+
 def _download_manifest(repo_id: str, version: str, commit: str, dest: Path, token: str | None) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
     _download(repo_id, version, commit, dest, MANIFEST, None, REPO_MANIFEST_FILE.max_bytes, token)
+    migrated = []  # the files whose sizes the Hub gave: the release is of format 1
+
+    def hub_sizes(paths: list[str]) -> dict[str, int]:
+        migrated.append(paths)
+        return file_sizes(repo_id, version, commit, paths, token)
+
     try:
-        manifest = read_manifest(dest)
+        manifest = read_manifest(dest, hub_sizes)
     except NewerFormatError:
         raise  # in the words every reader uses, before any file of an IPC is downloaded
     except (OSError, LayoutError) as error:
         raise IntegrityError(f"{repo_id} {version} has no usable {MANIFEST} ({_first_line(error)}): it is not a "
                              "published FADRM set of a format this library reads, or the version is broken") from None
+    if migrated:  # kept as migrated, so the local copy is read without the Hub
+        atomic_write_json(dest / MANIFEST, manifest)
     atomic_write_json(dest / _SOURCE, {"repo": repo_id, "version": version, "commit": commit})
     return manifest
 
@@ -629,5 +669,5 @@ def _check_ipc(manifest: dict, ipc: int, repo_id: str, version: str) -> None:
 
 __all__ = ["CACHE_ENV", "HubError", "IPCNotPublishedError", "IntegrityError", "NoSpaceError", "NotDownloadedError",
            "OfflineError", "PARTS", "RepoNotFoundError", "RootError", "VersionNotFoundError", "check_paths", "check_repo_id",
-           "check_root", "check_version", "default_root", "fetch", "ipc_files", "is_transport_error", "list_versions",
+           "check_root", "check_version", "default_root", "fetch", "file_sizes", "ipc_files", "is_transport_error", "list_versions",
            "local_versions", "published_ipcs", "read_manifest", "resolve_version", "verify_files", "version_dir"]

@@ -48,15 +48,16 @@ MAX_NAME = 1024  # characters in a name or a path
 
 @dataclass(frozen=True)
 class FileKind:
-    """What a JSON file is: how large it may be, its schema and the ``format_version`` range this
-    library reads (files older than the field are format 1), and what to do when it is wrong."""
+    """What a JSON file is: how large it may be, its schema (``older_spec`` for the formats before the
+    newest, where they differ) and the ``format_version`` range this library reads (files older than the
+    field are format 1), and what to do when it is wrong."""
 
     name: str
     max_bytes: int
     remedy: str
     spec: "Spec | None" = None
     formats: tuple[int, int] | None = None  # (oldest, newest) format_version read
-    older: str | None = None  # what to do with a file of a format older than the oldest read
+    older_spec: "Spec | None" = None
     # Written on this machine by the builder: NaN and infinity, which earlier versions wrote for a
     # diverged loss, are read as null. A downloaded file holding them is refused.
     local: bool = False
@@ -73,7 +74,8 @@ def read(path: str | os.PathLike, kind: FileKind) -> dict:
     if kind.formats is not None:  # first: a file of another format may lack what this schema requires
         check_format(value, path, kind)
     if kind.spec is not None:
-        check(value, kind.spec, path, kind)
+        older = kind.older_spec is not None and value.get("format_version", 1) < kind.formats[1]
+        check(value, kind.older_spec if older else kind.spec, path, kind)
     return value
 
 
@@ -91,7 +93,7 @@ def check_format(value: dict, path: str | os.PathLike, kind: FileKind) -> None:
         raise NewerFormatError(f"{path} is of format {version}; upgrade fadrm-datasets to read this set")
     if version < oldest:
         raise LayoutError(f"{path} is a {kind.name} of format {version}, older than this fadrm-datasets reads "
-                          f"({oldest} to {newest}); {kind.older or kind.remedy}")
+                          f"({oldest} to {newest}); {kind.remedy}")
 
 
 def _read_bounded(path: Path, kind: FileKind) -> bytes:
@@ -412,6 +414,9 @@ REPO_MANIFEST = Record({
     "classes": ListOf(Str(what="a class name"), MAX_CLASSES), "ipcs": MapOf(IPC_KEY, IPC_RECORD, 1000),
     "files": MapOf(PATH, SHA256, MAX_REPO_FILES), "sizes": MapOf(PATH, Int(0, MAX_FILE_BYTES), MAX_REPO_FILES),
 }, required=("format_version", "classes", "ipcs", "files", "sizes"))
+# Format 1 recorded no sizes: readers migrate it with the Hub's (`hub.read_manifest`).
+REPO_MANIFEST_1 = Record({name: spec for name, spec in REPO_MANIFEST.fields.items() if name != "sizes"},
+                         required=("classes", "ipcs", "files"))
 
 SOFT_LABEL_SHARD = Record({
     "file": NAME,  # softlabels checks it is the shard name of its epochs
@@ -448,9 +453,8 @@ BUILD_MANIFEST_FILE = FileKind(
     local=True)
 REPO_MANIFEST_FILE = FileKind(
     "release manifest", 4 * MiB,  # a line per parquet or soft-label shard, a record per IPC
-    "download the set again, or pick another version=", REPO_MANIFEST, (REPO_FORMAT_VERSION, REPO_FORMAT_VERSION),
-    older="it was published by an earlier fadrm-datasets, without file sizes: publish it again with this one, "
-          "or pick another version=")
+    "download the set again, or pick another version=", REPO_MANIFEST, (1, REPO_FORMAT_VERSION),
+    older_spec=REPO_MANIFEST_1)
 SOFT_LABEL_INDEX_FILE = FileKind(
     "soft-label index", 1 * MiB,  # a line per shard of up to 100 epochs
     "relabel again (`fadrm-build relabel ...`) or download the set again", SOFT_LABEL_INDEX,
