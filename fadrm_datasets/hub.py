@@ -5,15 +5,17 @@ A version is a git tag ``vX.Y.Z`` on the set's dataset repo. One version of one 
 ``ipc<N>/train-*.parquet``, ``ipc<N>/soft_labels/...``). The repo id and the version are checked
 before anything touches the disk, so neither can name a folder outside the root.
 
-The top-level ``manifest.json`` records the sha256 and the size of every file of the release (one of
-format 1, published before sizes were recorded, is migrated on download with the sizes the Hub holds
-at the release's commit); it is read within bounds and checked against its schema (:mod:`fadrm_datasets.schema`), and every path in it
+The top-level ``manifest.json`` records the sha256 and the size of every file of the release; it is
+read within bounds and checked against its schema (:mod:`fadrm_datasets.schema`), and every path in it
 must lie inside the version's folder, else nothing is read or deleted. Only the files a call needs
 are downloaded (the IPC's parquet shards, and its soft labels when asked for), each refused before
 its first byte if the Hub's size is not the manifest's, cut off if the transfer runs past it, and
 hashed in full afterwards and the first time each process opens the set (again only if a file
 changes on disk; see :func:`verify_files`). A corrupted file is deleted and fetched once more; if it
 is still wrong the published version itself is broken and :class:`IntegrityError` says so.
+
+A release manifest of format 1, published before sizes were recorded, is migrated when it is
+downloaded: the sizes are the Hub's at the release's commit, and the migrated manifest is kept.
 
 With ``download=True`` and the Hub reachable, the tag is resolved to its commit (one request), the
 files are downloaded at that commit, and a tag moved since the local copy was made is noticed and its
@@ -669,5 +671,6 @@ def _check_ipc(manifest: dict, ipc: int, repo_id: str, version: str) -> None:
 
 __all__ = ["CACHE_ENV", "HubError", "IPCNotPublishedError", "IntegrityError", "NoSpaceError", "NotDownloadedError",
            "OfflineError", "PARTS", "RepoNotFoundError", "RootError", "VersionNotFoundError", "check_paths", "check_repo_id",
-           "check_root", "check_version", "default_root", "fetch", "file_sizes", "ipc_files", "is_transport_error", "list_versions",
+           "check_root", "check_version", "default_root", "fetch", "file_sizes", "ipc_files", "is_transport_error",
+           "list_versions",
            "local_versions", "published_ipcs", "read_manifest", "resolve_version", "verify_files", "version_dir"]

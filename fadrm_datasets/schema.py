@@ -465,5 +465,5 @@ RECORD_FILE = FileKind("record", 64 * KiB, "delete it: it is made again", local=
 __all__ = ["BUILD_FORMAT_VERSION", "BUILD_MANIFEST", "BUILD_MANIFEST_FILE", "FileKind", "IPC_RECORD", "LayoutError",
            "MAX_CLASSES", "MAX_DEPTH", "MAX_EPOCHS", "MAX_FILE_BYTES", "MAX_IMAGE_SIZE", "MAX_IMAGES", "MAX_IPC",
            "MAX_REPO_FILES", "RECORD_FILE", "REPO_FORMAT_VERSION", "REPO_MANIFEST", "REPO_MANIFEST_FILE",
-           "NewerFormatError", "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "STAGE_RECORD", "Spec",
-           "check", "check_format", "check_written", "parse", "read", "release_manifest"]
+           "NewerFormatError", "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "STAGE_RECORD",
+           "Spec", "check", "check_format", "check_written", "parse", "read", "release_manifest"]

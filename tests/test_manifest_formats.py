@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,9 @@ from builders.presets import FASHION_MNIST
 from builders.publish import PublishError
 from tests.fakebuild import make_build, tiny_preset
 from tests.reliability.hostile import VERSION, publish_tiny, republish
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "df17861"  # made as its README says
 
 
 def _newer_line(path, version: int) -> str:
@@ -170,3 +174,61 @@ def test_every_reader_refuses_a_manifest_of_a_newer_format_in_one_line(hub, tmp_
     # Push reads the Hub's manifest where huggingface_hub keeps it: only the file's name is known here.
     where = re.escape(str(path)) if path is not None else r"/\S+/manifest\.json"
     assert re.fullmatch(_newer_line(where, version), str(refused.value)), str(refused.value)
+
+
+# --- older formats: what commit df17861 wrote ------------------------------------------------------
+
+def test_a_build_made_at_df17861_is_read_and_extended_by_todays_readers_and_writers(tmp_path):
+    from builders.evaluate import manifest_preset
+
+    build = BuildDirectory(shutil.copytree(FIXTURES / "build", tmp_path / "ipc1"))
+    manifest = build.read_manifest()
+    assert manifest["format_version"] == 1 and manifest["code_version"]["git"].startswith("df17861")
+    assert manifest_preset(manifest).name == "fashion-mnist"
+    dataset = FADRMDataset.from_build(build.root, soft_labels=True)
+    assert len(dataset) == 10 and dataset.ipc == 1 and dataset.classes[0] == "T-shirt/top"
+    build.update_manifest(evaluations=[*manifest["evaluations"], {"top1_final": 10.0}])
+    assert build.read_manifest()["evaluations"] == [*manifest["evaluations"], {"top1_final": 10.0}]
+
+
+def _publish_df17861_release(repo: str) -> dict[str, bytes]:
+    """The fixture's release on the loopback Hub as ``v1.0.0``; placeholders for the files it leaves out."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    release = FIXTURES / "release"
+    kept = {p.relative_to(release).as_posix(): p.read_bytes() for p in release.rglob("*") if p.is_file()}
+    listed = json.loads(kept["manifest.json"])["files"]
+    placeholders = {"README.md": b"---\npretty_name: left out of the fixture\n---\n"}
+    files = {**{rel: kept.get(rel, placeholders.get(rel, b"left out of the fixture")) for rel in listed},
+             "manifest.json": kept["manifest.json"]}
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset")
+    commit = api.create_commit(repo, [CommitOperationAdd(rel, data) for rel, data in files.items()],
+                               commit_message="df17861's release", repo_type="dataset").oid
+    api.create_tag(repo, tag="v1.0.0", revision=commit, repo_type="dataset")
+    return files
+
+
+def test_a_release_published_at_df17861_is_migrated_by_the_fetch_and_by_push(hub, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    from builders.publish import push
+
+    repo = hub.repo_id("df17861")
+    files = _publish_df17861_release(repo)
+    assert json.loads(files["manifest.json"])["format_version"] == 1
+    shard = "ipc1/train-00000-of-00001.parquet"
+    fetched = FADRMDataset(tmp_path / "root", repo_id=repo, ipc=1, version="v1.0.0", download=True, soft_labels=True)
+    assert len(fetched) == 10 and fetched.classes[0] == "T-shirt/top"
+    assert fetched.manifest["format_version"] == REPO_FORMAT_VERSION
+    assert fetched.manifest["sizes"][shard] == len(files[shard])
+    assert len(FADRMDataset(tmp_path / "root", repo_id=repo, ipc=1, version="v1.0.0", download=False)) == 10
+
+    build = make_build(tmp_path / "more" / "ipc2", ipc=2, num_classes=10, size=28, channels=1, teacher=False,
+                       classes=fetched.classes)
+    push(build, repo, "v1.1.0")
+    pushed = hf_hub_download(repo, "manifest.json", repo_type="dataset", revision="v1.1.0")
+    pushed = json.loads(Path(pushed).read_text())
+    assert pushed["format_version"] == REPO_FORMAT_VERSION and sorted(pushed["ipcs"]) == ["1", "2"]
+    assert pushed["sizes"][shard] == len(files[shard])
+    assert pushed["files"][shard] == json.loads(files["manifest.json"])["files"][shard]
