@@ -13,6 +13,10 @@ refused, and every field this project reads must have its declared type and lie 
 (counts, sizes, epochs), so no later arithmetic or allocation trusts an unchecked number. Fields the
 schemas do not name are kept as they are. A refusal is one :class:`LayoutError` line naming the file
 and the field.
+
+The manifests' writers fill the same schemas: :func:`check_written` refuses, before anything is written,
+a field of the wrong type or one no schema declares. Every reader checks ``format_version`` first
+(:func:`check_format`): a file of a newer format is refused in the same line whoever reads it.
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ from fadrm_datasets.layout import BuildDirectory
 from fadrm_datasets.schema import (BUILD_FORMAT_VERSION, BUILD_MANIFEST_FILE, REPO_FORMAT_VERSION, REPO_MANIFEST_FILE,
                                    NewerFormatError, check_written, read, release_manifest)
 from fadrm_datasets.sets import FADRMDataset
-from builders.presets import FASHION_MNIST
+from builders.presets import get_preset
 from builders.publish import PublishError
 from tests.fakebuild import make_build, tiny_preset
 from tests.reliability.hostile import VERSION, publish_tiny, republish
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "df17861"  # made as its README says
+FASHION_MNIST = get_preset("fashion-mnist")
 
 
 def _newer_line(path, version: int) -> str:
