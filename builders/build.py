@@ -16,7 +16,6 @@ from pathlib import Path
 
 from fadrm_datasets import __version__
 from fadrm_datasets.layout import BuildDirectory
-from fadrm_datasets.schema import BUILD_FORMAT_VERSION
 
 from . import distributed
 from .context import environment, open_build
@@ -55,10 +54,10 @@ def run_build(preset: Preset, options: BuildOptions) -> BuildDirectory:
             if distributed.is_main():
                 check_patches(ctx)
                 check_recover(ctx)
-                ctx.directory.update_manifest(dataset=preset.name, ipc=options.ipc, method=options.method,
-                                              seed=options.seed, preset=preset.to_dict(),
-                                              options=dataclasses.asdict(options), code_version=code_version(),
-                                              environment=environment(ctx.device), format_version=BUILD_FORMAT_VERSION)
+                ctx.directory.start_manifest(dataset=preset.name, ipc=options.ipc, method=options.method,
+                                             seed=options.seed, preset=preset.to_dict(),
+                                             options=dataclasses.asdict(options), code_version=code_version(),
+                                             environment=environment(ctx.device))
                 ctx.record_teachers()
         stages = [("patches", stage_patches), ("recover", stage_recover), ("relabel", stage_relabel)]
         if preset.evaluate_by_default if options.evaluate is None else options.evaluate:

@@ -24,10 +24,11 @@ from typing import Iterator
 
 from fadrm_datasets import layout
 from fadrm_datasets._io import atomic_write_bytes, atomic_write_json, sha256_file
-from fadrm_datasets.hub import REPO_TYPE, HubError, check_repo_id, check_version, is_transport_error, read_manifest
+from fadrm_datasets.hub import (REPO_TYPE, HubError, check_repo_id, check_version, file_sizes, is_transport_error,
+                                read_manifest)
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory, LayoutError, own_file
 from fadrm_datasets.registry import SETS, parse_version, unique_names
-from fadrm_datasets.schema import REPO_FORMAT_VERSION
+from fadrm_datasets.schema import REPO_MANIFEST_FILE, NewerFormatError, check_written, release_manifest
 from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
 
 from .card import make_grid, render_card
@@ -303,17 +304,10 @@ def write_release_folder(build_dir: str | Path, repo_id: str, version: str, stag
                            "publish each source dataset to its own repo")
     ipcs = {k: v for k, v in (existing.get("ipcs") or {}).items() if k != str(contents.ipc)}
     ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft)
-    manifest = {
-        "format_version": REPO_FORMAT_VERSION,
-        "repo": repo_id,
-        "dataset": contents.dataset,
-        "display_name": contents.preset.get("display_name") or contents.dataset,
-        "version": version,
-        "classes": contents.classes,
-        "ipcs": dict(sorted(ipcs.items(), key=lambda kv: int(kv[0]))),
-        "files": {},
-        "sizes": {},
-    }
+    manifest = release_manifest(repo=repo_id, dataset=contents.dataset,
+                                display_name=contents.preset.get("display_name") or contents.dataset, version=version,
+                                classes=contents.classes, ipcs=dict(sorted(ipcs.items(), key=lambda kv: int(kv[0]))),
+                                files={}, sizes={})  # the card is rendered before the files are known
     all_versions = sorted(set(versions or []) | {version}, key=parse_version)
     card = render_card(manifest, repo_id, version, contents.ipc, all_versions, existing_card, template, records)
     atomic_write_bytes(staging / README, card.encode())
@@ -328,7 +322,7 @@ def write_release_folder(build_dir: str | Path, repo_id: str, version: str, stag
     files.update({rel: sha256_file(path) for rel, path in staged.items()})
     sizes.update({rel: path.stat().st_size for rel, path in staged.items()})
     manifest["files"], manifest["sizes"] = dict(sorted(files.items())), dict(sorted(sizes.items()))
-    atomic_write_json(staging / MANIFEST, manifest)
+    atomic_write_json(staging / MANIFEST, check_written(manifest, staging / MANIFEST, REPO_MANIFEST_FILE))
     return manifest
 
 
@@ -438,7 +432,10 @@ def _remote_state(api, repo_id: str) -> RemoteRepo:
     manifest = None
     if MANIFEST in files:
         try:
-            manifest = read_manifest(_download_file(api, repo_id, MANIFEST, head).parent)
+            manifest = read_manifest(_download_file(api, repo_id, MANIFEST, head).parent,
+                                     lambda paths: file_sizes(repo_id, "main", head, paths, api.token))
+        except NewerFormatError as error:
+            raise PublishError(str(error)) from None
         except LayoutError as error:
             raise PublishError(f"{repo_id}'s {MANIFEST} on the Hub cannot be merged with ({error}); publish to a new "
                                f"repo, or delete that {MANIFEST} on the Hub and push each of its IPCs again") from None

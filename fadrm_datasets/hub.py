@@ -14,6 +14,9 @@ hashed in full afterwards and the first time each process opens the set (again o
 changes on disk; see :func:`verify_files`). A corrupted file is deleted and fetched once more; if it
 is still wrong the published version itself is broken and :class:`IntegrityError` says so.
 
+A release manifest of format 1, published before sizes were recorded, is migrated when it is
+downloaded: the sizes are the Hub's at the release's commit, and the migrated manifest is kept.
+
 With ``download=True`` and the Hub reachable, the tag is resolved to its commit (one request), the
 files are downloaded at that commit, and a tag moved since the local copy was made is noticed and its
 changed files fetched again. A verified local copy is used without the Hub when it cannot be reached,
@@ -33,12 +36,13 @@ import re
 import shutil
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ._io import atomic_write_json, cached_sha256
 from .layout import MANIFEST, SOFT_LABEL_INDEX, LayoutError, inside, is_parquet_shard, own_file, repo_soft_labels
 from .registry import newest_version, parse_version
-from .schema import MAX_FILE_BYTES, RECORD_FILE, REPO_MANIFEST_FILE, SOFT_LABEL_INDEX_FILE, read
+from .schema import (MAX_FILE_BYTES, RECORD_FILE, REPO_FORMAT_VERSION, REPO_MANIFEST, REPO_MANIFEST_FILE,
+                     SOFT_LABEL_INDEX_FILE, NewerFormatError, check, read)
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +143,19 @@ def version_dir(root: str | os.PathLike, repo_id: str, version: str) -> Path:
     return repo_dir(root, repo_id) / check_version(version)
 
 
-def read_manifest(directory: Path) -> dict:
+def read_manifest(directory: Path, hub_sizes: Callable[[list[str]], dict[str, int]] | None = None) -> dict:
     """A release's top-level manifest, read within bounds and checked against its schema: it records
-    a size for every file it names, and no file in place of a folder it names."""
+    a size for every file it names, and no file in place of a folder it names. One of format 1, published
+    before sizes were recorded, is migrated to the newest format with the sizes ``hub_sizes`` gives for
+    its files (the Hub's, at the release's commit); without ``hub_sizes`` it is refused."""
     path = Path(directory) / MANIFEST
     manifest = read(path, REPO_MANIFEST_FILE)
+    if manifest.get("format_version", 1) < REPO_FORMAT_VERSION:
+        if hub_sizes is None:
+            raise LayoutError(f"{path} is of format {manifest.get('format_version', 1)}, without file sizes: download "
+                              "the set again to migrate it, or pick another version=")
+        manifest = {**manifest, "format_version": REPO_FORMAT_VERSION, "sizes": hub_sizes(sorted(manifest["files"]))}
+        check(manifest, REPO_MANIFEST, path, REPO_MANIFEST_FILE)
     unsized = sorted(set(manifest["files"]) - set(manifest["sizes"]))
     if unsized:
         raise LayoutError(f"{path} records no size for {unsized[0]}; {REPO_MANIFEST_FILE.remedy}")
@@ -451,14 +463,46 @@ def _limit(rel: str) -> int:
     return SOFT_LABEL_INDEX_FILE.max_bytes if rel.endswith("/" + SOFT_LABEL_INDEX) else MAX_FILE_BYTES
 
 
+_PATHS_PER_REQUEST = 1000  # the Hub answers at most this many paths at once
+
+
+def file_sizes(repo_id: str, version: str, commit: str, paths: list[str], token: str | None) -> dict[str, int]:
+    """The size the Hub holds of each file of ``paths`` at ``commit``, asked a thousand at a time; refused
+    when one is missing."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    api, sizes = HfApi(token=token), {}
+    for start in range(0, len(paths), _PATHS_PER_REQUEST):
+        batch = paths[start:start + _PATHS_PER_REQUEST]
+        found = _hub_call(repo_id, version, token,
+                          lambda: api.get_paths_info(repo_id, batch, revision=commit, repo_type=REPO_TYPE))
+        sizes.update({info.path: info.size for info in found if isinstance(info, RepoFile) and info.path in batch})
+    missing = sorted(set(paths) - set(sizes))
+    if missing:
+        raise IntegrityError(f"{repo_id} {version}: {missing[0]}, which its {MANIFEST} lists, is not on the Hub; the "
+                             "published version is broken: report it, or pick another version=")
+    return sizes
+
+
 def _download_manifest(repo_id: str, version: str, commit: str, dest: Path, token: str | None) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
     _download(repo_id, version, commit, dest, MANIFEST, None, REPO_MANIFEST_FILE.max_bytes, token)
+    migrated = []  # the files whose sizes the Hub gave: the release is of format 1
+
+    def hub_sizes(paths: list[str]) -> dict[str, int]:
+        migrated.append(paths)
+        return file_sizes(repo_id, version, commit, paths, token)
+
     try:
-        manifest = read_manifest(dest)
+        manifest = read_manifest(dest, hub_sizes)
+    except NewerFormatError:
+        raise  # in the words every reader uses, before any file of an IPC is downloaded
     except (OSError, LayoutError) as error:
         raise IntegrityError(f"{repo_id} {version} has no usable {MANIFEST} ({_first_line(error)}): it is not a "
                              "published FADRM set of a format this library reads, or the version is broken") from None
+    if migrated:  # kept as migrated, so the local copy is read without the Hub
+        atomic_write_json(dest / MANIFEST, manifest)
     atomic_write_json(dest / _SOURCE, {"repo": repo_id, "version": version, "commit": commit})
     return manifest
 
@@ -578,6 +622,8 @@ class _Copy:
         if path.is_file():
             try:
                 manifest = read_manifest(self.dest)
+            except NewerFormatError:
+                raise  # fetched again, it would be as new
             except LayoutError as error:
                 if not self.download:
                     raise IntegrityError(f"{error}; pass download=True to fetch it again") from None
@@ -625,5 +671,6 @@ def _check_ipc(manifest: dict, ipc: int, repo_id: str, version: str) -> None:
 
 __all__ = ["CACHE_ENV", "HubError", "IPCNotPublishedError", "IntegrityError", "NoSpaceError", "NotDownloadedError",
            "OfflineError", "PARTS", "RepoNotFoundError", "RootError", "VersionNotFoundError", "check_paths", "check_repo_id",
-           "check_root", "check_version", "default_root", "fetch", "ipc_files", "is_transport_error", "list_versions",
+           "check_root", "check_version", "default_root", "fetch", "file_sizes", "ipc_files", "is_transport_error",
+           "list_versions",
            "local_versions", "published_ipcs", "read_manifest", "resolve_version", "verify_files", "version_dir"]

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_json, cached_sha256
-from .schema import BUILD_MANIFEST_FILE, LayoutError, read
+from .schema import BUILD_FORMAT_VERSION, BUILD_MANIFEST_FILE, LayoutError, check_written, read
 
 MANIFEST = "manifest.json"
 IMAGES = "images"
@@ -225,8 +225,18 @@ class BuildDirectory:
             return {}
         return read(self.manifest_path, BUILD_MANIFEST_FILE)
 
+    def start_manifest(self, *, dataset: str, ipc: int, method: str, seed: int, preset: dict, options: dict,
+                       code_version: dict, environment: dict) -> dict:
+        """Record what the build is and how it is made, in the format this code writes."""
+        return self.update_manifest(dataset=dataset, ipc=ipc, method=method, seed=seed, preset=preset, options=options,
+                                    code_version=code_version, environment=environment,
+                                    format_version=BUILD_FORMAT_VERSION)
+
     def update_manifest(self, written: Iterable[str] = (), **sections) -> dict:
         """Merge ``sections`` into the manifest and record the sha256 of the files ``written``.
+
+        ``sections`` are fields of :data:`schema.BUILD_MANIFEST`, checked against it before anything is
+        written: a field it does not declare, or of another type, is refused (a ValueError).
 
         ``written`` names (relative to the build) what the calling stage just wrote or checked, and
         only those are hashed, as regular files inside the build (a symbolic link is refused, never
@@ -235,6 +245,7 @@ class BuildDirectory:
         it, so a file changed behind a stage's back keeps failing its check instead of being blessed.
         Recorded files that are gone are dropped.
         """
+        check_written(sections, self.manifest_path, BUILD_MANIFEST_FILE)
         manifest = self.read_manifest()
         manifest.update(sections)
         files = {rel: sha for rel, sha in manifest.get("files", {}).items() if os.path.lexists(self.root / rel)}

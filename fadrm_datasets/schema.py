@@ -13,6 +13,10 @@ refused, and every field this project reads must have its declared type and lie 
 (counts, sizes, epochs), so no later arithmetic or allocation trusts an unchecked number. Fields the
 schemas do not name are kept as they are. A refusal is one :class:`LayoutError` line naming the file
 and the field.
+
+The manifests' writers fill the same schemas: :func:`check_written` refuses, before anything is written,
+a field of the wrong type or one no schema declares. Every reader checks ``format_version`` first
+(:func:`check_format`): a file of a newer format is refused in the same line whoever reads it.
 """
 
 from __future__ import annotations
@@ -48,15 +52,16 @@ MAX_NAME = 1024  # characters in a name or a path
 
 @dataclass(frozen=True)
 class FileKind:
-    """What a JSON file is: how large it may be, its schema and the ``format_version`` range this
-    library reads (files older than the field are format 1), and what to do when it is wrong."""
+    """What a JSON file is: how large it may be, its schema (``older_spec`` for the formats before the
+    newest, where they differ) and the ``format_version`` range this library reads (files older than the
+    field are format 1), and what to do when it is wrong."""
 
     name: str
     max_bytes: int
     remedy: str
     spec: "Spec | None" = None
     formats: tuple[int, int] | None = None  # (oldest, newest) format_version read
-    older: str | None = None  # what to do with a file of a format older than the oldest read
+    older_spec: "Spec | None" = None
     # Written on this machine by the builder: NaN and infinity, which earlier versions wrote for a
     # diverged loss, are read as null. A downloaded file holding them is refused.
     local: bool = False
@@ -71,21 +76,28 @@ def read(path: str | os.PathLike, kind: FileKind) -> dict:
     if not isinstance(value, dict):
         raise LayoutError(f"{path} holds a JSON {type(value).__name__}, not an object; {kind.remedy}")
     if kind.formats is not None:  # first: a file of another format may lack what this schema requires
-        _check_format(value.get("format_version", 1), path, kind)
+        check_format(value, path, kind)
     if kind.spec is not None:
-        check(value, kind.spec, path, kind)
+        older = kind.older_spec is not None and value.get("format_version", 1) < kind.formats[1]
+        check(value, kind.older_spec if older else kind.spec, path, kind)
     return value
 
 
-def _check_format(version: Any, path: Path, kind: FileKind) -> None:
+class NewerFormatError(LayoutError):
+    """A file written by a later fadrm-datasets, in a format this one cannot read."""
+
+
+def check_format(value: dict, path: str | os.PathLike, kind: FileKind) -> None:
+    """Refuse ``value`` (read from ``path``) unless ``kind`` reads its ``format_version`` (absent: 1). Every
+    reader of a manifest or index goes through here, so a newer file is refused in the same words."""
+    version = value.get("format_version", 1)
     check({"format_version": version}, Record({"format_version": Int(1)}), path, kind)
     oldest, newest = kind.formats
     if version > newest:
-        raise LayoutError(f"{path} is a {kind.name} of format {version}, newer than this fadrm-datasets reads "
-                          f"({oldest} to {newest}): upgrade fadrm-datasets")
+        raise NewerFormatError(f"{path} is of format {version}; upgrade fadrm-datasets to read this set")
     if version < oldest:
         raise LayoutError(f"{path} is a {kind.name} of format {version}, older than this fadrm-datasets reads "
-                          f"({oldest} to {newest}); {kind.older or kind.remedy}")
+                          f"({oldest} to {newest}); {kind.remedy}")
 
 
 def _read_bounded(path: Path, kind: FileKind) -> bytes:
@@ -288,10 +300,12 @@ class MapOf(Spec):
 
 @dataclass(frozen=True)
 class Record(Spec):
-    """An object whose named fields have their specs; other fields may hold anything."""
+    """An object whose named fields have their specs. A file read may hold other fields too (kept as they
+    are); a writer (:func:`check_written`) may write no other field unless the record is ``open``."""
 
     fields: dict[str, Spec] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    open: bool = False
     expected = "an object"
 
     def check(self, value: Any, where: tuple) -> None:
@@ -310,11 +324,52 @@ def check(value: Any, spec: Spec, path: str | os.PathLike, kind: FileKind) -> No
     try:
         spec.check(value, ())
     except _Mismatch as wrong:
-        missing = wrong.value is _MISSING
-        found = "it is missing" if missing else f"got {_shown(wrong.value)}"
-        expected = "" if missing else f" should be {wrong.expected}"
-        raise LayoutError(f"{path} is malformed: {_location(wrong.where) or 'the whole file'}{expected}, {found}; "
-                          f"{kind.remedy}") from None
+        raise LayoutError(f"{path} is malformed: {_described(wrong)}; {kind.remedy}") from None
+
+
+def _described(wrong: _Mismatch) -> str:
+    if wrong.value is _MISSING:
+        return f"{_location(wrong.where) or 'the whole file'}, it is missing"
+    return f"{_location(wrong.where) or 'the whole file'} should be {wrong.expected}, got {_shown(wrong.value)}"
+
+
+def _undeclared(value: Any, spec: Spec, where: tuple = ()) -> tuple | None:
+    """Where ``value`` (already checked against ``spec``) holds the first field its closed records do not
+    declare; None when it holds none."""
+    if isinstance(spec, Optional):
+        return None if value is None else _undeclared(value, spec.inner, where)
+    if isinstance(spec, ListOf):
+        children = [(item, spec.item, (*where, i)) for i, item in enumerate(value)]
+    elif isinstance(spec, MapOf):
+        children = [(item, spec.value, (*where, ("item", key))) for key, item in value.items()]
+    elif isinstance(spec, Record) and not spec.open:
+        extra = next((name for name in value if name not in spec.fields), None)
+        if extra is not None:
+            return (*where, extra)
+        children = [(value[name], inner, (*where, name)) for name, inner in spec.fields.items() if name in value]
+    else:
+        return None
+    return next((found for found in (_undeclared(*child) for child in children) if found), None)
+
+
+def check_written(value: dict, path: str | os.PathLike, kind: FileKind) -> dict:
+    """``value``, which a writer is about to write to ``path`` whole or merge into it, refused unless it meets
+    ``kind``'s schema, declares every field it holds and is of the newest format: a writer cannot write
+    what the readers do not know. The refusal is one ValueError line naming the field."""
+    spec, newest = kind.spec, kind.formats[1]
+    shaped = json.loads(json.dumps(value), parse_constant=_as_null)  # as written: tuples as lists, NaN as null
+    try:
+        spec.check(shaped, ())
+        if shaped.get("format_version", newest) != newest:
+            raise _Mismatch(("format_version",), f"{newest}, the format this fadrm-datasets writes",
+                            shaped["format_version"])
+    except _Mismatch as wrong:
+        raise ValueError(f"refusing to write {path}: {_described(wrong)}") from None
+    extra = _undeclared(shaped, spec)
+    if extra:
+        raise ValueError(f"refusing to write {path}: {_location(extra)} is no field of a {kind.name}; "
+                         "declare it in fadrm_datasets/schema.py, where its readers find it")
+    return value
 
 
 # --- the schemas -----------------------------------------------------------------------------------
@@ -324,7 +379,7 @@ PATH = Str(r"[^\x00\\]+", "a relative path")  # layout.inside() refuses the ways
 NAME = Str(r".+", "a name")
 VERSION = Str(r"v\d+\.\d+\.\d+", "a version like v1.0.0")
 IPC_KEY = Str(r"[1-9]\d{0,4}", "an IPC")
-ANY_OBJECT = Record()
+ANY_OBJECT = Record(open=True)
 
 # The preset fields the library and `fadrm-build evaluate` read; the builder's preset has many more.
 PRESET = Record({
@@ -333,26 +388,39 @@ PRESET = Record({
     "student": NAME, "eval_epochs": Int(1, MAX_EPOCHS), "eval_lr": Number(positive=True),
     "eval_weight_decay": Number(), "eval_batch_size": Int(1, MAX_BATCH), "eval_grad_accumulation": Int(1, MAX_BATCH),
     "temperature": Number(positive=True),
-})
+}, open=True)
 
+# What every stage records of its run; each stage adds its own fields.
+STAGE_RECORD = Record({"seconds": Number(), "complete": Bool(), "settings": ANY_OBJECT, "environment": ANY_OBJECT},
+                      open=True)
+
+# Every field of a build's manifest: the stages write no other (`layout.BuildDirectory.update_manifest`).
 BUILD_MANIFEST = Record({
     "format_version": Int(1), "dataset": NAME, "ipc": Int(1, MAX_IPC), "method": NAME, "seed": Int(),
-    "preset": PRESET, "options": ANY_OBJECT, "files": MapOf(PATH, SHA256, MAX_IMAGES + MAX_REPO_FILES),
-    "stages": MapOf(NAME, ANY_OBJECT, 100), "evaluations": ListOf(ANY_OBJECT, 100_000),
-    "teachers": MapOf(NAME, ANY_OBJECT, 100), "classes": ListOf(Str(what="a class name"), MAX_CLASSES),
+    "preset": PRESET, "options": ANY_OBJECT, "code_version": ANY_OBJECT, "environment": ANY_OBJECT,
+    "files": MapOf(PATH, SHA256, MAX_IMAGES + MAX_REPO_FILES),
+    "stages": Record({"patches": STAGE_RECORD, "recover": STAGE_RECORD, "relabel": STAGE_RECORD}),
+    "evaluations": ListOf(ANY_OBJECT, 100_000), "timings": MapOf(NAME, Number(), 100),
+    "teachers": MapOf(NAME, ANY_OBJECT, 100), "teachers_dir": Str(what="a folder"),
+    "classes": ListOf(Str(what="a class name"), MAX_CLASSES),
 })
 
 IPC_RECORD = Record({
     "version": VERSION, "num_images": Int(1, MAX_IMAGES), "shards": ListOf(PATH, MAX_REPO_FILES),
-    "method": Optional(NAME), "seed": Optional(Int()), "preset": PRESET,
-    "soft_label_epochs": Optional(Int(1, MAX_EPOCHS)),
+    "method": Optional(NAME), "seed": Optional(Int()), "preset": PRESET, "options": ANY_OBJECT,
+    "teachers": MapOf(NAME, ANY_OBJECT, 100), "evaluations": Optional(ListOf(ANY_OBJECT, 100_000)),
+    "soft_label_epochs": Optional(Int(1, MAX_EPOCHS)), "code_version": Optional(ANY_OBJECT),
+    "environment": Optional(ANY_OBJECT),
 }, required=("num_images", "preset"))
 
 REPO_MANIFEST = Record({
-    "format_version": Int(1), "repo": NAME, "dataset": NAME, "version": VERSION,
+    "format_version": Int(1), "repo": NAME, "dataset": NAME, "display_name": NAME, "version": VERSION,
     "classes": ListOf(Str(what="a class name"), MAX_CLASSES), "ipcs": MapOf(IPC_KEY, IPC_RECORD, 1000),
     "files": MapOf(PATH, SHA256, MAX_REPO_FILES), "sizes": MapOf(PATH, Int(0, MAX_FILE_BYTES), MAX_REPO_FILES),
 }, required=("format_version", "classes", "ipcs", "files", "sizes"))
+# Format 1 recorded no sizes: readers migrate it with the Hub's (`hub.read_manifest`).
+REPO_MANIFEST_1 = Record({name: spec for name, spec in REPO_MANIFEST.fields.items() if name != "sizes"},
+                         required=("classes", "ipcs", "files"))
 
 SOFT_LABEL_SHARD = Record({
     "file": NAME,  # softlabels checks it is the shard name of its epochs
@@ -369,6 +437,14 @@ SOFT_LABEL_INDEX = Record({
              "shards"))
 
 
+def release_manifest(*, repo: str, dataset: str, display_name: str, version: str, classes: list[str],
+                     ipcs: dict[str, dict], files: dict[str, str], sizes: dict[str, int]) -> dict:
+    """A release's top-level manifest (:data:`REPO_MANIFEST`) in the format this code writes; its writer
+    passes it through :func:`check_written` before it is written."""
+    return {"format_version": REPO_FORMAT_VERSION, "repo": repo, "dataset": dataset, "display_name": display_name,
+            "version": version, "classes": classes, "ipcs": ipcs, "files": files, "sizes": sizes}
+
+
 # Format versions. Build manifest 1. Release manifest 1: the sha256 of every file; 2: and its size,
 # enforced before and during a download. Soft-label index 1.
 BUILD_FORMAT_VERSION = 1
@@ -381,9 +457,8 @@ BUILD_MANIFEST_FILE = FileKind(
     local=True)
 REPO_MANIFEST_FILE = FileKind(
     "release manifest", 4 * MiB,  # a line per parquet or soft-label shard, a record per IPC
-    "download the set again, or pick another version=", REPO_MANIFEST, (REPO_FORMAT_VERSION, REPO_FORMAT_VERSION),
-    older="it was published by an earlier fadrm-datasets, without file sizes: publish it again with this one, "
-          "or pick another version=")
+    "download the set again, or pick another version=", REPO_MANIFEST, (1, REPO_FORMAT_VERSION),
+    older_spec=REPO_MANIFEST_1)
 SOFT_LABEL_INDEX_FILE = FileKind(
     "soft-label index", 1 * MiB,  # a line per shard of up to 100 epochs
     "relabel again (`fadrm-build relabel ...`) or download the set again", SOFT_LABEL_INDEX,
@@ -394,4 +469,5 @@ RECORD_FILE = FileKind("record", 64 * KiB, "delete it: it is made again", local=
 __all__ = ["BUILD_FORMAT_VERSION", "BUILD_MANIFEST", "BUILD_MANIFEST_FILE", "FileKind", "IPC_RECORD", "LayoutError",
            "MAX_CLASSES", "MAX_DEPTH", "MAX_EPOCHS", "MAX_FILE_BYTES", "MAX_IMAGE_SIZE", "MAX_IMAGES", "MAX_IPC",
            "MAX_REPO_FILES", "RECORD_FILE", "REPO_FORMAT_VERSION", "REPO_MANIFEST", "REPO_MANIFEST_FILE",
-           "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "Spec", "check", "parse", "read"]
+           "NewerFormatError", "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "STAGE_RECORD",
+           "Spec", "check", "check_format", "check_written", "parse", "read", "release_manifest"]
