@@ -10,8 +10,9 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import tarfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -214,6 +215,77 @@ def load_imagenet(root: Path | str, split: str, download: bool) -> Dataset:
     return FileImages(files, targets, classes, size=224)
 
 
+# ---------------------------------------------------------------------------------------------
+# ImageNet subsets (ImageNette, ImageWoof): fastai's released folders, or an ImageNet ImageFolder tree.
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+def load_imagenet_subset(root: Path, split: str, download: bool, *, release: str, wnids: Sequence[str],
+                         url: str | None = None) -> FileImages:
+    """Some ImageNet classes, labelled in the order of ``wnids``, resized and centre-cropped to 224.
+
+    Read from fastai's released layout ``root/<release>/{train,val}/<wnid>/*.JPEG`` (its archive
+    ``root/<release>.tgz`` is extracted first, or fetched with ``download``), else from an ImageFolder tree
+    ``root/{train,val}/<wnid>/`` such as ImageNet-1K's, of which only ``wnids`` are read. The two split the
+    classes' images differently: the release's val folder is its own, ImageNet's holds 50 images a class.
+    """
+    root = Path(root)
+    base = root / release
+    if not base.is_dir() and not (root / "train").is_dir():
+        _fetch_release(root, release, url, download)
+    if not base.is_dir():
+        base = root
+    folder = base / ("train" if split == "train" else "val")
+    files, targets = [], []
+    for label, wnid in enumerate(wnids):
+        images = _image_files(folder / wnid)
+        if not images:
+            raise DataNotFoundError(f"no images of class {wnid} in {folder / wnid}; point --data-root at the whole "
+                                    f"{release} release or at an ImageNet ImageFolder tree")
+        files += images
+        targets += [label] * len(images)
+    return FileImages(files, targets, list(wnids), size=224)
+
+
+def _image_files(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return [str(folder / name) for name in sorted(os.listdir(folder)) if name.lower().endswith(IMAGE_SUFFIXES)]
+
+
+# torchvision's Imagenette downloads and checks (md5) fastai's ImageNette releases, named by size.
+_TORCHVISION_IMAGENETTE_SIZES = {"imagenette2": "full", "imagenette2-320": "320px", "imagenette2-160": "160px"}
+
+
+def _fetch_release(root: Path, release: str, url: str | None, download: bool) -> None:
+    """Put ``root/<release>`` in place: extract ``root/<release>.tgz``, else download it."""
+    archive = root / f"{release}.tgz"
+    if archive.is_file():
+        _extract_unchecked(archive, root)
+    elif download and release in _TORCHVISION_IMAGENETTE_SIZES:
+        from torchvision.datasets import Imagenette
+
+        Imagenette(str(root), size=_TORCHVISION_IMAGENETTE_SIZES[release], download=True)
+    elif download and url:
+        from torchvision.datasets.utils import download_url
+
+        # No md5: fastai's checks.txt hashes an archive's first MiB only, and others' whole-file sums
+        # differ between its uploads.
+        download_url(url, str(root), archive.name)
+        _extract_unchecked(archive, root)
+    else:
+        fetch = "pass --download to fetch it" if url or release in _TORCHVISION_IMAGENETTE_SIZES else \
+            "no download is known for it"
+        raise DataNotFoundError(f"{release} not found: looked for {root / release}/, {archive} and an ImageNet "
+                                f"ImageFolder tree at {root}/train/; {fetch}")
+
+
+def _extract_unchecked(archive: Path, root: Path) -> None:
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")  # no links, devices or paths outside root: the bytes are unchecked
+
+
 class HFImages(Dataset):
     """A Hugging Face image-classification dataset (``image``, ``label`` columns)."""
 
@@ -241,6 +313,7 @@ SOURCES: dict[str, Loader] = {
     "cifar100": load_cifar100,
     "tiny-imagenet": load_tiny_imagenet,
     "imagenet": load_imagenet,
+    "imagenet-subset": load_imagenet_subset,
 }
 
 
@@ -298,4 +371,4 @@ def load_split(preset: Preset, root: Path | str, split: str, download: bool = Fa
 
 
 __all__ = ["DataNotFoundError", "EVAL_SPLITS", "FileImages", "HFImages", "SOURCES", "SPLITS", "SplitView", "TensorImages",
-           "load_split", "read_idx", "validation_indices"]
+           "load_imagenet_subset", "load_split", "read_idx", "validation_indices"]

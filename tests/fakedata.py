@@ -131,6 +131,27 @@ def make_imagenet_folder(root: Path, per_class: int = 2, val_per_class: int = 1,
     return root
 
 
+def make_image_folder_tree(base: Path, wnids, per_class: int = 2, val_per_class: int = 1, seed: int = 0) -> Path:
+    """Write ``base/{train,val}/<wnid>/*.JPEG`` for the given classes, small non-square JPEGs coloured by
+    their position in ``wnids``: an ImageNet ImageFolder tree, or the inside of a fastai release."""
+    rng = np.random.default_rng(seed)
+    base = Path(base)
+    for label, wnid in enumerate(wnids):
+        for split, count in (("train", per_class), ("val", val_per_class)):
+            for i in range(count):
+                _save_jpeg(base / split / wnid / f"{wnid}_{i}.JPEG", _class_image(rng, label, 60, 80))
+    return base
+
+
+def make_imagenet_subset_release(root: Path, release: str, wnids, per_class: int = 2, val_per_class: int = 1,
+                                 seed: int = 0) -> Path:
+    """Write a fastai ImageNette/ImageWoof release as extracted from its archive:
+    ``root/<release>/{train,val}/<wnid>/*.JPEG`` with its noisy-label CSV beside them; returns ``root``."""
+    base = make_image_folder_tree(Path(root) / release, wnids, per_class, val_per_class, seed)
+    (base / f"noisy_{release.split('2')[0]}.csv").write_text("path,noisy_labels_0,is_valid\n")
+    return Path(root)
+
+
 def push_imagenet_to_hub(repo_id: str, per_class: int = 2, val_per_class: int = 1, seed: int = 0) -> str:
     """Publish a fake ImageNet-1K as a Hugging Face image-classification dataset (``image``, ``label``;
     splits ``train`` and ``validation``) with the real ``datasets`` client; returns ``hf:<repo_id>``."""

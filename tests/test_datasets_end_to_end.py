@@ -85,6 +85,23 @@ def imagenet_hub_source(folder: Path, hub, monkeypatch) -> str:
     return fakedata.push_imagenet_to_hub(hub.repo_id("imagenet-1k"))
 
 
+def imagenet_subset_options() -> list[dict]:
+    return [dict(p.source_options) for p in presets.PRESETS.values() if p.source == "imagenet-subset"]
+
+
+def imagenet_subset_release_source(folder: Path, hub, monkeypatch) -> str:
+    # A maker is not told which dataset it feeds: this one writes the release of every ImageNet subset.
+    for options in imagenet_subset_options():
+        fakedata.make_imagenet_subset_release(folder, options["release"], options["wnids"])
+    return str(folder)
+
+
+def imagenet_subset_tree_source(folder: Path, hub, monkeypatch) -> str:
+    # An ImageNet tree holds every subset's classes and others that none reads.
+    wnids = sorted({wnid for options in imagenet_subset_options() for wnid in options["wnids"]} | {"n09999999"})
+    return str(fakedata.make_image_folder_tree(folder, wnids))
+
+
 # The fake sources of each source reader (a preset's ``source``), one per on-disk form a user has.
 # The Hub source is about reading the data: its set is the random real subset (no recover), which
 # still goes through the teacher, patches, relabel, evaluate, push and load. Fashion-MNIST is loaded
@@ -95,6 +112,8 @@ FAKE_SOURCES: dict[str, tuple[Variant, ...]] = {
     "tiny-imagenet": (Variant("zip", tiny_zip_source), Variant("folder", tiny_folder_source, ipc=2)),
     "imagenet": (Variant("folder", imagenet_folder_source),
                  Variant("hf-random-real", imagenet_hub_source, method="random-real")),
+    "imagenet-subset": (Variant("release", imagenet_subset_release_source),
+                        Variant("imagenet-tree", imagenet_subset_tree_source, ipc=2)),
 }
 
 # Recover takes a small step on 224-pixel images so they stay smooth: the pushed parquet stays small.

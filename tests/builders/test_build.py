@@ -209,11 +209,13 @@ def test_sre2l_and_random_real_methods(trained, data_root):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["imagenette", "--ipc", "10"], "unknown dataset 'imagenette'"),
+    (["mnist", "--ipc", "10"], "unknown dataset 'mnist'"),
     (["fashion-mnist", "--ipc", "0"], "must be a positive integer"),
     (["fashion-mnist", "--ipc", "-3"], "must be a positive integer"),
     (["cifar100", "--ipc", "1", "--data-root", "{missing}"], "pass --download"),
     (["tiny-imagenet", "--ipc", "1", "--data-root", "{missing}"], "tiny-imagenet-200.zip"),
+    (["imagenette", "--ipc", "1", "--data-root", "{missing}"], "imagenette2-320.tgz and an ImageNet ImageFolder"),
+    (["imagewoof", "--ipc", "1", "--data-root", "{missing}"], "imagewoof2-320.tgz and an ImageNet ImageFolder"),
     (["imagenet", "--ipc", "1", "--data-root", "{missing}", "--teacher-weights", "{weights}"], "ImageFolder"),
     (["fashion-mnist", "--ipc", "1", "--teacher", "resnet99"], "unknown model 'resnet99'"),
     (["fashion-mnist", "--ipc", "1", "--iterations", "5,5"], "4 stage resolutions but 2 iteration counts"),

@@ -143,6 +143,8 @@ SOURCE_FACTS = {
     "cifar100": ("unknown", None, "uoft-cs/cifar100", False),  # no license stated by its authors
     "fashion-mnist": ("mit", None, "zalando-datasets/fashion_mnist", False),
     "imagenet": ("other", "imagenet", "ILSVRC/imagenet-1k", True),  # ImageNet's terms of access
+    "imagenette": ("other", "imagenet", "frgfm/imagenette", True),  # fastai's repo is Apache-2.0, its images ImageNet's
+    "imagewoof": ("other", "imagenet", "frgfm/imagewoof", True),  # as ImageNette, whose repo publishes it
     "tiny-imagenet": ("other", "imagenet", "zh-plus/tiny-imagenet", True),  # ImageNet's images, ImageNet's terms
 }
 
