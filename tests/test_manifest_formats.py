@@ -56,10 +56,10 @@ def test_a_build_manifest_written_stage_by_stage_reads_back_in_the_format_writte
 
 
 def test_a_release_manifest_written_by_push_reads_back_in_the_format_written(tmp_path):
-    from builders.publish import stage
+    from builders.publish import write_release_folder
 
     staging = tmp_path / "staging"
-    written = stage(make_build(tmp_path / "ipc10", soft_labels=True), "acme/fadrm-tiny", "v1.0.0", staging)
+    written = write_release_folder(make_build(tmp_path / "ipc10", soft_labels=True), "acme/fadrm-tiny", "v1.0.0", staging)
     manifest = fhub.read_manifest(staging)
     assert manifest == json.loads(json.dumps(written)) and manifest["format_version"] == REPO_FORMAT_VERSION
     assert manifest["ipcs"]["10"]["num_images"] == 40 and set(manifest["sizes"]) == set(manifest["files"])
