@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fadrm_datasets.layout import BuildDirectory  # noqa: E402
+from fadrm_datasets.layout import BuildDirectory, ipc_dir  # noqa: E402
 from builders.cli import main as fadrm_build  # noqa: E402
 from fadrm_datasets._io import atomic_write_json  # noqa: E402
 
@@ -53,7 +53,7 @@ def run_cli(argv: list[str]) -> None:
 
 def run_one(args, ipc: int, method: str, seed: int) -> dict:
     label = f"-{args.label}" if args.label else ""
-    build_dir = Path(args.build_root) / DATASET / f"ipc{ipc}-{method}{label}-seed{seed}"
+    build_dir = Path(args.build_root) / DATASET / f"{ipc_dir(ipc)}-{method}{label}-seed{seed}"  # every method named
     common = ["--ipc", str(ipc), "--method", method, "--seed", str(seed), "--build-root", args.build_root,
               "--build-dir", str(build_dir), "--data-root", args.data_root, "--device", args.device]
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []

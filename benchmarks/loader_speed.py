@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             for variant in ("replay, a loader per epoch", "replay"):
                 append_record(Path(args.output), {
                     "device": f"cpu ({args.threads} thread{'s' * (args.threads > 1)})", "preset": name,
-                    "model": "loader", "what": "images/s", "variant": f"{variant}, {workers} workers",
+                    "model": "loader", "what": "images/s",  # not a set's name: a unit
+                    "variant": f"{variant}, {workers} workers",
                     "epochs": epochs, "baseline": round(rates["plain"], 1), "ours": round(rates[variant], 1),
                     "ratio": round(rates[variant] / rates["plain"], 3), "command": command,
                     "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import append_record  # noqa: E402
-from fadrm_datasets.layout import BuildDirectory  # noqa: E402
+from fadrm_datasets.layout import BuildDirectory, teachers_dir  # noqa: E402
 from builders.evaluate import train_student  # noqa: E402
 from builders.presets import get_preset  # noqa: E402
 from builders.relabel import RelabelConfig, write_soft_labels  # noqa: E402
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("build", help="a build directory whose images/ are relabelled")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--teachers", default="convnet-bn", help="comma-separated cached teacher names")
-    parser.add_argument("--teachers-dir", default="build/benchmarks/fashion-mnist/teachers")
+    parser.add_argument("--teachers-dir", default=str(teachers_dir("build/benchmarks", "fashion-mnist")))
     parser.add_argument("--mode", choices=("train", "eval"), default="train", help="teacher mode when relabelling")
     parser.add_argument("--T", type=float, default=None, help="KD temperature [preset's]")
     parser.add_argument("--epochs", type=int, default=None, help="soft-label and student epochs [preset's]")

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 
 from fadrm_datasets._io import atomic_write_bytes, fingerprint_of, read_safetensors_metadata, safetensors_bytes
+from fadrm_datasets.layout import CHECKPOINT_GLOB, CHECKPOINT_TEMPORARY_GLOB, checkpoint_file
 
 log = logging.getLogger(__name__)
-
-SUFFIX = ".safetensors"
-
 
 def state_digest(tensors: dict[str, torch.Tensor], metadata: dict) -> str:
     """sha256 over the tensors (names, dtypes, shapes, bytes) and the metadata's canonical JSON."""
@@ -71,7 +69,7 @@ class StudentCheckpoint:
     def in_directory(cls, directory: Path, identity: dict) -> "StudentCheckpoint":
         """A file named by the identity's hash, so runs with other settings keep their own."""
         key = fingerprint_of(identity)[:16]
-        return cls(Path(directory) / f"{identity.get('student', 'student')}-{key}{SUFFIX}", identity)
+        return cls(Path(directory) / checkpoint_file(identity.get("student", "student"), key), identity)
 
     def with_identity(self, **more) -> "StudentCheckpoint":
         """The same file, with settings only the training loop knows (device, processes) in its identity."""
@@ -149,8 +147,8 @@ def prune(directory: Path, inputs: str) -> list[Path]:
     """Delete what no run can resume from: checkpoints of other inputs (the set was built again) and the
     temporary files of writes a kill cut short. Call it while holding the build directory."""
     directory = Path(directory)
-    gone = list(directory.glob(f".*{SUFFIX}.*.tmp"))
-    for path in directory.glob(f"*{SUFFIX}"):
+    gone = list(directory.glob(CHECKPOINT_TEMPORARY_GLOB))
+    for path in directory.glob(CHECKPOINT_GLOB):
         try:
             written_for = (read_safetensors_metadata(path).get("identity") or {}).get("inputs")
         except Exception:  # unreadable: nothing can resume from it

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import fingerprint_of
-from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory
+from fadrm_datasets.layout import IMAGES, MANIFEST, SOFT_LABELS, BuildDirectory
 from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
 from . import distributed
@@ -255,7 +255,7 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
 def manifest_preset(manifest: dict) -> Preset:
     """The dataset's preset with the evaluation fields the build recorded (e.g. overridden epochs)."""
     if "dataset" not in manifest:
-        raise ValueError("the build directory has no manifest.json with a dataset; is it a build directory?")
+        raise ValueError(f"the build directory has no {MANIFEST} with a dataset; is it a build directory?")
     preset = get_preset(manifest["dataset"])
     recorded = manifest.get("preset") or {}
     changes = {k: recorded[k] for k in EVAL_FIELDS if k in recorded and recorded[k] is not None}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from fadrm_datasets import layout
 from fadrm_datasets._checks import one_of
 
 from .presets import Preset
@@ -82,7 +83,7 @@ class BuildOptions:
 
     dataset: str
     ipc: int
-    method: str = "fadrm"
+    method: str = layout.DEFAULT_METHOD
     seed: int = 0
     build_root: str = "build"
     data_root: str = "data"
@@ -126,13 +127,11 @@ class BuildOptions:
     def directory(self) -> Path:
         if self.build_dir:
             return Path(self.build_dir)
-        suffix = "" if self.method == "fadrm" else f"-{self.method}"
-        return Path(self.build_root) / self.dataset / f"ipc{self.ipc}{suffix}"
+        return layout.build_dir(self.build_root, self.dataset, self.ipc, self.method)
 
     @property
     def teachers_dir(self) -> Path:
-        # Shared by every build of the dataset: a teacher is trained once, not once per IPC.
-        return Path(self.build_root) / self.dataset / "teachers"
+        return layout.teachers_dir(self.build_root, self.dataset)
 
     def teacher_names(self, preset: Preset) -> tuple[str, ...]:
         if self.spec.plus:

@@ -30,9 +30,9 @@ from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, cached_sha256, fingerprint_of,
                                 read_safetensors_metadata, safetensors_bytes)
 from fadrm_datasets.augment import CROP_RATIO
-from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory, own_file
-from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, is_shard_name,
-                                       make_epoch_plan, num_batches, shard_name, store_files)
+from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory, is_shard_name, own_file, receipt_name, shard_name
+from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan,
+                                       num_batches, store_files)
 
 from . import distributed
 from .context import BuildContext
@@ -174,7 +174,7 @@ def shard_ranges(epochs: int, per_shard: int) -> list[tuple[int, int]]:
 
 def receipt_path(shard: Path) -> Path:
     """The sha256 of a shard, written beside it (hidden) once the shard is complete on disk."""
-    return shard.with_name(f".{shard.name}.sha256")
+    return shard.with_name(receipt_name(shard.name))
 
 
 def write_shard(path: Path, data: bytes) -> str:

@@ -181,14 +181,14 @@ def load_tiny_imagenet(root: Path, split: str, download: bool) -> FileImages:
     files, targets = [], []
     if split == "train":
         for wnid in wnids:
-            folder = base / "train" / wnid / "images"
+            folder = base / "train" / wnid / "images"  # not a set's name: Tiny-ImageNet's own
             for name in sorted(os.listdir(folder)):
                 files.append(str(folder / name))
                 targets.append(index[wnid])
     else:
         for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
             name, wnid = line.split("\t")[:2]
-            files.append(str(base / "val" / "images" / name))
+            files.append(str(base / "val" / "images" / name))  # not a set's name: as above
             targets.append(index[wnid])
     return FileImages(files, targets, wnids, size=64)
 

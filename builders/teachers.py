@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fadrm_datasets._io import atomic_write_bytes, cached_sha256, read_safetensors_metadata, safetensors_bytes
-from fadrm_datasets.layout import LayoutError, inside
+from fadrm_datasets.layout import LayoutError, hidden_lock, inside, teacher_file
 
 from .imaging import normalize, random_flip, random_pad_crop
 from .models import build_model
@@ -42,9 +42,8 @@ def teacher_path(teachers_dir: Path, name: str, preset: Preset | None = None, ip
     preset trains longer for larger sets (``epochs_from_ipc``) sits beside the default one as
     ``<name>-<epochs>ep``."""
     recipe = preset.teacher_recipe if preset is not None else None
-    if recipe is not None and recipe.epochs_for(ipc) != recipe.epochs:
-        name = f"{name}-{recipe.epochs_for(ipc)}ep"
-    return Path(teachers_dir) / f"{name}.safetensors"
+    longer = recipe is not None and recipe.epochs_for(ipc) != recipe.epochs
+    return Path(teachers_dir) / teacher_file(name, recipe.epochs_for(ipc) if longer else None)
 
 
 def recipe_metadata(recipe: TeacherRecipe) -> str:
@@ -236,7 +235,7 @@ def _cached_or_trained(preset: Preset, options: BuildOptions, device: torch.devi
     path = teacher_path(options.teachers_dir, name, preset, options.ipc)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Builds of several IPCs share the cache: one trains a missing teacher while the others wait.
-    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    lock = FileLock(str(hidden_lock(path)))
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ._io import atomic_write_json, cached_sha256
-from .layout import MANIFEST, SOFT_LABEL_INDEX, LayoutError, inside, is_parquet_shard, own_file, repo_soft_labels
+from .layout import (DOWNLOAD_SOURCE, MANIFEST, SOFT_LABEL_INDEX, LayoutError, inside, is_parquet_shard, own_file,
+                     partial_download, repo_soft_labels, sibling_lock)
 from .registry import newest_version, parse_version
 from .schema import (MAX_FILE_BYTES, RECORD_FILE, REPO_FORMAT_VERSION, REPO_MANIFEST, REPO_MANIFEST_FILE,
                      SOFT_LABEL_INDEX_FILE, NewerFormatError, check, read)
@@ -47,7 +48,6 @@ from .schema import (MAX_FILE_BYTES, RECORD_FILE, REPO_FORMAT_VERSION, REPO_MANI
 log = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
-_SOURCE = ".fadrm-source.json"  # the commit a local copy was downloaded from
 # Where sets are kept when no root is given: like HF_HOME for the Hub's own cache.
 CACHE_ENV = "FADRM_DATASETS_CACHE"
 # The parts of an IPC a call may need: its images (parquet shards) and its soft labels.
@@ -415,7 +415,7 @@ def _download(repo_id: str, version: str, commit: str, dest: Path, rel: str, siz
         raise IntegrityError(f"{name}: the Hub serves {served.size} bytes, its manifest records {size} (at most "
                              f"{limit:,} allowed); the published version is broken: report it, or pick another version=")
     target = dest / rel
-    part = target.with_name(f".{target.name}.part")  # hidden: never taken for a file of the set
+    part = partial_download(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         part.unlink(missing_ok=True)  # a leftover, or a link planted there: created afresh, never written through
@@ -503,7 +503,7 @@ def _download_manifest(repo_id: str, version: str, commit: str, dest: Path, toke
                              "published FADRM set of a format this library reads, or the version is broken") from None
     if migrated:  # kept as migrated, so the local copy is read without the Hub
         atomic_write_json(dest / MANIFEST, manifest)
-    atomic_write_json(dest / _SOURCE, {"repo": repo_id, "version": version, "commit": commit})
+    atomic_write_json(dest / DOWNLOAD_SOURCE, {"repo": repo_id, "version": version, "commit": commit})
     return manifest
 
 
@@ -514,7 +514,7 @@ def _version_lock(dest: Path) -> Iterator[None]:
 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(dest) + ".lock")
+        lock = FileLock(str(sibling_lock(dest)))
         lock.acquire()
     except OSError as error:
         raise RootError(f"{dest} must be downloaded or repaired, but {dest.parent} cannot be written "
@@ -656,7 +656,7 @@ class _Copy:
 
 def _recorded_commit(dest: Path) -> str | None:
     try:
-        commit = read(dest / _SOURCE, RECORD_FILE).get("commit")
+        commit = read(dest / DOWNLOAD_SOURCE, RECORD_FILE).get("commit")
     except (OSError, LayoutError):
         return None
     return commit if isinstance(commit, str) else None

@@ -16,6 +16,10 @@ A published repo, one Hugging Face dataset repo per source dataset, a release pe
     ipc<N>/grid.png, ipc<N>/manifest.json, ipc<N>/soft_labels/...
     teachers/<name>.safetensors
 
+Beside the builds, ``build/<dataset>/teachers/`` caches the dataset's trained teachers, which all its
+builds share. Every file and folder name of either layout, the hidden ones (locks, shard receipts,
+checkpoints, partial downloads) included, is spelled here; ``tests/test_layout_names.py`` keeps it so.
+
 Samples are always in the canonical order: sorted by (label, ipc_id). Paths that come from a
 manifest or an index are resolved with :func:`inside` before anything is read or deleted.
 """
@@ -50,6 +54,12 @@ CHECKPOINTS = ".checkpoints"  # hidden: a killed evaluation's state, never in th
 README = "README.md"
 GRID = "grid.png"
 TEACHERS = "teachers"
+SAFETENSORS = ".safetensors"
+LOCK_SUFFIX = ".lock"
+BUILD_LOCK = LOCK_SUFFIX  # in a build directory: held by its one builder
+BUILD_LOCK_HOLDER = ".lock.holder"  # who holds it, for the message that refuses a second builder
+DOWNLOAD_SOURCE = ".fadrm-source.json"  # in a local copy of a release: the commit it was downloaded from
+DEFAULT_METHOD = "fadrm"  # the method whose builds take the plain ipc<N> name
 
 _DIGITS = re.compile(r"^\d+$")
 
@@ -287,8 +297,8 @@ class BuildDirectory:
         from filelock import FileLock, Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        holder = self.root / ".lock.holder"
-        lock = FileLock(str(self.root / ".lock"))
+        holder = self.root / BUILD_LOCK_HOLDER
+        lock = FileLock(str(self.root / BUILD_LOCK))
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -336,7 +346,7 @@ def repo_soft_labels(ipc: int) -> str:
 
 
 def repo_teacher(name: str) -> str:
-    return f"{TEACHERS}/{name}.safetensors"
+    return f"{TEACHERS}/{teacher_file(name)}"
 
 
 def parse_ipc_dir(name: str) -> int | None:
@@ -350,8 +360,78 @@ def ipc_of(relative: str) -> int | None:
     return parse_ipc_dir(head) if rest else None
 
 
-__all__ = ["BuildDirectory", "BuildLockedError", "CHECKPOINTS", "GRID", "IMAGES", "ImageEntry", "LayoutError", "MANIFEST",
-           "PATCHES", "README", "SOFT_LABELS", "SOFT_LABEL_INDEX", "TEACHERS", "decode_png", "encode_png", "image_mode", "image_name",
-           "image_relpath", "inside", "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "max_png_bytes", "own_file",
-           "parquet_pattern", "parquet_shard", "parse_ipc_dir", "png_file_size", "png_size", "repo_soft_labels", "repo_teacher",
-           "scan_images", "stack_images"]
+# --- the build root, and the hidden files beside a set's ---------------------------------------
+
+def build_dir_name(ipc: int, method: str = DEFAULT_METHOD) -> str:
+    """``ipc<N>`` for a FADRM build, ``ipc<N>-<method>`` for another method's."""
+    return ipc_dir(ipc) if method == DEFAULT_METHOD else f"{ipc_dir(ipc)}-{method}"
+
+
+def build_dir(build_root: str | os.PathLike, dataset: str, ipc: int, method: str = DEFAULT_METHOD) -> Path:
+    """Where a build lands unless told otherwise: ``<build_root>/<dataset>/ipc<N>[-<method>]``."""
+    return Path(build_root) / dataset / build_dir_name(ipc, method)
+
+
+def teachers_dir(build_root: str | os.PathLike, dataset: str) -> Path:
+    """The dataset's teacher cache, shared by every build of it: a teacher is trained once, not once per IPC."""
+    return Path(build_root) / dataset / TEACHERS
+
+
+def teacher_file(name: str, epochs: int | None = None) -> str:
+    """A teacher's weights file; ``epochs`` names one trained longer than its preset's default recipe
+    (for larger sets), which sits beside the default one as ``<name>-<epochs>ep``."""
+    return f"{name}-{epochs}ep{SAFETENSORS}" if epochs is not None else f"{name}{SAFETENSORS}"
+
+
+def hidden_lock(path: str | os.PathLike) -> Path:
+    """``.<name>.lock`` beside ``path``: held by whoever writes ``path`` (a shared teacher cache)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+def sibling_lock(folder: str | os.PathLike) -> Path:
+    """``<folder>.lock`` beside ``folder``: held while the folder is written (a local copy of a release)."""
+    return Path(f"{folder}{LOCK_SUFFIX}")
+
+
+_SOFT_LABEL_SHARD = re.compile(r"^epochs-\d{5}-\d{5}\.safetensors$")
+
+
+def shard_name(first_epoch: int, last_epoch: int) -> str:
+    """A soft-label shard's file name in the store's folder."""
+    return f"epochs-{first_epoch:05d}-{last_epoch:05d}{SAFETENSORS}"
+
+
+def is_shard_name(name: str) -> bool:
+    return bool(_SOFT_LABEL_SHARD.match(name))
+
+
+def receipt_name(shard: str) -> str:
+    """The hidden file beside a soft-label shard holding its sha256, written once the shard is whole."""
+    return f".{shard}.sha256"
+
+
+CHECKPOINT_GLOB = f"*{SAFETENSORS}"  # a student checkpoint in ``.checkpoints/``
+CHECKPOINT_TEMPORARY_GLOB = f".*{SAFETENSORS}.*.tmp"  # what a killed atomic write of one leaves (_io)
+
+
+def checkpoint_file(student: str, key: str) -> str:
+    """A student run's checkpoint in ``.checkpoints/``: ``key`` tells runs of other settings apart."""
+    return f"{student}-{key}{SAFETENSORS}"
+
+
+def partial_download(target: str | os.PathLike) -> Path:
+    """The hidden file a download of ``target`` streams into: never taken for a file of the set."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.part")
+
+
+__all__ = ["BUILD_LOCK", "BUILD_LOCK_HOLDER", "BuildDirectory", "BuildLockedError", "CHECKPOINTS", "CHECKPOINT_GLOB",
+           "CHECKPOINT_TEMPORARY_GLOB", "DEFAULT_METHOD", "DOWNLOAD_SOURCE", "GRID", "IMAGES", "ImageEntry",
+           "LOCK_SUFFIX", "LayoutError", "MANIFEST", "PATCHES", "README", "SAFETENSORS", "SOFT_LABELS",
+           "SOFT_LABEL_INDEX", "TEACHERS", "build_dir", "build_dir_name", "checkpoint_file", "decode_png",
+           "encode_png", "hidden_lock", "image_mode", "image_name", "image_relpath", "inside", "ipc_dir", "ipc_of",
+           "ipc_prefix", "is_parquet_shard", "is_shard_name", "max_png_bytes", "own_file", "parquet_pattern",
+           "parquet_shard", "parse_ipc_dir", "partial_download", "png_file_size", "png_size", "receipt_name",
+           "repo_soft_labels", "repo_teacher", "scan_images", "shard_name", "sibling_lock", "stack_images",
+           "teacher_file", "teachers_dir"]

@@ -34,7 +34,6 @@ Only torch, safetensors, numpy and json are imported here: the library stays lig
 from __future__ import annotations
 
 import math
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ._checks import one_of
 from .augment import resized_crop, sample_crop_boxes
-from .layout import SOFT_LABEL_INDEX, SOFT_LABELS, LayoutError, inside
+from .layout import SOFT_LABEL_INDEX, SOFT_LABELS, LayoutError, inside, is_shard_name, shard_name
 from .schema import SOFT_LABEL_FORMAT_VERSION, SOFT_LABEL_INDEX_FILE, FileKind, parse, read
 
 FORMAT = "fadrm-soft-labels"
@@ -63,20 +62,9 @@ class SoftLabelStoreError(ValueError):
     """A store is missing, incomplete or malformed; the message says what is wrong."""
 
 
-_SHARD_FILE = re.compile(r"^epochs-\d{5}-\d{5}\.safetensors$")
-
-
-def shard_name(first_epoch: int, last_epoch: int) -> str:
-    return f"epochs-{first_epoch:05d}-{last_epoch:05d}.safetensors"
-
-
 def store_files(index: dict) -> list[str]:
     """The files a store is made of, relative to its folder: its index and the shards it lists."""
     return [INDEX, *(shard["file"] for shard in index["shards"])]
-
-
-def is_shard_name(name: str) -> bool:
-    return bool(_SHARD_FILE.match(name))
 
 
 def num_batches(num_samples: int, batch_size: int) -> int:

@@ -14,7 +14,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
-README = ROOT / "README.md"
+README = ROOT / "README.md"  # not a set's name: the project's own
 
 
 def declared_extras() -> dict[str, list[str]]:
