@@ -192,7 +192,8 @@ class FADRMDataset(VisionDataset):
         self._verify_files = hub.ipc_files(manifest, self.ipc, parts)
         self._shards = sorted(p for p in self._verify_files if layout.is_parquet_shard(p, self.ipc))
         if not self._shards:
-            raise IntegrityError(f"{repo_id} {self.version} lists no {layout.parquet_pattern(self.ipc)} in its manifest")
+            raise IntegrityError(f"{repo_id} {self.version} lists no {layout.parquet_pattern(self.ipc)} in its "
+                                 "manifest")
         record = manifest["ipcs"][str(self.ipc)]
         self._configure(manifest, record["preset"])
         self._load(expected=record["num_images"])

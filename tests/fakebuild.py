@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fadrm_datasets import layout
 from fadrm_datasets.layout import BuildDirectory
 from builders.imaging import save_png
 from builders.presets import get_preset
@@ -29,7 +30,7 @@ def tiny_preset(num_classes: int = NUM_CLASSES, size: int = SIZE, channels: int 
                             relabel_batch_size=8, relabel_crop_scale=(0.5, 1.0))
 
 
-def tiny_teacher(channels: int, num_classes: int) -> nn.Module:
+def tiny_convnet(channels: int, num_classes: int) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
@@ -46,14 +47,14 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
         for ipc_id in range(ipc):
             pixels = rng.integers(0, 256, size=(channels, size, size), dtype=np.uint8)
             pixels[:, 0, 0] = (label * 20 + ipc_id) % 256  # makes every image tell which it is
-            save_png(build.images / f"{label:05d}" / f"{ipc_id:05d}.png", torch.from_numpy(pixels))
+            save_png(build.image_path(label, ipc_id), torch.from_numpy(pixels))
     teachers = {}
     if teacher:
         from safetensors.torch import save_file
 
-        teacher_file = path.parent / f"teachers-{path.name}" / "tiny-convnet.safetensors"
+        teacher_file = path.parent / f"teachers-{path.name}" / layout.teacher_file("tiny-convnet")
         teacher_file.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tiny_teacher(channels, num_classes).state_dict(), str(teacher_file))
+        save_file(tiny_convnet(channels, num_classes).state_dict(), str(teacher_file))
         from fadrm_datasets._io import sha256_file
 
         teachers["tiny-convnet"] = {"source": "trained", "file": teacher_file.name, "sha256": sha256_file(teacher_file),
@@ -64,7 +65,7 @@ def make_build(path: Path, seed: int = 0, ipc: int = IPC, num_classes: int = NUM
         images, _, _ = build.load_images(channels)
         config = RelabelConfig(epochs=preset.relabel_epochs, batch_size=preset.relabel_batch_size,
                                crop_scale=preset.relabel_crop_scale, seed=seed)
-        write_soft_labels([tiny_teacher(channels, num_classes)], ["tiny-convnet"], images, preset,
+        write_soft_labels([tiny_convnet(channels, num_classes)], ["tiny-convnet"], images, preset,
                           build.soft_labels, config, progress=False)
     # The local paths a real build records: publishing must leave them all out.
     options = {"dataset": preset.name, "ipc": ipc, "method": "fadrm", "seed": seed, "device": "cpu",
@@ -88,7 +89,8 @@ def recorded_files(build: BuildDirectory) -> list[str]:
 
     files = [entry.path.relative_to(build.root).as_posix() for entry in build.scan_images()]
     if (build.soft_labels / INDEX).is_file():
-        files += [f"soft_labels/{name}" for name in store_files(read(build.soft_labels / INDEX, SOFT_LABEL_INDEX_FILE))]
+        index = read(build.soft_labels / INDEX, SOFT_LABEL_INDEX_FILE)
+        files += [f"{layout.SOFT_LABELS}/{name}" for name in store_files(index)]
     return files
 
 
@@ -97,7 +99,7 @@ def expected_pixels(build: Path, channels: int = 3) -> list[np.ndarray]:
     from PIL import Image
 
     out = []
-    for png in sorted((Path(build) / "images").glob("*/*.png")):
+    for png in sorted((Path(build) / layout.IMAGES).glob("*/*.png")):
         with Image.open(png) as img:
             out.append(np.asarray(img.convert("L" if channels == 1 else "RGB")))
     return out

@@ -102,11 +102,12 @@ def make_tiny_imagenet(root: Path, per_class: int = 2, val_per_class: int = 1, z
     (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
     annotations = []
     for label, wnid in enumerate(wnids):
+        train = base / "train" / wnid / "images"  # not a set's name: Tiny-ImageNet's own
         for i in range(per_class):
-            _save_jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", _class_image(rng, label, 64, 64))
+            _save_jpeg(train / f"{wnid}_{i}.JPEG", _class_image(rng, label, 64, 64))
         for i in range(val_per_class):
             name = f"val_{label * val_per_class + i}.JPEG"
-            _save_jpeg(base / "val" / "images" / name, _class_image(rng, label, 64, 64))
+            _save_jpeg(base / "val" / "images" / name, _class_image(rng, label, 64, 64))  # not a set's name
             annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
     if zipped:

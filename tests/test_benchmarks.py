@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from benchmarks import accuracy, flops, recover_speed, tables
+from fadrm_datasets import layout
 from builders.models import build_model
 from builders.presets import get_preset
 from builders.recover import RecoverConfig
@@ -26,8 +27,8 @@ def test_accuracy_table_resumes_from_finished_evaluations(tmp_path, capsys, capl
     data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=2)
     root = tmp_path / "build"
     torch.manual_seed(0)
-    save_teacher(root / "fashion-mnist" / "teachers" / "convnet-bn.safetensors", build_model("convnet-bn", 10, 1, 28),
-                 {"arch": "convnet-bn", "test_top1": "10.0"})
+    save_teacher(layout.teachers_dir(root, "fashion-mnist") / layout.teacher_file("convnet-bn"),
+                 build_model("convnet-bn", 10, 1, 28), {"arch": "convnet-bn", "test_top1": "10.0"})
     output = tmp_path / "accuracy.json"
     argv = ["--ipc", "1", "--methods", "random-real", "--seeds", "0,1", "--epochs", "2", "--build-root", str(root),
             "--data-root", str(data), "--device", "cpu", "--output", str(output)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fadrm_datasets import layout
 from fadrm_datasets.continual import (ClassIncrementalScenario, ScenarioError, class_order, teacher_logits,
                                       to_avalanche, to_continuum)
 from fadrm_datasets.sets import FADRMDataset
@@ -19,7 +20,8 @@ NUM_CLASSES, IPC = 4, 3
 
 @pytest.fixture(scope="module")
 def train(tmp_path_factory):
-    return FADRMDataset.from_build(make_build(tmp_path_factory.mktemp("continual") / "ipc3", seed=3, ipc=IPC))
+    build = make_build(tmp_path_factory.mktemp("continual") / layout.build_dir_name(3), seed=3, ipc=IPC)
+    return FADRMDataset.from_build(build)
 
 
 class RealImages(torch.utils.data.Dataset):

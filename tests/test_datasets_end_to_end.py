@@ -24,10 +24,11 @@ import torch
 
 from builders import presets
 from fadrm_datasets import hub as fhub
+from fadrm_datasets import layout
 from fadrm_datasets import registry
 from fadrm_datasets.sets import SET_CLASSES
 from tests import fakedata
-from tests.builders.test_build import run_cli
+from tests.helpers import run_cli_ok
 
 
 @dataclass(frozen=True)
@@ -175,18 +176,18 @@ def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cac
     preset = tiny_preset(real, config.teacher)
     monkeypatch.setitem(presets.PRESETS, config.dataset, preset)
     data_root = config.make_source(tmp_path / "data", hub, monkeypatch)
-    build_dir = tmp_path / "build" / f"ipc{config.ipc}"
+    build_dir = tmp_path / "build" / layout.build_dir_name(config.ipc)
     args = [config.dataset, "--ipc", str(config.ipc), "--method", config.method, "--data-root", data_root,
             "--build-root", str(tmp_path / "build"), "--build-dir", str(build_dir), "--device", "cpu",
             "--epochs", "1", "--evaluate", *config.flags]
     if config.given_weights:
-        weights = tmp_path / f"{config.teacher}.safetensors"
+        weights = tmp_path / f"{config.teacher}.safetensors"  # not a set's name: given weights
         save_file(build_model(config.teacher, real.num_classes, real.channels, real.image_size).state_dict(),
                   str(weights))
         args += ["--teacher", config.teacher, "--teacher-weights", str(weights)]
-    run_cli(args)
+    run_cli_ok(args)
 
-    manifest = json.loads((build_dir / "manifest.json").read_text())
+    manifest = json.loads((build_dir / layout.MANIFEST).read_text())
     assert manifest["stages"]["relabel"]["complete"] and manifest["stages"]["recover"]["complete"]
     teachers = preset.teachers_plus if config.method == "fadrm+" else (config.teacher,)
     assert sorted(manifest["teachers"]) == sorted(teachers)
@@ -198,7 +199,7 @@ def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cac
     assert evaluation["epochs"] == 1 and evaluation["student"] == config.teacher and 0 <= evaluation["top1_final"] <= 100
 
     repo_id = f"{hub.org}/{registry.get_set(config.dataset).repo_name}"
-    run_cli(["push", str(build_dir), "--repo", repo_id, "--version", config.version])
+    run_cli_ok(["push", str(build_dir), "--repo", repo_id, "--version", config.version])
 
     flat = SET_CLASSES[config.dataset]
     if config.dataset == "fashion-mnist":
@@ -207,7 +208,7 @@ def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cac
         data = flat(ipc=10, download=True, soft_labels=True)
     else:
         data = flat(ipc=config.ipc, version=config.version, download=True, soft_labels=True)
-    assert Path(data.root) == user_cache and (fhub.version_dir(user_cache, repo_id, config.version) / "manifest.json").is_file()
+    assert Path(data.root) == user_cache and (fhub.version_dir(user_cache, repo_id, config.version) / layout.MANIFEST).is_file()
 
     # What a user sees: the images and classes of the set, at its size and colour mode.
     assert len(data) == real.num_classes * config.ipc and len(data.classes) == real.num_classes
@@ -239,9 +240,9 @@ def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cac
 
     from builders.card import cards_dir, split_front_matter
 
-    card = Path(hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=config.version)).read_text()
+    card = Path(hf_hub_download(repo_id, layout.README, repo_type="dataset", revision=config.version)).read_text()
     front, body = split_front_matter(card)
-    assert f"ipc{config.ipc}" in [c["config_name"] for c in front["configs"]]
+    assert layout.ipc_dir(config.ipc) in [c["config_name"] for c in front["configs"]]
     assert front["license"] == registry.get_set(config.dataset).license
     assert (cards_dir() / f"{config.dataset}.md").read_text().strip() in body
     assert f"from fadrm_datasets import {flat.__name__}" in body and "| 1 |" in body

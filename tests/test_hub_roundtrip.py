@@ -13,25 +13,13 @@ import numpy as np
 import pytest
 
 from fadrm_datasets import hub as fhub
+from fadrm_datasets import layout
 from fadrm_datasets.registry import SETS, SetInfo, get_set
 from fadrm_datasets.sets import (FADRMDataset, FADRMFashionMNIST, IntegrityError, IPCNotPublishedError,
                                  OfflineError, RepoNotFoundError, SetNotFoundError, VersionNotFoundError)
 from builders.card import grid_layout
 from tests.fakebuild import CLASSES, expected_pixels, make_build
-
-
-def pixels(dataset) -> list[np.ndarray]:
-    return [np.asarray(dataset[i][0]) for i in range(len(dataset))]
-
-
-def run_cli(argv: list[str]) -> int:
-    from builders.cli import main
-
-    try:
-        main(argv)
-    except SystemExit as done:
-        return done.code or 0
-    return 0
+from tests.helpers import pixels, run_cli
 
 
 def same_pixels(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -44,8 +32,8 @@ def published(hub, tmp_path_factory):
     from builders.publish import push
 
     base = tmp_path_factory.mktemp("published")
-    v1 = make_build(base / "v1" / "ipc10", seed=0, soft_labels=True)
-    v2 = make_build(base / "v2" / "ipc10", seed=1)
+    v1 = make_build(base / "v1" / layout.build_dir_name(10), seed=0, soft_labels=True)
+    v2 = make_build(base / "v2" / layout.build_dir_name(10), seed=1)
     repo_id = hub.repo_id("fadrm-tiny")
     first = push(v1, repo_id, "v1.0.0")
     second = push(v2, repo_id, "v1.1.0")
@@ -60,8 +48,8 @@ def test_pinned_version_gets_its_own_bytes(published, tmp_path):
     assert ds.targets == sorted(ds.targets) and ds.classes == CLASSES
     assert ds._check_integrity()
     folder = fhub.version_dir(tmp_path, published["repo_id"], "v1.0.0")
-    assert (folder / "manifest.json").is_file() and (folder / "ipc10" / "train-00000-of-00001.parquet").is_file()
-    assert not (folder / "README.md").exists() and not (folder / "teachers").exists()  # only what ipc10 needs
+    assert (folder / layout.MANIFEST).is_file() and (folder / layout.parquet_shard(10, 0, 1)).is_file()
+    assert not (folder / layout.README).exists() and not (folder / layout.TEACHERS).exists()  # only what ipc10 needs
 
 
 def test_no_version_gets_the_newest_tag(published, tmp_path):
@@ -85,7 +73,7 @@ def test_datasets_load_dataset_matches_the_class(published, tmp_path):
     import datasets
 
     ours = FADRMDataset(tmp_path, repo_id=published["repo_id"], ipc=10, version="v1.0.0", download=True)
-    theirs = datasets.load_dataset(published["repo_id"], "ipc10", revision="v1.0.0", split="train")
+    theirs = datasets.load_dataset(published["repo_id"], layout.ipc_dir(10), revision="v1.0.0", split="train")
     assert isinstance(theirs.features["image"], datasets.Image)
     assert isinstance(theirs.features["label"], datasets.ClassLabel)
     assert theirs.features["label"].names == CLASSES
@@ -97,7 +85,7 @@ def test_datasets_load_dataset_matches_the_class(published, tmp_path):
 def test_corrupted_cached_file_is_detected_and_fetched_again(published, tmp_path, caplog):
     repo_id = published["repo_id"]
     FADRMDataset(tmp_path, repo_id=repo_id, ipc=10, version="v1.0.0", download=True)
-    shard = fhub.version_dir(tmp_path, repo_id, "v1.0.0") / "ipc10" / "train-00000-of-00001.parquet"
+    shard = fhub.version_dir(tmp_path, repo_id, "v1.0.0") / layout.parquet_shard(10, 0, 1)
     good = shard.read_bytes()
     shard.write_bytes(good[:-10] + b"0123456789")
     with pytest.raises(IntegrityError, match="corrupted.*pass download=True"):
@@ -124,7 +112,7 @@ def test_offline_uses_a_filled_cache_and_fails_clearly_otherwise(published, tmp_
     assert FADRMDataset(tmp_path, repo_id=repo_id, ipc=10, download=True).version == "v1.0.0"
     with pytest.raises(OfflineError, match="v1.1.0.*not downloaded.*HF_HUB_OFFLINE"):
         FADRMDataset(tmp_path, repo_id=repo_id, ipc=10, version="v1.1.0", download=True)
-    shard = fhub.version_dir(tmp_path, repo_id, "v1.0.0") / "ipc10" / "train-00000-of-00001.parquet"
+    shard = fhub.version_dir(tmp_path, repo_id, "v1.0.0") / layout.parquet_shard(10, 0, 1)
     shard.write_bytes(b"not parquet")
     with pytest.raises(OfflineError, match="corrupted.*HF_HUB_OFFLINE is set"):
         FADRMDataset(tmp_path, repo_id=repo_id, ipc=10, version="v1.0.0", download=True)
@@ -175,20 +163,21 @@ def test_card_validates_and_its_grid_is_a_real_png(published):
     from PIL import Image
 
     repo_id = published["repo_id"]
-    card_path = hf_hub_download(repo_id, "README.md", repo_type="dataset", revision="v1.1.0")
+    card_path = hf_hub_download(repo_id, layout.README, repo_type="dataset", revision="v1.1.0")
     card = DatasetCard.load(card_path)
     card.validate(repo_type="dataset")  # POST /api/validate-yaml on the loopback Hub
     assert card.data.to_dict()["configs"] == [
-        {"config_name": "ipc10", "data_files": [{"split": "train", "path": "ipc10/train-*.parquet"}]}]
+        {"config_name": layout.ipc_dir(10), "data_files": [{"split": "train", "path": layout.parquet_pattern(10)}]}]
     assert card.data.to_dict()["task_categories"] == ["image-classification"]
     assert "![IPC 10 images](ipc10/grid.png)" in card.text and "| 91.50 |" in card.text
-    grid = hf_hub_download(repo_id, "ipc10/grid.png", repo_type="dataset", revision="v1.1.0")
+    grid = hf_hub_download(repo_id, layout.ipc_prefix(10) + layout.GRID, repo_type="dataset", revision="v1.1.0")
     with Image.open(grid) as img:
         assert img.format == "PNG" and img.size == grid_layout(4, 10, 8).size
-    manifest = json.loads(open(hf_hub_download(repo_id, "manifest.json", repo_type="dataset",
+    manifest = json.loads(open(hf_hub_download(repo_id, layout.MANIFEST, repo_type="dataset",
                                                revision="v1.1.0")).read())
-    assert set(manifest["files"]) == {"README.md", "ipc10/grid.png", "ipc10/manifest.json",
-                                      "ipc10/train-00000-of-00001.parquet", "teachers/tiny-convnet.safetensors"}
+    ipc = layout.ipc_prefix(10)
+    assert set(manifest["files"]) == {layout.README, ipc + layout.GRID, ipc + layout.MANIFEST,
+                                      layout.parquet_shard(10, 0, 1), layout.repo_teacher("tiny-convnet")}
     assert manifest["version"] == "v1.1.0" and manifest["ipcs"]["10"]["version"] == "v1.1.0"
 
 
@@ -196,16 +185,16 @@ def test_existing_version_refused_then_forced_and_another_ipc_merged(hub, tmp_pa
     from huggingface_hub import DatasetCard, HfApi, hf_hub_download
 
     repo_id = hub.repo_id("fadrm-force")
-    a = make_build(tmp_path / "a" / "ipc10", seed=3)
-    b = make_build(tmp_path / "b" / "ipc10", seed=4)
-    c = make_build(tmp_path / "c" / "ipc5", seed=5, ipc=5)
-    assert run_cli(["push", str(a), "--repo", repo_id, "--version", "v1.0.0"]) == 0
+    a = make_build(tmp_path / "a" / layout.build_dir_name(10), seed=3)
+    b = make_build(tmp_path / "b" / layout.build_dir_name(10), seed=4)
+    c = make_build(tmp_path / "c" / layout.build_dir_name(5), seed=5, ipc=5)
+    assert run_cli(["push", str(a), "--repo", repo_id, "--version", "v1.0.0"])[0] == 0
     capsys.readouterr()
-    assert run_cli(["push", str(b), "--repo", repo_id, "--version", "v1.0.0"]) == 2  # refused input
+    assert run_cli(["push", str(b), "--repo", repo_id, "--version", "v1.0.0"])[0] == 2  # refused input
     err = capsys.readouterr().err.strip()
     assert err.startswith("fadrm-build: error:") and "already has version v1.0.0" in err and "--force" in err
     assert "\n" not in err
-    assert run_cli(["push", str(b), "--repo", repo_id, "--version", "v1.0.0", "--force"]) == 0
+    assert run_cli(["push", str(b), "--repo", repo_id, "--version", "v1.0.0", "--force"])[0] == 0
     assert "tag moved" in capsys.readouterr().out
     tags = HfApi().list_repo_refs(repo_id, repo_type="dataset").tags
     assert [t.name for t in tags] == ["v1.0.0"]
@@ -213,9 +202,9 @@ def test_existing_version_refused_then_forced_and_another_ipc_merged(hub, tmp_pa
     assert same_pixels(pixels(ds), expected_pixels(b))
 
     # Another IPC in the same repo: both configs on the card, both IPCs loadable at the new tag.
-    assert run_cli(["push", str(c), "--repo", repo_id, "--version", "v1.1.0"]) == 0
-    card = DatasetCard.load(hf_hub_download(repo_id, "README.md", repo_type="dataset", revision="v1.1.0"))
-    assert [c["config_name"] for c in card.data.to_dict()["configs"]] == ["ipc5", "ipc10"]
+    assert run_cli(["push", str(c), "--repo", repo_id, "--version", "v1.1.0"])[0] == 0
+    card = DatasetCard.load(hf_hub_download(repo_id, layout.README, repo_type="dataset", revision="v1.1.0"))
+    assert [c["config_name"] for c in card.data.to_dict()["configs"]] == [layout.ipc_dir(5), layout.ipc_dir(10)]
     card.validate(repo_type="dataset")
     five = FADRMDataset(tmp_path / "root", repo_id=repo_id, ipc=5, download=True)
     ten = FADRMDataset(tmp_path / "root", repo_id=repo_id, ipc=10, download=True)
@@ -229,9 +218,9 @@ def test_flat_subclass_uses_the_registry(hub, tmp_path, monkeypatch):
 
     repo_id = hub.repo_id("fadrm-fashion-mnist")
     monkeypatch.setitem(SETS, "fashion-mnist", get_set("fashion-mnist").replace(repo=repo_id))
-    build = make_build(tmp_path / "fm" / "ipc1", ipc=1, num_classes=10, size=28, channels=1, classes=None,
-                       teacher=False)
-    manifest_path = build / "manifest.json"
+    build = make_build(tmp_path / "fm" / layout.build_dir_name(1), ipc=1, num_classes=10, size=28, channels=1,
+                       classes=None, teacher=False)
+    manifest_path = build / layout.MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["dataset"] = "fashion-mnist"  # classes come from the registry
     manifest_path.write_text(json.dumps(manifest))
@@ -280,17 +269,18 @@ def test_a_file_broken_on_the_hub_is_reported_not_looped(hub, tmp_path):
     from builders.publish import push
 
     repo_id = hub.repo_id("fadrm-broken")
-    build = make_build(tmp_path / "x" / "ipc10", seed=11, teacher=False)
+    build = make_build(tmp_path / "x" / layout.build_dir_name(10), seed=11, teacher=False)
     push(build, repo_id, "v1.0.0")
     from huggingface_hub import hf_hub_download
 
-    manifest = json.loads(open(hf_hub_download(repo_id, "manifest.json", repo_type="dataset",
+    manifest = json.loads(open(hf_hub_download(repo_id, layout.MANIFEST, repo_type="dataset",
                                                revision="v1.0.0")).read())
-    blob = hub.data_dir / "blobs" / manifest["files"]["ipc10/train-00000-of-00001.parquet"]  # the loopback Hub's stored copy
+    blob = hub.data_dir / "blobs" / manifest["files"][layout.parquet_shard(10, 0, 1)]  # the loopback Hub's stored copy
     data = blob.read_bytes()
     blob.write_bytes(data[:-3] + b"bad")
     try:
-        with pytest.raises(IntegrityError, match=r"1 corrupted \(ipc10/train-00000-of-00001.parquet\).*on the Hub.*broken"):
+        corrupted = rf"1 corrupted \({layout.parquet_shard(10, 0, 1)}\).*on the Hub.*broken"
+        with pytest.raises(IntegrityError, match=corrupted):
             FADRMDataset(tmp_path / "root", repo_id=repo_id, ipc=10, version="v1.0.0", download=True)
     finally:
         blob.write_bytes(data)

@@ -6,12 +6,13 @@ import json
 
 import pytest
 
+from fadrm_datasets import layout
 from fadrm_datasets.schema import (BUILD_MANIFEST_FILE, REPO_MANIFEST_FILE, SOFT_LABEL_INDEX_FILE, LayoutError,
                                    read)
 
 
 def _write(tmp_path, text: str):
-    path = tmp_path / "manifest.json"
+    path = tmp_path / layout.MANIFEST
     path.write_text(text)
     return path
 

@@ -13,15 +13,17 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
+from fadrm_datasets import layout
 from fadrm_datasets import registry
 from fadrm_datasets.sets import (FADRMCIFAR100, FADRMDataset, FADRMFashionMNIST, FADRMImageNet, FADRMTinyImageNet,
                                  SetNotFoundError)
 from tests.fakebuild import CLASSES, expected_pixels, make_build
+from tests.helpers import shard_files
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return make_build(tmp_path_factory.mktemp("sets") / "ipc10", seed=7, soft_labels=True)
+    return make_build(tmp_path_factory.mktemp("sets") / layout.build_dir_name(10), seed=7, soft_labels=True)
 
 
 def test_torchvision_behaviour(build):
@@ -81,11 +83,11 @@ def test_soft_label_loader_replays_the_recorded_epoch(build):
 def test_integrity_check_and_build_errors(build, tmp_path):
     import shutil
 
-    copy = tmp_path / "ipc10"
+    copy = tmp_path / layout.build_dir_name(10)
     shutil.copytree(build, copy)
     ds = FADRMDataset.from_build(copy)
     assert ds._check_integrity()
-    png = copy / "images" / "00002" / "00003.png"
+    png = copy / layout.image_relpath(2, 3)
     png.write_bytes(png.read_bytes()[:-4] + b"xxxx")
     assert not ds._check_integrity()
     with pytest.raises(ValueError, match="holds ipc=10, not ipc=5"):
@@ -109,7 +111,7 @@ def test_flat_subclasses_carry_their_constants(tmp_path):
     assert (FADRMTinyImageNet.num_classes, FADRMTinyImageNet.image_size) == (200, 64)
     assert FADRMImageNet.mean == (0.485, 0.456, 0.406) and FADRMImageNet.image_size == 224
     # A flat subclass reads a local build too (classes from the manifest).
-    build = make_build(tmp_path / "ipc2", ipc=2, num_classes=10, size=28, channels=1, classes=None)
+    build = make_build(tmp_path / layout.build_dir_name(2), ipc=2, num_classes=10, size=28, channels=1, classes=None)
     ds = FADRMFashionMNIST(None, ipc=2, build_dir=build)
     assert len(ds) == 20 and ds.classes == FADRMFashionMNIST.classes and ds[0][0].mode == "L"
 
@@ -159,15 +161,15 @@ def test_a_local_build_is_checked_against_its_manifest_when_opened(build, tmp_pa
 
     from fadrm_datasets.sets import IntegrityError
 
-    copy = tmp_path / "ipc10"
+    copy = tmp_path / layout.build_dir_name(10)
     shutil.copytree(build, copy)
     FADRMDataset.from_build(copy, soft_labels=True)
-    shard = next((copy / "soft_labels").glob("epochs-*.safetensors"))
+    shard = shard_files(copy / layout.SOFT_LABELS)[0]
     shard.write_bytes(shard.read_bytes()[:-2] + b"\x00\x01")
     FADRMDataset.from_build(copy)  # the images alone are intact
     with pytest.raises(IntegrityError, match="do not match the sha256"):
         FADRMDataset.from_build(copy, soft_labels=True)
-    png = copy / "images" / "00001" / "00002.png"
+    png = copy / layout.image_relpath(1, 2)
     png.write_bytes(png.read_bytes()[:-4] + b"xxxx")
     with pytest.raises(IntegrityError, match="do not match the sha256"):
         FADRMDataset.from_build(copy)
@@ -178,9 +180,9 @@ def test_a_local_build_refuses_images_its_manifest_does_not_record(build, tmp_pa
 
     from fadrm_datasets.sets import IntegrityError
 
-    copy = tmp_path / "ipc10"
+    copy = tmp_path / layout.build_dir_name(10)
     shutil.copytree(build, copy)
-    extra = copy / "images" / "00003" / "00010.png"  # as a killed recover, or a hand, would leave it
-    shutil.copy(copy / "images" / "00003" / "00009.png", extra)
-    with pytest.raises(IntegrityError, match="00010.png is not recorded"):
+    extra = copy / layout.image_relpath(3, 10)  # as a killed recover, or a hand, would leave it
+    shutil.copy(copy / layout.image_relpath(3, 9), extra)
+    with pytest.raises(IntegrityError, match=f"{layout.image_relpath(3, 10)} is not recorded"):
         FADRMDataset.from_build(copy)

@@ -6,27 +6,17 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from builders.models import build_model
 from builders.presets import get_preset
 from builders.relabel import RelabelConfig, teacher_logits, teachers_in_mode, write_soft_labels
+from fadrm_datasets import layout
 from fadrm_datasets.softlabels import (EpochPlan, ReplayBatchSampler, ReplayDataset, SoftLabelStore,
                                        SoftLabelStoreError, apply_plan, compress_logits, expand_logits,
                                        make_epoch_plan, replay_loader, sample_crop_boxes)
+from tests.helpers import tiny_teacher
 
 FASHION_MNIST = get_preset("fashion-mnist")
 PRESET = FASHION_MNIST.replace(relabel_batch_size=8, relabel_crop_scale=(0.3, 1.0))
-
-
-def tiny_teacher(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model("convnet-bn-w8-d2", 10, in_channels=1, image_size=28)
-    model.train()
-    with torch.no_grad():  # non-trivial running statistics, as a trained teacher has
-        for _ in range(3):
-            model(torch.randn(16, 1, 28, 28) * 2 + 0.5)
-    return model.eval().requires_grad_(False)
 
 
 def tiny_set(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +28,7 @@ def tiny_set(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def write_store(directory, teachers=None, images=None, epochs: int = 3, preset=PRESET, **config) -> SoftLabelStore:
-    teachers = teachers or [tiny_teacher()]
+    teachers = teachers or [tiny_teacher(scale=2, shift=0.5)]
     images = tiny_set()[0] if images is None else images
     cfg = RelabelConfig.from_preset(preset, epochs=epochs, **config)
     write_soft_labels(teachers, [f"t{i}" for i in range(len(teachers))], images, preset, directory, cfg,
@@ -48,7 +38,7 @@ def write_store(directory, teachers=None, images=None, epochs: int = 3, preset=P
 
 @pytest.mark.parametrize("mode,num_workers", [("train", 0), ("train", 2), ("eval", 0)])
 def test_replay_through_the_teacher_gives_the_stored_logits(tmp_path, mode, num_workers):
-    teacher = tiny_teacher()
+    teacher = tiny_teacher(scale=2, shift=0.5)
     images, labels = tiny_set()
     store = write_store(tmp_path / "sl", [teacher], images, epochs=2, teacher_mode=mode)
     assert store.teacher_mode == mode and store.epochs == 2
@@ -118,7 +108,7 @@ def test_topk_expands_to_values_and_the_mean_of_the_rest():
 
 
 def test_topk_store_round_trip(tmp_path):
-    teacher = tiny_teacher()
+    teacher = tiny_teacher(scale=2, shift=0.5)
     images, _ = tiny_set()
     preset = PRESET.replace(soft_label_topk=4)
     store = write_store(tmp_path / "sl", [teacher], images, epochs=1, preset=preset)
@@ -137,13 +127,13 @@ def test_open_explains_what_is_wrong(tmp_path):
     with pytest.raises(SoftLabelStoreError, match="relabel"):
         SoftLabelStore.open(tmp_path)
     store = write_store(tmp_path / "sl", epochs=2)
-    index = json.loads((store.directory / "index.json").read_text())
+    index = json.loads((store.directory / layout.SOFT_LABEL_INDEX).read_text())
     # A build directory works too.
     assert SoftLabelStore.open(tmp_path / "sl").epochs == 2
     (tmp_path / "build").mkdir()
-    (tmp_path / "sl").rename(tmp_path / "build" / "soft_labels")
+    (tmp_path / "sl").rename(tmp_path / "build" / layout.SOFT_LABELS)
     assert SoftLabelStore.open(tmp_path / "build").num_classes == 10
-    path = tmp_path / "build" / "soft_labels" / "index.json"
+    path = tmp_path / "build" / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX
     path.write_text(json.dumps({**index, "complete": False}))
     with pytest.raises(SoftLabelStoreError, match="incomplete"):
         SoftLabelStore.open(tmp_path / "build")
@@ -151,7 +141,7 @@ def test_open_explains_what_is_wrong(tmp_path):
     with pytest.raises(SoftLabelStoreError, match="format should be fadrm-soft-labels"):
         SoftLabelStore.open(tmp_path / "build")
     path.write_text(json.dumps(index))
-    (tmp_path / "build" / "soft_labels" / index["shards"][0]["file"]).unlink()
+    (tmp_path / "build" / layout.SOFT_LABELS / index["shards"][0]["file"]).unlink()
     with pytest.raises(SoftLabelStoreError, match="missing"):
         SoftLabelStore.open(tmp_path / "build")
 
@@ -226,9 +216,9 @@ def test_plan_is_a_function_of_the_generator():
                                    {"first_epoch": 2, "last_epoch": 3}], ids=["overlap", "repeat", "beyond"])
 def test_an_index_whose_shards_overlap_or_overrun_is_refused(tmp_path, extra):
     store = write_store(tmp_path / "sl", epochs=2)
-    index_path = store.directory / "index.json"
+    index_path = store.directory / layout.SOFT_LABEL_INDEX
     index = json.loads(index_path.read_text())
-    name = f"epochs-{extra['first_epoch']:05d}-{extra['last_epoch']:05d}.safetensors"
+    name = layout.shard_name(extra["first_epoch"], extra["last_epoch"])
     index["shards"].append({"file": name, **extra})
     index_path.write_text(json.dumps(index))
     with pytest.raises(SoftLabelStoreError, match="do not cover epochs 0..1 once each"):

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from fadrm_datasets import layout
 from builders.cli import main
 from tests.fakedata import make_fashion_mnist
+from tests.helpers import run_cli_ok
 
 FAST = ["--iterations", "3,3,3,3", "--device", "cpu", "--epochs", "1", "--no-evaluate"]
 
@@ -23,15 +25,8 @@ def data_root(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, data_root):
     """A build root whose Fashion-MNIST teacher is already trained (shared by the tests)."""
     root = tmp_path_factory.mktemp("build")
-    run_cli(["teacher", "fashion-mnist", "--data-root", str(data_root), "--build-root", str(root)])
+    run_cli_ok(["teacher", "fashion-mnist", "--data-root", str(data_root), "--build-root", str(root)])
     return root
-
-
-def run_cli(args: list[str]) -> None:
-    try:
-        main(args)
-    except SystemExit as exit_:
-        assert exit_.code in (0, None), f"fadrm-build {' '.join(args)} exited with {exit_.code}"
 
 
 def cli_error(args: list[str], capsys) -> str:
@@ -50,7 +45,7 @@ def pngs(directory: Path) -> dict[str, bytes]:
 def test_teacher_is_cached_with_its_accuracy(trained):
     from builders.teachers import read_teacher_metadata
 
-    path = trained / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    path = layout.teachers_dir(trained, "fashion-mnist") / layout.teacher_file("convnet-bn")
     meta = read_teacher_metadata(path)
     assert meta["arch"] == "convnet-bn" and meta["dataset"] == "fashion-mnist"
     assert 0.0 <= float(meta["test_top1"]) <= 100.0
@@ -63,22 +58,22 @@ def test_teacher_cached_from_another_recipe_is_refused(trained, data_root, tmp_p
 
     from builders.teachers import read_teacher_metadata, save_teacher
 
-    cached = trained / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    cached = layout.teachers_dir(trained, "fashion-mnist") / layout.teacher_file("convnet-bn")
     state, meta = load_file(cached), read_teacher_metadata(cached)
     stale_root = tmp_path / "build"
-    stale = stale_root / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    stale = layout.teachers_dir(stale_root, "fashion-mnist") / layout.teacher_file("convnet-bn")
     recipe = json.loads(meta["recipe"])
     save_teacher(stale, _Weights(state), {**meta, "recipe": json.dumps({**recipe, "epochs": recipe["epochs"] + 1})})
     args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(stale_root), *FAST]
     err = cli_error(args, capsys)
     assert "another recipe" in err and "fadrm-build teacher fashion-mnist --ipc 1 --retrain" in err
-    assert not (stale_root / "fashion-mnist" / "ipc1" / "images").exists()
+    assert not (layout.build_dir(stale_root, "fashion-mnist", 1) / layout.IMAGES).exists()
     # Teachers cached before recipes were recorded are judged by their epochs alone.
     legacy = {k: v for k, v in meta.items() if k != "recipe"}
     save_teacher(stale, _Weights(state), {**legacy, "epochs": recipe["epochs"] + 1})
     assert "another recipe" in cli_error(args, capsys)
     save_teacher(stale, _Weights(state), legacy)
-    run_cli(args)  # the same epochs: the cache is used, nothing is retrained
+    run_cli_ok(args)  # the same epochs: the cache is used, nothing is retrained
     assert read_teacher_metadata(stale) == legacy
 
 
@@ -87,20 +82,20 @@ def test_images_made_with_other_teacher_weights_are_not_resumed(trained, data_ro
 
     from builders.teachers import read_teacher_metadata, save_teacher
 
-    cached = trained / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    cached = layout.teachers_dir(trained, "fashion-mnist") / layout.teacher_file("convnet-bn")
     state, meta = load_file(cached), read_teacher_metadata(cached)
     root = tmp_path / "build"
-    teacher = root / "fashion-mnist" / "teachers" / "convnet-bn.safetensors"
+    teacher = layout.teachers_dir(root, "fashion-mnist") / layout.teacher_file("convnet-bn")
     save_teacher(teacher, _Weights(state), meta)
     args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(root), *FAST]
-    run_cli(args)
-    images = pngs(root / "fashion-mnist" / "ipc1" / "images")
+    run_cli_ok(args)
+    images = pngs(layout.build_dir(root, "fashion-mnist", 1) / layout.IMAGES)
     save_teacher(teacher, _Weights({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}), meta)
     assert "patches.safetensors was selected with other teacher weights" in cli_error(args, capsys)
     recover = ["recover", "fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(root),
                "--iterations", "3,3,3,3", "--device", "cpu"]  # the stage alone checks the images too
     assert "images made with other teacher weights" in cli_error(recover, capsys)
-    assert pngs(root / "fashion-mnist" / "ipc1" / "images") == images  # nothing built is lost
+    assert pngs(layout.build_dir(root, "fashion-mnist", 1) / layout.IMAGES) == images  # nothing built is lost
 
 
 def test_larger_sets_get_their_own_longer_trained_teacher(data_root, tmp_path, monkeypatch):
@@ -116,19 +111,19 @@ def test_larger_sets_get_their_own_longer_trained_teacher(data_root, tmp_path, m
     monkeypatch.setitem(presets.PRESETS, "fashion-mnist", base.replace(teacher_recipe=recipe))
     root = tmp_path / "build"
     common = ["--data-root", str(data_root), "--build-root", str(root)]
-    run_cli(["teacher", "fashion-mnist", *common])
-    teachers = root / "fashion-mnist" / "teachers"
+    run_cli_ok(["teacher", "fashion-mnist", *common])
+    teachers = layout.teachers_dir(root, "fashion-mnist")
     assert sorted(p.name for p in teachers.glob("[!.]*")) == ["convnet-bn.safetensors"]
-    run_cli(["fashion-mnist", "--ipc", "3", *common, *FAST])
+    run_cli_ok(["fashion-mnist", "--ipc", "3", *common, *FAST])
     assert sorted(p.name for p in teachers.glob("[!.]*")) == ["convnet-bn-2ep.safetensors", "convnet-bn.safetensors"]
     assert read_teacher_metadata(teachers / "convnet-bn.safetensors")["epochs"] == "1"
     longer = read_teacher_metadata(teachers / "convnet-bn-2ep.safetensors")
     assert longer["epochs"] == "2" and json.loads(longer["recipe"])["epochs_from_ipc"] == []
-    manifest = json.loads((root / "fashion-mnist" / "ipc3" / "manifest.json").read_text())
+    manifest = json.loads((layout.build_dir(root, "fashion-mnist", 3) / layout.MANIFEST).read_text())
     assert manifest["teachers"]["convnet-bn"]["file"] == "convnet-bn-2ep.safetensors"
     assert manifest["stages"]["relabel"]["complete"]
-    run_cli(["fashion-mnist", "--ipc", "2", *common, *FAST])
-    manifest = json.loads((root / "fashion-mnist" / "ipc2" / "manifest.json").read_text())
+    run_cli_ok(["fashion-mnist", "--ipc", "2", *common, *FAST])
+    manifest = json.loads((layout.build_dir(root, "fashion-mnist", 2) / layout.MANIFEST).read_text())
     assert manifest["teachers"]["convnet-bn"]["file"] == "convnet-bn.safetensors"
 
 
@@ -154,14 +149,14 @@ class _Weights:
 
 def test_build_writes_images_and_a_manifest(trained, data_root, caplog):
     with caplog.at_level(logging.INFO, logger="builders"):
-        run_cli(["fashion-mnist", "--ipc", "2", "--data-root", str(data_root), "--build-root", str(trained), *FAST])
+        run_cli_ok(["fashion-mnist", "--ipc", "2", "--data-root", str(data_root), "--build-root", str(trained), *FAST])
     # Later stages check the teacher's weights again, but the cached teacher is announced once.
     assert sum("cached at" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO) == 1
-    build = trained / "fashion-mnist" / "ipc2"
-    images = pngs(build / "images")
+    build = layout.build_dir(trained, "fashion-mnist", 2)
+    images = pngs(build / layout.IMAGES)
     assert len(images) == 20
-    assert set(images) == {f"{c:05d}/{i:05d}.png" for c in range(10) for i in range(2)}
-    manifest = json.loads((build / "manifest.json").read_text())
+    assert set(images) == {layout.image_name(c, i) for c in range(10) for i in range(2)}
+    manifest = json.loads((build / layout.MANIFEST).read_text())
     assert manifest["dataset"] == "fashion-mnist" and manifest["ipc"] == 2
     assert manifest["preset"]["stage_iterations"] == [3, 3, 3, 3]
     assert manifest["options"]["arc"] is True and manifest["options"]["seed"] == 0
@@ -172,40 +167,40 @@ def test_build_writes_images_and_a_manifest(trained, data_root, caplog):
 
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((build / name).read_bytes()).hexdigest() == digest
-    assert "images/00000/00000.png" in manifest["files"] and "patches.safetensors" in manifest["files"]
+    assert layout.image_relpath(0, 0) in manifest["files"] and layout.PATCHES in manifest["files"]
 
 
 def test_amp_asked_for_on_the_cpu_runs_with_a_warning(trained, data_root, tmp_path, caplog):
     """Off by default on the CPU; asked for, AMP runs there (to test its path), says it is slow, and each unit
     records its loss scale and the steps its scaler skipped."""
     with caplog.at_level(logging.INFO, logger="builders"):
-        run_cli(["fashion-mnist", "--ipc", "1", "--amp", "--data-root", str(data_root), "--build-root", str(trained),
+        run_cli_ok(["fashion-mnist", "--ipc", "1", "--amp", "--data-root", str(data_root), "--build-root", str(trained),
                  "--build-dir", str(tmp_path / "amp"), *FAST])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("AMP on the CPU is many times slower" in w for w in warnings) == 1
-    manifest = json.loads((tmp_path / "amp" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "amp" / layout.MANIFEST).read_text())
     assert manifest["options"]["amp"] is True and manifest["stages"]["recover"]["settings"]["config"]["amp"] is True
     (unit,) = manifest["stages"]["recover"]["units"].values()
     assert (unit["loss_scale"], unit["skipped_steps"]) == (2.0 ** 16, 0)
     assert any("loss scale 65536, 0 step(s) skipped" in r.getMessage() for r in caplog.records)
-    assert len(pngs(tmp_path / "amp" / "images")) == 10
+    assert len(pngs(tmp_path / "amp" / layout.IMAGES)) == 10
 
 
 def test_other_settings_in_the_same_directory_are_refused(trained, data_root, capsys):
     args = ["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained)]
-    run_cli([*args, *FAST])
+    run_cli_ok([*args, *FAST])
     err = cli_error([*args, "--iterations", "4,4,4,4", "--device", "cpu"], capsys)
     assert "other recover settings" in err
 
 
 def test_sre2l_and_random_real_methods(trained, data_root):
     common = ["--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained), *FAST]
-    run_cli(["fashion-mnist", "--method", "sre2l", *common])
-    manifest = json.loads((trained / "fashion-mnist" / "ipc1-sre2l" / "manifest.json").read_text())
+    run_cli_ok(["fashion-mnist", "--method", "sre2l", *common])
+    manifest = json.loads((layout.build_dir(trained, "fashion-mnist", 1, "sre2l") / layout.MANIFEST).read_text())
     assert manifest["options"]["init"] == "gaussian" and manifest["options"]["arc"] is False
     assert manifest["stages"]["recover"]["settings"]["config"]["stages"] == [[28, 12]]
-    run_cli(["fashion-mnist", "--method", "random-real", *common])
-    assert len(pngs(trained / "fashion-mnist" / "ipc1-random-real" / "images")) == 10
+    run_cli_ok(["fashion-mnist", "--method", "random-real", *common])
+    assert len(pngs(layout.build_dir(trained, "fashion-mnist", 1, "random-real") / layout.IMAGES)) == 10
 
 
 @pytest.mark.parametrize("args, message", [
@@ -219,7 +214,8 @@ def test_sre2l_and_random_real_methods(trained, data_root):
     (["imagenet", "--ipc", "1", "--data-root", "{missing}", "--teacher-weights", "{weights}"], "ImageFolder"),
     (["fashion-mnist", "--ipc", "1", "--teacher", "resnet99"], "unknown model 'resnet99'"),
     (["fashion-mnist", "--ipc", "1", "--iterations", "5,5"], "4 stage resolutions but 2 iteration counts"),
-    (["fashion-mnist", "--ipc", "1", "--teacher-weights", "{missing}/w.safetensors"], "does not exist"),
+    (["fashion-mnist", "--ipc", "1", "--teacher-weights",
+      "{missing}/w.safetensors"], "does not exist"),  # not a set's name: a user's weights file
 ])
 def test_bad_input_gets_one_clear_line(args, message, tmp_path, capsys):
     from safetensors.torch import save_file
@@ -250,10 +246,10 @@ def test_help_reads_well(command, capsys):
 
 
 def test_stage_overrides_change_the_number_of_residual_merges(trained, data_root):
-    run_cli(["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained),
+    run_cli_ok(["fashion-mnist", "--ipc", "1", "--data-root", str(data_root), "--build-root", str(trained),
              "--build-dir", str(trained / "two-stages"), "--iterations", "2,2", "--resolutions", "24,28",
              "--patch-scale", "1,1", "--device", "cpu", "--epochs", "1", "--no-evaluate"])
-    manifest = json.loads((trained / "two-stages" / "manifest.json").read_text())
+    manifest = json.loads((trained / "two-stages" / layout.MANIFEST).read_text())
     assert manifest["stages"]["recover"]["settings"]["config"]["stages"] == [[24, 2], [28, 2]]
     assert manifest["preset"]["patch_crop_scale"] == [1.0, 1.0]
 
@@ -268,9 +264,9 @@ def test_real_builds_round_trip_through_the_hub(trained, data_root, hub, tmp_pat
     builds = {}
     for seed, version in ((0, "v1.0.0"), (1, "v1.1.0")):
         build_dir = tmp_path / f"seed{seed}"
-        run_cli(["fashion-mnist", "--ipc", "2", "--seed", str(seed), "--data-root", str(data_root),
+        run_cli_ok(["fashion-mnist", "--ipc", "2", "--seed", str(seed), "--data-root", str(data_root),
                  "--build-root", str(trained), "--build-dir", str(build_dir), *FAST])
-        run_cli(["push", str(build_dir), "--repo", repo, "--version", version])
+        run_cli_ok(["push", str(build_dir), "--repo", repo, "--version", version])
         builds[version] = build_dir
     for version, wanted in (("v1.0.0", "v1.0.0"), (None, "v1.1.0")):
         data = FADRMDataset(tmp_path / "root", repo_id=repo, ipc=2, version=version, download=True)
@@ -292,11 +288,11 @@ def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_p
 
     common = dict(dataset="fashion-mnist", ipc=1, method=method, build_root=str(trained), data_root=str(data_root),
                   device="cpu")
-    run_cli(["fashion-mnist", "--ipc", "1", "--method", method, "--data-root", str(data_root), "--build-root",
+    run_cli_ok(["fashion-mnist", "--ipc", "1", "--method", method, "--data-root", str(data_root), "--build-root",
              str(trained), "--build-dir", str(tmp_path / "cli"), *FAST])
     preset = get_preset("fashion-mnist").replace(stage_iterations=(3, 3, 3, 3), relabel_epochs=1, eval_epochs=1)
     run_build(preset, BuildOptions(**common, build_dir=str(tmp_path / "py"), evaluate=False))
-    cli, py = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("cli", "py"))
+    cli, py = (json.loads((tmp_path / name / layout.MANIFEST).read_text()) for name in ("cli", "py"))
     spec = METHODS[method]
     for manifest in (cli, py):
         options = manifest["options"]
@@ -305,7 +301,7 @@ def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_p
     assert {k: v for k, v in cli["options"].items() if k != "build_dir"} == \
         {k: v for k, v in py["options"].items() if k != "build_dir"}
     assert cli["stages"]["recover"].get("settings") == py["stages"]["recover"].get("settings")
-    assert pngs(tmp_path / "cli" / "images") == pngs(tmp_path / "py" / "images")
+    assert pngs(tmp_path / "cli" / layout.IMAGES) == pngs(tmp_path / "py" / layout.IMAGES)
     if method == "sre2l":  # what the method means, recorded: Gaussian start, no ARC, one resolution
         assert py["stages"]["recover"]["settings"]["config"]["stages"] == [[28, 12]]
         assert py["stages"]["recover"]["settings"]["config"]["init"] == "gaussian"
@@ -355,7 +351,7 @@ def test_a_build_decides_its_teachers_once(trained, data_root, tmp_path, monkeyp
 
     monkeypatch.setattr("builders.context.resolve_teachers", counting_resolve)
     monkeypatch.setattr(teachers, "load_teacher", counting_load)
-    run_cli(["fashion-mnist", "--ipc", "1", "--method", "fadrm+", "--data-root", str(data_root), "--build-root",
+    run_cli_ok(["fashion-mnist", "--ipc", "1", "--method", "fadrm+", "--data-root", str(data_root), "--build-root",
              str(trained), "--build-dir", str(tmp_path / "plus"), "--iterations", "3,3,3,3", "--device", "cpu",
              "--epochs", "1", "--evaluate"])
     from builders.presets import get_preset

@@ -15,11 +15,13 @@ from builders import continual
 from builders.cli import main
 from builders.models import build_model
 from builders.presets import get_preset
+from fadrm_datasets import layout
 from fadrm_datasets._io import sha256_file
 from fadrm_datasets.continual import ClassIncrementalScenario
 from fadrm_datasets.layout import BuildDirectory
 from tests.fakebuild import make_build
 from tests.fakedata import make_fashion_mnist
+from tests.helpers import run_cli_ok
 
 FASHION_MNIST = get_preset("fashion-mnist")
 STUDENT = "convnet-bn-w8-d1"  # tiny: the whole run takes seconds
@@ -31,12 +33,12 @@ def build_root(tmp_path_factory) -> Path:
     """Fake Fashion-MNIST files and two fake IPC 2 builds (fadrm, random-real) sharing a random teacher."""
     root = tmp_path_factory.mktemp("continual")
     data = make_fashion_mnist(root / "data", per_class=6, test_per_class=3)
-    teacher = root / "fashion-mnist" / "teachers" / f"{STUDENT}.safetensors"
+    teacher = layout.teachers_dir(root, "fashion-mnist") / layout.teacher_file(STUDENT)
     teacher.parent.mkdir(parents=True)
     torch.manual_seed(0)
     save_file(build_model(STUDENT, 10, 1, 28).state_dict(), str(teacher))
     for seed, method in enumerate(METHODS):
-        path = root / "fashion-mnist" / ("ipc2" if method == "fadrm" else f"ipc2-{method}")
+        path = layout.build_dir(root, "fashion-mnist", 2, method)
         make_build(path, seed=seed, ipc=2, num_classes=10, size=28, channels=1, teacher=False, classes=None)
         BuildDirectory(path).update_manifest(
             dataset="fashion-mnist", method=method, preset=FASHION_MNIST.replace(student=STUDENT).to_dict(),
@@ -45,18 +47,12 @@ def build_root(tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(args: list[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    assert exit_.value.code == 0, f"fadrm-build {' '.join(args)} exited with {exit_.value.code}"
-
-
 def test_runner_writes_records_a_table_and_a_plot(build_root, tmp_path, capsys):
     output = tmp_path / "results" / "continual.json"
     args = ["continual", "--dataset", "fashion-mnist", "--ipc", "2", "--methods", ",".join(METHODS),
             "--build-root", str(build_root), "--steps", "5", "--orders", "0,3", "--epochs", "2", "--device", "cpu",
             "--output", str(output)]
-    run_cli([*args, "--modes", "fresh,carried"])
+    run_cli_ok([*args, "--modes", "fresh,carried"])
     out = capsys.readouterr().out
     records = json.loads(output.read_text())
     assert [(r["method"], r["mode"]) for r in records] == [(m, mode) for m in METHODS for mode in ("fresh", "carried")]
@@ -77,7 +73,7 @@ def test_runner_writes_records_a_table_and_a_plot(build_root, tmp_path, capsys):
     assert "2 classes" in out and "10 classes" in out and "average" in out
     assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The same run again, one method only: its record is replaced in place of being added twice.
-    run_cli([*args[:6], "fadrm", *args[7:], "--plot", str(tmp_path / "fadrm.png")])
+    run_cli_ok([*args[:6], "fadrm", *args[7:], "--plot", str(tmp_path / "fadrm.png")])
     again = json.loads(output.read_text())
     assert len(again) == 4 and (tmp_path / "fadrm.png").is_file()
     fresh = [r for r in again if (r["method"], r["mode"]) == ("fadrm", "fresh")]
@@ -97,7 +93,7 @@ class FixedTeacher(nn.Module):
 
 @pytest.mark.parametrize("mode", ["fresh", "carried"])
 def test_the_labels_each_step_trains_on_cover_only_its_seen_classes(build_root, mode, monkeypatch):
-    dataset = continual.open_set(build_root / "fashion-mnist" / "ipc2", torch.device("cpu"))
+    dataset = continual.open_set(layout.build_dir(build_root, "fashion-mnist", 2), torch.device("cpu"))
     dataset.teachers = [FixedTeacher(torch.arange(10, dtype=torch.float32) * 10)]
     scenario = ClassIncrementalScenario.from_seed(10, 5, seed=1)
     calls = []
@@ -140,18 +136,21 @@ def test_a_grown_head_keeps_the_old_outputs():
     assert after.shape == (3, 6) and torch.allclose(after[:, :4], before, atol=1e-6)
 
 
+BUILD = str(layout.build_dir("{root}", "fashion-mnist", 2))  # formatted with the test's build root
+
+
 @pytest.mark.parametrize("args,message", [
     ([], "give build directories, or --dataset, --ipc, --methods"),
-    (["{root}/fashion-mnist/ipc2", "--dataset", "fashion-mnist"], "not both"),
+    ([BUILD, "--dataset", "fashion-mnist"], "not both"),
     (["--dataset", "fashion-mnist", "--ipc", "2", "--methods", "fadrm,nope"],
      "nope given; choose among fadrm, fadrm+, sre2l, random-real"),
     (["--dataset", "cifar1000", "--ipc", "2", "--methods", "fadrm"], "unknown dataset 'cifar1000'"),
     (["--dataset", "fashion-mnist", "--ipc", "2", "--methods", "sre2l"], "is not a build directory"),
-    (["{root}/fashion-mnist/ipc2", "--steps", "3"], "10 classes do not split into 3 equal steps"),
-    (["{root}/fashion-mnist/ipc2", "--orders", "0,x"], "give integers separated by commas"),
-    (["{root}/fashion-mnist/ipc2", "--epochs", "0"], "must be a positive integer"),
-    (["{root}/fashion-mnist/ipc2", "{root}/fashion-mnist/ipc2"], "two builds of method fadrm"),
-    (["{root}/fashion-mnist/ipc2", "--output", "{root}/fashion-mnist/ipc2/manifest.json"],
+    ([BUILD, "--steps", "3"], "10 classes do not split into 3 equal steps"),
+    ([BUILD, "--orders", "0,x"], "give integers separated by commas"),
+    ([BUILD, "--epochs", "0"], "must be a positive integer"),
+    ([BUILD, BUILD], "two builds of method fadrm"),
+    ([BUILD, "--output", f"{BUILD}/{layout.MANIFEST}"],
      "holds no list of continual records"),
 ])
 def test_bad_input_gets_one_clear_line(build_root, args, message, capsys):

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.distributed.run  # noqa: F401  torchrun itself: the test command installs torch, so a missing one fails
 
 from builders import distributed
+from fadrm_datasets import layout
 from fadrm_datasets._io import read_safetensors_metadata
 from tests.devices import DEVICES
 from tests.fakedata import make_fashion_mnist
@@ -66,19 +67,19 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
     # A rerun that changes the soft labels: rank 0 rewrites the manifest while the others wait for it.
     rebuilt = _run(build_args(root, data, tmp_path / "p2", "--epochs", "4", "--evaluate", ipc=3), 2)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert json.loads((tmp_path / "p2" / "soft_labels" / "index.json").read_text())["epochs"] == 4
+    assert json.loads((tmp_path / "p2" / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX).read_text())["epochs"] == 4
     rebuilt = _run(build_args(root, data, tmp_path / "p1", "--epochs", "4", "--evaluate", ipc=3), 1)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     one, two = tmp_path / "p1", tmp_path / "p2"
     for part in ("images", "soft_labels"):
         assert files_of(one / part) == files_of(two / part), part
-    assert (one / "patches.safetensors").read_bytes() == (two / "patches.safetensors").read_bytes()
-    manifest = json.loads((two / "manifest.json").read_text())
+    assert (one / layout.PATCHES).read_bytes() == (two / layout.PATCHES).read_bytes()
+    manifest = json.loads((two / layout.MANIFEST).read_text())
     assert manifest["stages"]["recover"]["complete"] and len(manifest["stages"]["recover"]["units"]) == 3
-    assert json.loads((two / "soft_labels" / "index.json").read_text())["complete"]
+    assert json.loads((two / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX).read_text())["complete"]
     first, second = manifest["evaluations"]  # the evaluate command's, then the rebuild's
     assert first["processes"] == second["processes"] == 2 and 0 <= second["top1_final"] <= 100
-    assert json.loads((one / "manifest.json").read_text())["evaluations"][0]["processes"] == 1
+    assert json.loads((one / layout.MANIFEST).read_text())["evaluations"][0]["processes"] == 1
 
 
 def test_a_killed_two_process_evaluation_resumes_to_the_same_numbers(tmp_path):
@@ -100,16 +101,16 @@ def test_a_killed_two_process_evaluation_resumes_to_the_same_numbers(tmp_path):
     # Rank 0 dies after its third checkpoint; rank 1 then fails on its next all-reduce or is stopped by torchrun.
     died = evaluate(killed, die_after=KILL_AFTER)
     assert died.returncode != 0
-    (left,) = (killed / ".checkpoints").iterdir()
+    (left,) = (killed / layout.CHECKPOINTS).iterdir()
     assert read_safetensors_metadata(left)["epoch"] == KILL_AFTER, died.stderr[-3000:]
     resumed = evaluate(killed, die_after=0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (expected,) = json.loads((whole / "manifest.json").read_text())["evaluations"]
-    (got,) = json.loads((killed / "manifest.json").read_text())["evaluations"]
+    (expected,) = json.loads((whole / layout.MANIFEST).read_text())["evaluations"]
+    (got,) = json.loads((killed / layout.MANIFEST).read_text())["evaluations"]
     assert got["resumed_at_epoch"] == KILL_AFTER and got["processes"] == 2
     differ = {"resumed_at_epoch", "seconds", "time", "command"}  # when and how it ran, not what it measured
     assert {k: v for k, v in got.items() if k not in differ} == {k: v for k, v in expected.items() if k not in differ}
-    assert not list((killed / ".checkpoints").iterdir())
+    assert not list((killed / layout.CHECKPOINTS).iterdir())
 
 
 def test_the_backend_and_the_gpu_follow_the_device(monkeypatch):
@@ -153,6 +154,6 @@ def test_one_process_under_torchrun_measures_what_one_process_alone_does(tmp_pat
         evaluated = _run(evaluate, 1, torchrun=torchrun)
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         assert ("rank 0 of 1 joined the process group (gloo)" in evaluated.stderr) is torchrun
-    alone, under = json.loads((build_dir / "manifest.json").read_text())["evaluations"]
+    alone, under = json.loads((build_dir / layout.MANIFEST).read_text())["evaluations"]
     differ = {"seconds", "time", "command"}
     assert {k: v for k, v in under.items() if k not in differ} == {k: v for k, v in alone.items() if k not in differ}

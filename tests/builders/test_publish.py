@@ -11,6 +11,7 @@ from builders.card import (CARD_TEMPLATE, cards_dir, grid_layout, merge_configs,
                            split_front_matter)
 from builders.presets import PRESETS
 from builders.publish import PublishError, public_manifest, read_build, write_release_folder
+from fadrm_datasets import layout
 from fadrm_datasets._io import sha256_file
 from fadrm_datasets.install import install_hint
 from tests.fakebuild import CLASSES, expected_pixels, make_build
@@ -18,7 +19,7 @@ from tests.fakebuild import CLASSES, expected_pixels, make_build
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return make_build(tmp_path_factory.mktemp("publish") / "ipc10", seed=2, soft_labels=True)
+    return make_build(tmp_path_factory.mktemp("publish") / layout.build_dir_name(10), seed=2, soft_labels=True)
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +32,20 @@ def staged(build, tmp_path_factory):
 def test_staged_layout_and_manifest(staged, build):
     folder, manifest = staged
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert files == ["README.md", "ipc10/grid.png", "ipc10/manifest.json", "ipc10/soft_labels/epochs-00000-00001.safetensors",
-                     "ipc10/soft_labels/index.json", "ipc10/train-00000-of-00001.parquet", "manifest.json",
-                     "teachers/tiny-convnet.safetensors"]
-    assert json.loads((folder / "manifest.json").read_text()) == manifest
-    assert set(manifest["files"]) == set(files) - {"manifest.json"}
+    ipc, soft = layout.ipc_prefix(10), layout.repo_soft_labels(10)
+    assert files == [layout.README, ipc + layout.GRID, ipc + layout.MANIFEST, f"{soft}/{layout.shard_name(0, 1)}",
+                     f"{soft}/{layout.SOFT_LABEL_INDEX}", layout.parquet_shard(10, 0, 1), layout.MANIFEST,
+                     layout.repo_teacher("tiny-convnet")]
+    assert json.loads((folder / layout.MANIFEST).read_text()) == manifest
+    assert set(manifest["files"]) == set(files) - {layout.MANIFEST}
     assert all(sha256_file(folder / rel) == sha for rel, sha in manifest["files"].items())
     assert manifest["classes"] == CLASSES and manifest["version"] == "v1.0.0"
     record = manifest["ipcs"]["10"]
     assert record["num_images"] == 40 and record["soft_label_epochs"] == 2
-    assert record["shards"] == ["ipc10/train-00000-of-00001.parquet"] and record["preset"]["image_size"] == 8
+    assert record["shards"] == [layout.parquet_shard(10, 0, 1)] and record["preset"]["image_size"] == 8
     # The build manifest travels without its local paths.
-    published = json.loads((folder / "ipc10" / "manifest.json").read_text())
-    assert published == public_manifest(json.loads((build / "manifest.json").read_text()))
+    published = json.loads((folder / layout.ipc_dir(10) / layout.MANIFEST).read_text())
+    assert published == public_manifest(json.loads((build / layout.MANIFEST).read_text()))
     assert published["evaluations"][0]["command"] == "fadrm-build evaluate BUILD_DIR --data-root DATA_ROOT"
     assert "build_root" not in published["options"] and "teachers_dir" not in published
 
@@ -52,7 +54,7 @@ def test_parquet_carries_the_datasets_features(staged, build):
     import pyarrow.parquet as pq
 
     folder, _ = staged
-    table = pq.read_table(folder / "ipc10" / "train-00000-of-00001.parquet")
+    table = pq.read_table(folder / layout.parquet_shard(10, 0, 1))
     meta = json.loads(table.schema.metadata[b"huggingface"])
     assert meta == {"info": {"features": {"image": {"_type": "Image"},
                                           "label": {"names": CLASSES, "_type": "ClassLabel"},
@@ -61,12 +63,12 @@ def test_parquet_carries_the_datasets_features(staged, build):
     assert table.column("label").to_pylist() == [c for c in range(4) for _ in range(10)]
     assert table.column("ipc_id").to_pylist() == list(range(10)) * 4
     images = table.column("image").to_pylist()
-    assert images[11]["path"] == "00001/00001.png"
-    assert images[11]["bytes"] == (build / "images" / "00001" / "00001.png").read_bytes()
+    assert images[11]["path"] == layout.image_name(1, 1)
+    assert images[11]["bytes"] == (build / layout.image_relpath(1, 1)).read_bytes()
 
     import datasets  # `datasets` restores Image/ClassLabel from the schema metadata alone
 
-    ds = datasets.Dataset.from_parquet(str(folder / "ipc10" / "train-00000-of-00001.parquet"),
+    ds = datasets.Dataset.from_parquet(str(folder / layout.parquet_shard(10, 0, 1)),
                                        cache_dir=str(folder.parent / "ds-cache"))
     assert isinstance(ds.features["image"], datasets.Image) and ds.features["label"].names == CLASSES
     assert np.array_equal(np.asarray(ds[11]["image"]), expected_pixels(build)[11])
@@ -75,7 +77,7 @@ def test_parquet_carries_the_datasets_features(staged, build):
 def test_shards_split_by_size(build, tmp_path):
     manifest = write_release_folder(build, "org/x", "v1.0.0", tmp_path, max_shard_bytes=4000)
     shards = manifest["ipcs"]["10"]["shards"]
-    assert len(shards) > 1 and shards[0] == f"ipc10/train-00000-of-{len(shards):05d}.parquet"
+    assert len(shards) > 1 and shards[0] == layout.parquet_shard(10, 0, len(shards))
     import pyarrow.parquet as pq
 
     labels = [l for s in shards for l in pq.read_table(tmp_path / s).column("label").to_pylist()]
@@ -88,7 +90,7 @@ def test_grid_names_each_class_and_scales_small_images_up(staged):
     folder, _ = staged
     spec = grid_layout(4, 10, 8)
     assert spec.classes == (0, 1, 2, 3) and spec.per_class == 10 and spec.tile == 56 and spec.columns == 1
-    with Image.open(folder / "ipc10" / "grid.png") as grid:
+    with Image.open(folder / layout.ipc_dir(10) / layout.GRID) as grid:
         assert grid.format == "PNG" and grid.mode == "RGB" and grid.size == spec.size == (560, 298)
         pixels = np.asarray(grid)
     top, left = 2 * (14 + 56 + 6) + 14, 4 * 56  # class 2's block, below its name; its 5th image
@@ -110,10 +112,10 @@ def test_grid_stays_readable_at_any_class_count_and_ipc(classes, ipc, size):
 
 def test_card_front_matter_and_body(staged):
     folder, _ = staged
-    card = (folder / "README.md").read_text()
+    card = (folder / layout.README).read_text()
     front, body = split_front_matter(card)
-    assert front["configs"] == [{"config_name": "ipc10",
-                                 "data_files": [{"split": "train", "path": "ipc10/train-*.parquet"}]}]
+    assert front["configs"] == [{"config_name": layout.ipc_dir(10),
+                                 "data_files": [{"split": "train", "path": layout.parquet_pattern(10)}]}]
     assert front["task_categories"] == ["image-classification"] and front["license"] == "unknown"
     assert front["size_categories"] == ["n<1K"] and "tiny-test" in front["tags"]
     assert "${" not in card
@@ -122,7 +124,7 @@ def test_card_front_matter_and_body(staged):
     assert "| convnet-bn | soft | test | 3 | 54 | 90.25 | 55.5 |  |  | fadrm-build evaluate BUILD_DIR --data-root" in body
     assert "| tiny-convnet | 91.50 | 99.90 | tiny-convnet.safetensors |" in body  # teachers
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
-    assert 'load_dataset("org/fadrm-tiny", "ipc10", revision="v1.0.0"' in body
+    assert f'load_dataset("org/fadrm-tiny", "{layout.ipc_dir(10)}", revision="v1.0.0"' in body
     assert 'FADRMDataset(repo_id="org/fadrm-tiny", ipc=10, version="v1.0.0", download=True)' in body
     assert f"Install it with {install_hint()}:" in body and "pypi.org" not in body  # not on PyPI
     assert "Every class, every image of each, labelled `index: name`" in body
@@ -188,44 +190,45 @@ def test_size_categories_are_the_hubs_fixed_list():
 
 def test_another_ipc_merges_with_the_repo(build, staged, tmp_path):
     folder, first = staged
-    five = make_build(tmp_path / "b" / "ipc5", ipc=5, seed=9, teacher=False)
-    existing_card = (folder / "README.md").read_text()
+    five = make_build(tmp_path / "b" / layout.build_dir_name(5), ipc=5, seed=9, teacher=False)
+    existing_card = (folder / layout.README).read_text()
     manifest = write_release_folder(five, "org/fadrm-tiny", "v1.1.0", tmp_path / "s", existing_manifest=first,
                                     existing_card=existing_card, remote_files=set(first["files"]) | {".gitattributes"},
                                     versions=["v1.0.0"])
     assert sorted(manifest["ipcs"]) == ["10", "5"] and manifest["ipcs"]["10"]["version"] == "v1.0.0"
-    assert manifest["files"]["ipc10/train-00000-of-00001.parquet"] == first["files"]["ipc10/train-00000-of-00001.parquet"]
-    assert "ipc5/train-00000-of-00001.parquet" in manifest["files"]
-    front, body = split_front_matter((tmp_path / "s" / "README.md").read_text())
-    assert [c["config_name"] for c in front["configs"]] == ["ipc5", "ipc10"]
+    assert manifest["files"][layout.parquet_shard(10, 0, 1)] == first["files"][layout.parquet_shard(10, 0, 1)]
+    assert layout.parquet_shard(5, 0, 1) in manifest["files"]
+    front, body = split_front_matter((tmp_path / "s" / layout.README).read_text())
+    assert [c["config_name"] for c in front["configs"]] == [layout.ipc_dir(5), layout.ipc_dir(10)]
     assert "## IPC 5" in body and "## IPC 10" in body and "v1.0.0, v1.1.0" in body
 
-    other = make_build(tmp_path / "c" / "ipc10", classes=["w", "x", "y", "z"], teacher=False)
+    other = make_build(tmp_path / "c" / layout.build_dir_name(10), classes=["w", "x", "y", "z"], teacher=False)
     with pytest.raises(PublishError, match="other classes"):
         write_release_folder(other, "org/fadrm-tiny", "v1.2.0", tmp_path / "t", existing_manifest=first)
 
 
 def test_merge_configs_keeps_foreign_entries():
-    existing = [{"config_name": "ipc50", "data_files": "old"}, {"config_name": "extra", "data_files": "x"}]
+    existing = [{"config_name": layout.ipc_dir(50), "data_files": "old"}, {"config_name": "extra", "data_files": "x"}]
     merged = merge_configs(existing, [10, 50])
-    assert [c["config_name"] for c in merged] == ["ipc10", "ipc50", "extra"]
-    assert merged[1]["data_files"] == [{"split": "train", "path": "ipc50/train-*.parquet"}]
+    assert [c["config_name"] for c in merged] == [layout.ipc_dir(10), layout.ipc_dir(50), "extra"]
+    assert merged[1]["data_files"] == [{"split": "train", "path": layout.parquet_pattern(50)}]
 
 
 def test_unfinished_or_tampered_builds_are_refused(tmp_path):
-    build = make_build(tmp_path / "ipc10", teacher=False)
-    (build / "images" / "00003" / "00009.png").unlink()
+    build = make_build(tmp_path / layout.build_dir_name(10), teacher=False)
+    (build / layout.image_relpath(3, 9)).unlink()
     with pytest.raises(PublishError, match="1 missing.*class 3 image 9"):
         read_build(build)
-    build = make_build(tmp_path / "b" / "ipc10", teacher=False)
-    png = build / "images" / "00000" / "00000.png"
+    build = make_build(tmp_path / "b" / layout.build_dir_name(10), teacher=False)
+    png = build / layout.image_relpath(0, 0)
     png.write_bytes(png.read_bytes() + b"junk")
     with pytest.raises(PublishError, match="changed after the manifest"):
         read_build(build)
     with pytest.raises(PublishError, match="not a build directory"):
         read_build(tmp_path / "nothing")
     with pytest.raises(PublishError, match="is not a release tag; give one like 'v1.0.0'"):
-        write_release_folder(make_build(tmp_path / "c" / "ipc10", teacher=False), "org/x", "1.0", tmp_path / "s")
+        build = make_build(tmp_path / "c" / layout.build_dir_name(10), teacher=False)
+        write_release_folder(build, "org/x", "1.0", tmp_path / "s")
 
 
 def test_card_yaml_passes_the_hub_validator(staged, hub):
@@ -234,10 +237,11 @@ def test_card_yaml_passes_the_hub_validator(staged, hub):
     from builders.publish import validate_card
 
     folder, _ = staged
-    validate_card((folder / "README.md").read_text())  # POST /api/validate-yaml
+    validate_card((folder / layout.README).read_text())  # POST /api/validate-yaml
     with pytest.raises(PublishError, match="rejects"):
         validate_card("---\n- just\n- a list\n---\nbody\n")
-    assert DatasetCard((folder / "README.md").read_text()).data.to_dict()["configs"][0]["config_name"] == "ipc10"
+    card = DatasetCard((folder / layout.README).read_text())
+    assert card.data.to_dict()["configs"][0]["config_name"] == layout.ipc_dir(10)
 
 
 def test_render_card_without_a_previous_card(staged):
@@ -257,7 +261,7 @@ def test_installed_builder_finds_the_cards(tmp_path):
     root = Path(__file__).resolve().parents[2]
     source = tmp_path / "src"  # a copy, so setuptools' own build/ folder stays out of the checkout
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md"):  # not a set's name: the project's own
         shutil.copy(root / name, source / name)
     for folder in ("fadrm_datasets", "builders", "cards"):
         shutil.copytree(root / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -292,7 +296,7 @@ def test_card_shows_final_accuracy_over_seeds_scores_and_commands(build, tmp_pat
                record("fadrm", 80.5, 0.5, 81.0, student="mobilenet_v2"),
                {**record("fadrm", 1.0, 0.0, 1.0), "split": "val"}, {**record("fadrm", 2.0, 0.0, 2.0), "ipc": 50}]
     manifest = write_release_folder(build, "org/fadrm-tiny", "v1.0.0", tmp_path / "s", records=records)
-    _, body = split_front_matter((tmp_path / "s" / "README.md").read_text())
+    _, body = split_front_matter((tmp_path / "s" / layout.README).read_text())
     assert "top-1 % (last epoch, mean ± std) | best checkpoint % (chosen on the test split)" in body
     assert "| fadrm | convnet-bn | soft | 3 | 88.84 ± 0.34 | 89.12 | convnet-bn (91.57 %) |" in body
     assert "| random-real | convnet-bn | soft | 3 | 87.58 ± 0.09 |" in body and "| sre2l | convnet-bn |" in body
@@ -308,11 +312,12 @@ def test_card_shows_final_accuracy_over_seeds_scores_and_commands(build, tmp_pat
 def test_published_manifest_keeps_relative_paths_and_words_whole():
     """Only absolute local paths are replaced, and only whole: the default relative roots name nothing of
     the machine, and words that contain them stay as they are."""
-    manifest = {"options": {"build_root": "build", "data_root": "data", "build_dir": "/srv/x/ipc10"},
-                "evaluations": [{"command": "fadrm-build evaluate build/fashion-mnist/ipc10 --data-root data"},
-                                {"command": "fadrm-build evaluate /srv/x/ipc10 --data-root /srv/x/ipc10b"}],
+    build_dir, relative = f"/srv/x/{layout.build_dir_name(10)}", layout.build_dir("build", "fashion-mnist", 10)
+    manifest = {"options": {"build_root": "build", "data_root": "data", "build_dir": build_dir},
+                "evaluations": [{"command": f"fadrm-build evaluate {relative} --data-root data"},
+                                {"command": f"fadrm-build evaluate {build_dir} --data-root {build_dir}b"}],
                 "note": "metadata of the build"}
     public = public_manifest(manifest)
-    assert public["evaluations"][0]["command"] == "fadrm-build evaluate build/fashion-mnist/ipc10 --data-root data"
-    assert public["evaluations"][1]["command"] == "fadrm-build evaluate BUILD_DIR --data-root /srv/x/ipc10b"
+    assert public["evaluations"][0]["command"] == f"fadrm-build evaluate {relative} --data-root data"
+    assert public["evaluations"][1]["command"] == f"fadrm-build evaluate BUILD_DIR --data-root {build_dir}b"
     assert public["note"] == "metadata of the build" and "build_root" not in public["options"]

@@ -12,25 +12,14 @@ from torch import nn
 
 from builders.imaging import normalize, pixel_bounds
 from fadrm_datasets.layout import BuildDirectory
-from builders.models import build_model
 from builders.presets import PRESETS
 from builders.recover import (BNStatisticsLoss, Precision, RecoverConfig, Unit, arc_merge, plan_units,
                               recover_set, recover_unit, resample, stage_schedule)
 from tests.devices import DEVICES
+from tests.helpers import tiny_teacher
 
 FASHION_MNIST, IMAGENET = PRESETS["fashion-mnist"], PRESETS["imagenet"]
 TINY = FASHION_MNIST.replace(stage_iterations=(3, 3, 3, 3), class_block=5)
-
-
-def tiny_teacher(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model("convnet-bn-w8-d2", 10, in_channels=1, image_size=28)
-    # Give the BN layers non-trivial running statistics, as a trained teacher has.
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, 28, 28))
-    return model.eval().requires_grad_(False)
 
 
 class ResolutionSpy(nn.Module):

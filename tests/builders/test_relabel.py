@@ -9,21 +9,23 @@ import torch
 from click.testing import CliRunner
 
 import builders.relabel as relabel
+from fadrm_datasets import layout
 from fadrm_datasets.layout import BuildDirectory
 from builders.cli import cli
 from builders.relabel import RelabelConfig, choose_epochs_per_shard, epoch_bytes, shard_ranges, teachers_in_mode
 from builders.teachers import save_teacher
 from fadrm_datasets.softlabels import SoftLabelStore
 from tests.fakedata import make_fashion_mnist
-from tests.test_softlabels import PRESET, tiny_set, tiny_teacher, write_store
+from tests.helpers import tiny_teacher
+from tests.test_softlabels import PRESET, tiny_set, write_store
 
 
 def test_shards_are_few_and_a_deleted_one_is_rewritten_alone_with_the_same_bytes(tmp_path, monkeypatch):
     directory = tmp_path / "sl"
     store = write_store(directory, epochs=7, epochs_per_shard=3)
     files = sorted(p.name for p in directory.glob("*.safetensors"))
-    assert files == ["epochs-00000-00002.safetensors", "epochs-00003-00005.safetensors",
-                     "epochs-00006-00006.safetensors"]
+    assert files == [layout.shard_name(0, 2), layout.shard_name(3, 5),
+                     layout.shard_name(6, 6)]
     assert store.epochs == 7 and len(store.shards) == 3
     before = {name: (directory / name).read_bytes() for name in files}
     mtimes = {name: (directory / name).stat().st_mtime_ns for name in files}
@@ -55,7 +57,7 @@ def test_default_shard_size_keeps_the_file_count_small():
 
 
 def test_plan_depends_on_the_seed_not_on_the_shard_size(tmp_path):
-    teacher = tiny_teacher()
+    teacher = tiny_teacher(scale=2, shift=0.5)
     images, _ = tiny_set()
     a = write_store(tmp_path / "a", [teacher], images, epochs=5, epochs_per_shard=2)
     b = write_store(tmp_path / "b", [teacher], images, epochs=5, epochs_per_shard=5)
@@ -73,7 +75,7 @@ def test_plan_depends_on_the_seed_not_on_the_shard_size(tmp_path):
 def test_store_layout_and_size(tmp_path):
     images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
     store = write_store(tmp_path / "sl", images=images, epochs=4, preset=PRESET.replace(relabel_batch_size=16))
-    index = json.loads((tmp_path / "sl" / "index.json").read_text())
+    index = json.loads((tmp_path / "sl" / layout.SOFT_LABEL_INDEX).read_text())
     assert index["complete"] and index["layout"] == "dense" and index["num_samples"] == 100
     assert index["batch_size"] == 16 and index["num_batches"] == 7 and index["teacher_mode"] == "train"
     assert index["crop_scale"] == list(PRESET.relabel_crop_scale) and index["teachers"] == ["t0"]
@@ -91,7 +93,7 @@ def test_store_layout_and_size(tmp_path):
 
 
 def test_teacher_mode_keeps_running_statistics_and_restores_flags():
-    teacher = tiny_teacher()
+    teacher = tiny_teacher(scale=2, shift=0.5)
     teacher.classifier.train()  # an odd flag, to see it restored
     state = {k: v.clone() for k, v in teacher.state_dict().items()}
     x = torch.randn(8, 1, 28, 28)
@@ -110,7 +112,7 @@ def test_teacher_mode_keeps_running_statistics_and_restores_flags():
 
 
 def test_several_teachers_average_their_logits(tmp_path):
-    teachers = [tiny_teacher(0), tiny_teacher(1)]
+    teachers = [tiny_teacher(0, scale=2, shift=0.5), tiny_teacher(1, scale=2, shift=0.5)]
     images, _ = tiny_set()
     both = write_store(tmp_path / "both", teachers, images, epochs=1, teacher_mode="eval").epoch(0).logits
     one = write_store(tmp_path / "one", teachers[:1], images, epochs=1, teacher_mode="eval").epoch(0).logits
@@ -121,8 +123,8 @@ def test_several_teachers_average_their_logits(tmp_path):
 def test_build_relabel_evaluate_through_the_cli(tmp_path):
     data = make_fashion_mnist(tmp_path / "data", per_class=10, test_per_class=5)
     root = tmp_path / "build"
-    teacher = tiny_teacher()
-    save_teacher(root / "fashion-mnist" / "teachers" / "convnet-bn-w8-d2.safetensors", teacher,
+    teacher = tiny_teacher(scale=2, shift=0.5)
+    save_teacher(layout.teachers_dir(root, "fashion-mnist") / layout.teacher_file("convnet-bn-w8-d2"), teacher,
                  {"arch": "convnet-bn-w8-d2", "test_top1": "12.34"})
     common = ["--build-root", str(root), "--data-root", str(data), "--device", "cpu",
               "--teacher", "convnet-bn-w8-d2"]
@@ -132,14 +134,14 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "test top-1 of the set:" in result.output and "at the last epoch" in result.output
     assert "teacher 12.34 %" in result.output
-    build_dir = root / "fashion-mnist" / "ipc2-random-real"
+    build_dir = layout.build_dir(root, "fashion-mnist", 2, "random-real")
     manifest = BuildDirectory(build_dir).read_manifest()
     assert manifest["stages"]["relabel"]["epochs"] == 2 and manifest["stages"]["relabel"]["complete"]
     (record,) = manifest["evaluations"]
     assert 0 <= record["top1_best"] <= 100 and 0 <= record["top1_final"] <= record["top1_best"]
     assert record["epochs"] == 2 and record["student"] == "convnet-bn" and record["seed"] == 0
     assert {"top5", "seconds", "command"} <= set(record)
-    assert any(name.startswith("soft_labels/") for name in manifest["files"])
+    assert any(name.startswith(layout.SOFT_LABELS + "/") for name in manifest["files"])
     assert SoftLabelStore.open(build_dir).epochs == 2
 
     # The standalone commands: relabel again (nothing to redo), evaluate another student.
@@ -153,7 +155,7 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     assert len(evaluations) == 2 and evaluations[1]["student"] == "convnet-bn-w8-d2"
     assert evaluations[1]["seed"] == 3 and evaluations[1]["command"].startswith("fadrm-build")
     # The run's checkpoint was written at its checks and removed once the record was kept.
-    assert (build_dir / ".checkpoints").is_dir() and not list((build_dir / ".checkpoints").iterdir())
+    assert (build_dir / layout.CHECKPOINTS).is_dir() and not list((build_dir / layout.CHECKPOINTS).iterdir())
     assert not any(name.startswith(".") for name in BuildDirectory(build_dir).read_manifest()["files"])
     # More student epochs than stored soft-label epochs: a clear error, no traceback.
     result = runner.invoke(cli, ["evaluate", str(build_dir), "--epochs", "5", "--device", "cpu"])

@@ -53,12 +53,12 @@ def test_tiny_imagenet_source_reads_the_zip_layout(tmp_path):
     (base).mkdir()
     (base / "wnids.txt").write_text("\n".join(wnids))
     for wnid in wnids:
-        folder = base / "train" / wnid / "images"
+        folder = base / "train" / wnid / "images"  # not a set's name: Tiny-ImageNet's own
         folder.mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (64, 64), (i * 100, 0, 0)).save(folder / f"{wnid}_{i}.JPEG")
-    (base / "val" / "images").mkdir(parents=True)
-    Image.new("RGB", (64, 64)).save(base / "val" / "images" / "val_0.JPEG")
+    (base / "val" / "images").mkdir(parents=True)  # not a set's name: Tiny-ImageNet's own
+    Image.new("RGB", (64, 64)).save(base / "val" / "images" / "val_0.JPEG")  # not a set's name: Tiny-ImageNet's own
     (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t63\t63\n")
     train = load_tiny_imagenet(tmp_path, "train", download=False)
     val = load_tiny_imagenet(tmp_path, "test", download=False)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from fadrm_datasets import layout
 from tests.fakedata import make_fashion_mnist
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = "convnet-bn-w8-d2"
@@ -27,7 +29,7 @@ def with_tiny_teacher(root: Path) -> Path:
     from builders.models import build_model
     from builders.teachers import save_teacher
 
-    save_teacher(root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors",
+    save_teacher(layout.teachers_dir(root, "fashion-mnist") / layout.teacher_file(TEACHER),
                  build_model(TEACHER, 10, 1, 28), {"arch": TEACHER, "test_top1": "10.00"})
     return root
 
@@ -59,19 +61,6 @@ def dropout_student(name: str, *args, **kwargs):
 def build_args(root: Path, data: Path, build_dir: Path, *extra: str, ipc: int = 2) -> list[str]:
     return ["fashion-mnist", "--ipc", str(ipc), "--data-root", str(data), "--build-root", str(root),
             "--build-dir", str(build_dir), "--teacher", TEACHER, *FAST, *extra]
-
-
-def run_cli(args: list[str], capsys=None) -> tuple[int, str]:
-    """``fadrm-build ARGS`` in this process: (exit status, stderr)."""
-    from builders.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    err = capsys.readouterr().err if capsys is not None else ""
-    return code, err
 
 
 def _process_env() -> dict:

@@ -22,20 +22,22 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
+from fadrm_datasets import layout
 from tests.fakebuild import make_build
 from tests.reliability.conftest import REPO
 
 VERSION = "v1.0.0"
-PARQUET = "ipc10/train-00000-of-00001.parquet"
-SOFT_INDEX = "ipc10/soft_labels/index.json"
-SHARD = "ipc10/soft_labels/epochs-00000-00001.safetensors"
+PARQUET = layout.parquet_shard(10, 0, 1)
+SOFT_INDEX = f"{layout.repo_soft_labels(10)}/{layout.SOFT_LABEL_INDEX}"
+SHARD = f"{layout.repo_soft_labels(10)}/{layout.shard_name(0, 1)}"
 
 
 def publish_tiny(hub, tmp_path: Path, stem: str, soft_labels: bool = True) -> str:
     from builders.publish import push
 
     repo = hub.repo_id(stem)
-    push(make_build(tmp_path / stem / "ipc10", seed=3, soft_labels=soft_labels, teacher=False), repo, VERSION)
+    build = make_build(tmp_path / stem / layout.build_dir_name(10), seed=3, soft_labels=soft_labels, teacher=False)
+    push(build, repo, VERSION)
     return repo
 
 
@@ -51,7 +53,7 @@ def republish(repo: str, files: dict[str, bytes], tmp_path: Path, manifest: Call
     ``keep_sizes``) follow the new bytes, then ``manifest`` may edit it; ``raw_manifest`` replaces it whole."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    current = json.loads(released(repo, "manifest.json"))
+    current = json.loads(released(repo, layout.MANIFEST))
     for path, data in files.items():
         current["files"][path] = hashlib.sha256(data).hexdigest()
         if not keep_sizes and "sizes" in current:  # releases made before sizes were recorded have none
@@ -59,7 +61,7 @@ def republish(repo: str, files: dict[str, bytes], tmp_path: Path, manifest: Call
     if manifest is not None:
         current = manifest(current)
     text = raw_manifest if raw_manifest is not None else json.dumps(current).encode()
-    operations = [CommitOperationAdd(path, data) for path, data in {**files, "manifest.json": text}.items()]
+    operations = [CommitOperationAdd(path, data) for path, data in {**files, layout.MANIFEST: text}.items()]
     api = HfApi()
     commit = api.create_commit(repo, operations, commit_message="hostile", repo_type="dataset").oid
     api.delete_tag(repo, tag=VERSION, repo_type="dataset")

@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 
+from fadrm_datasets import layout
 from tests.reliability.hostile import (PARQUET, SHARD, SOFT_INDEX, VERSION, open_bounded, open_here, parquet_with,
                                        png, publish_tiny, released, republish, shard_with)
 
@@ -63,7 +64,7 @@ def test_deeply_nested_json_gets_one_line_even_without_soft_labels(repo, tmp_pat
 def test_a_wrong_typed_manifest_field_gets_one_line_naming_it(repo, tmp_path, edit, field):
     republish(repo, {}, tmp_path, manifest=edit)
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
-    assert outcome.startswith("IntegrityError") and field in outcome and "manifest.json" in outcome
+    assert outcome.startswith("IntegrityError") and field in outcome and layout.MANIFEST in outcome
 
 
 def test_an_image_larger_than_the_set_declares_is_refused_before_it_is_decoded(repo, tmp_path):
@@ -100,7 +101,7 @@ def test_a_label_or_ipc_id_outside_the_set_is_refused(repo, tmp_path, column, va
 def test_a_shard_pointing_outside_the_set_is_refused_naming_its_file(repo, tmp_path, change, message):
     republish(repo, {SHARD: shard_with(repo, change)}, tmp_path)
     outcome = open_here(tmp_path / "root", repo, then=lambda data: next(iter(data.soft_label_loader(0))))
-    assert outcome.startswith("SoftLabelStoreError") and "epochs-00000-00001.safetensors, epoch 0" in outcome
+    assert outcome.startswith("SoftLabelStoreError") and f"{layout.shard_name(0, 1)}, epoch 0" in outcome
     assert message in outcome
 
 
@@ -113,16 +114,16 @@ def test_a_shard_declaring_other_shapes_is_refused_at_open(repo, tmp_path):
 def test_an_index_with_a_million_shard_entries_is_refused_without_reading_it(repo, tmp_path):
     index = _json(released(repo, SOFT_INDEX))
     index["epochs"] = 1_000_000
-    index["shards"] = [{"file": f"epochs-{e:05d}-{e:05d}.safetensors", "first_epoch": e, "last_epoch": e}
+    index["shards"] = [{"file": layout.shard_name(e, e), "first_epoch": e, "last_epoch": e}
                        for e in range(1_000_000)]
     republish(repo, {SOFT_INDEX: json.dumps(index).encode()}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo)
     assert outcome.startswith("IntegrityError") and "at most 1,048,576 allowed" in outcome
-    assert took < 30 and not list((tmp_path / "root").rglob("index.json"))
+    assert took < 30 and not list((tmp_path / "root").rglob(layout.SOFT_LABEL_INDEX))
 
 
 def test_a_large_file_under_the_ipc_folder_is_not_downloaded(repo, tmp_path):
-    republish(repo, {"ipc10/extra.bin": bytes(32 << 20)}, tmp_path)
+    republish(repo, {layout.ipc_prefix(10) + "extra.bin": bytes(32 << 20)}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo, memory_mb=256)
     assert outcome == "OK" and not list((tmp_path / "root").rglob("extra.bin"))
 
@@ -134,7 +135,8 @@ def test_a_file_the_hub_serves_at_another_size_than_recorded_is_refused_before_i
     republish(repo, {PARQUET: parquet_with(repo, add_row)}, tmp_path, keep_sizes=True)
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
     assert outcome.startswith("IntegrityError") and "the Hub serves" in outcome and "its manifest records" in outcome
-    assert not list((tmp_path / "root").rglob("*.parquet")) and not list((tmp_path / "root").rglob("*.part"))
+    root = tmp_path / "root"
+    assert not list(root.rglob("*.parquet")) and not list(root.rglob(f"*{layout.PARTIAL_SUFFIX}"))
 
 
 def test_a_transfer_running_past_the_recorded_size_is_cut_off(repo, tmp_path, monkeypatch):
@@ -144,7 +146,7 @@ def test_a_transfer_running_past_the_recorded_size_is_cut_off(repo, tmp_path, mo
 
     from fadrm_datasets.sets import FADRMDataset, IntegrityError
 
-    manifest = _json(released(repo, "manifest.json"))
+    manifest = _json(released(repo, layout.MANIFEST))
     recorded = manifest["sizes"][PARQUET]
     republish(repo, {}, tmp_path, manifest=lambda m: {**m, "sizes": {**m["sizes"], PARQUET: recorded - 100}})
     real = huggingface_hub.get_hf_file_metadata
@@ -156,7 +158,8 @@ def test_a_transfer_running_past_the_recorded_size_is_cut_off(repo, tmp_path, mo
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lying_head)
     with pytest.raises(IntegrityError, match=f"sent more than the {recorded - 100:,} bytes its manifest records"):
         FADRMDataset(tmp_path / "root", repo_id=repo, ipc=10, version=VERSION, download=True)
-    assert not list((tmp_path / "root").rglob("*.parquet")) and not list((tmp_path / "root").rglob("*.part"))
+    root = tmp_path / "root"
+    assert not list(root.rglob("*.parquet")) and not list(root.rglob(f"*{layout.PARTIAL_SUFFIX}"))
 
 
 def test_soft_labels_false_fetches_no_soft_labels(repo, tmp_path):
@@ -164,6 +167,6 @@ def test_soft_labels_false_fetches_no_soft_labels(repo, tmp_path):
 
     root = tmp_path / "root"
     assert len(FADRMDataset(root, repo_id=repo, ipc=10, version=VERSION, download=True)) == 40
-    assert not list(root.rglob("*.safetensors")) and not list(root.rglob("index.json"))
+    assert not list(root.rglob("*.safetensors")) and not list(root.rglob(layout.SOFT_LABEL_INDEX))
     data = FADRMDataset(root, repo_id=repo, ipc=10, version=VERSION, download=True, soft_labels=True)
     assert data.soft_label_epochs == 2 and len(list(root.rglob("*.safetensors"))) == 1

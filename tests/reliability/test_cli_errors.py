@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
-from tests.reliability.conftest import TEACHER, build_args, run_cli
+from fadrm_datasets import layout
+from tests.helpers import run_cli
+from tests.reliability.conftest import TEACHER, build_args
 
 
 @pytest.fixture
@@ -22,18 +24,20 @@ def _rewrite_json(path, change) -> None:
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
 
 
+SOFT_INDEX = f"{layout.SOFT_LABELS}/{layout.SOFT_LABEL_INDEX}"
+
 # (what is damaged, how, the command, what the line must say)
 CASES = {
-    "manifest is a JSON list (build)": ("manifest.json", lambda m: ["a", "list"], "build", "holds a JSON list, not an object"),
-    "manifest has wrong types (build)": ("manifest.json", lambda m: {**m, "ipc": "two"}, "build", "is malformed: ipc"),
-    "manifest is a JSON list (push)": ("manifest.json", lambda m: ["a", "list"], "push", "holds a JSON list"),
-    "manifest has wrong types (push)": ("manifest.json", lambda m: {**m, "files": ["x"]}, "push", "is malformed: files"),
-    "manifest is not JSON (evaluate)": ("manifest.json", None, "evaluate", "manifest.json is not valid JSON"),
-    "index has wrong types (evaluate)": ("soft_labels/index.json", lambda i: {**i, "epochs": "2"}, "evaluate",
-                                         "index.json is malformed: epochs"),
+    "manifest is a JSON list (build)": (layout.MANIFEST, lambda m: ["a", "list"], "build", "holds a JSON list, not an object"),
+    "manifest has wrong types (build)": (layout.MANIFEST, lambda m: {**m, "ipc": "two"}, "build", "is malformed: ipc"),
+    "manifest is a JSON list (push)": (layout.MANIFEST, lambda m: ["a", "list"], "push", "holds a JSON list"),
+    "manifest has wrong types (push)": (layout.MANIFEST, lambda m: {**m, "files": ["x"]}, "push", "is malformed: files"),
+    "manifest is not JSON (evaluate)": (layout.MANIFEST, None, "evaluate", f"{layout.MANIFEST} is not valid JSON"),
+    "index has wrong types (evaluate)": (SOFT_INDEX, lambda i: {**i, "epochs": "2"}, "evaluate",
+                                         f"{layout.SOFT_LABEL_INDEX} is malformed: epochs"),
     "index names a shard outside (evaluate)": (
-        "soft_labels/index.json",
-        lambda i: {**i, "shards": [{**i["shards"][0], "file": "../../x.safetensors"}]}, "evaluate",
+        SOFT_INDEX,
+        lambda i: {**i, "shards": [{**i["shards"][0], "file": "../../x.safetensors"}]}, "evaluate",  # not a set's name
         "is not a shard name"),
 }
 
@@ -46,10 +50,10 @@ def test_a_malformed_file_read_by_the_cli_gets_one_line_and_status_2(case, built
         path.write_text("{ not json")
     else:
         _rewrite_json(path, change)
-    if relative != "manifest.json":  # as if a stage had written it so: the manifest's hash agrees
+    if relative != layout.MANIFEST:  # as if a stage had written it so: the manifest's hash agrees
         from fadrm_datasets._io import sha256_file
 
-        _rewrite_json(built / "manifest.json", lambda m: {**m, "files": {**m["files"], relative: sha256_file(path)}})
+        _rewrite_json(built / layout.MANIFEST, lambda m: {**m, "files": {**m["files"], relative: sha256_file(path)}})
     args = {"build": build_args(build_root, fake_data, built),
             "push": ["push", str(built), "--repo", hub.repo_id("bad"), "--version", "v1.0.0"],
             "evaluate": ["evaluate", str(built), "--epochs", "1", "--device", "cpu", "--data-root", str(fake_data)]}
@@ -71,7 +75,7 @@ def test_a_teacher_of_another_class_count_gets_one_line_and_status_2(built, buil
 
 
 def test_a_damaged_cached_teacher_gets_one_line(built, build_root, fake_data, tmp_path, capsys):
-    cached = build_root / "fashion-mnist" / "teachers" / f"{TEACHER}.safetensors"
+    cached = layout.teachers_dir(build_root, "fashion-mnist") / layout.teacher_file(TEACHER)
     cached.write_bytes(b"\x00" * 40)
     code, err = run_cli(build_args(build_root, fake_data, tmp_path / "again"), capsys)
     assert code == 2 and "cannot read the teacher weights" in err and "--retrain" in err
@@ -120,7 +124,7 @@ def test_a_full_disk_during_push_is_reported_as_itself(built, hub, monkeypatch, 
     from builders import publish
 
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/staging/ipc2/train-00000-of-00001.parquet")
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/staging/" + layout.parquet_shard(2, 0, 1))
 
     monkeypatch.setattr(publish, "write_parquet", full)
     repo = hub.repo_id("full")

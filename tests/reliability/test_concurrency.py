@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.reliability.conftest import build_args, cli_process, cli_run, files_of, run_cli
+from fadrm_datasets import layout
+from tests.helpers import run_cli
+from tests.reliability.conftest import build_args, cli_process, cli_run, files_of
 
 
 def test_a_second_builder_is_refused_naming_the_holder(build_root, fake_data, tmp_path, capsys):
@@ -13,7 +15,7 @@ def test_a_second_builder_is_refused_naming_the_holder(build_root, fake_data, tm
     slow = build_args(build_root, fake_data, build_dir, ipc=3)
     slow[slow.index("--iterations") + 1] = "300,300,300,300"
     first = cli_process(slow)
-    holder = build_dir / ".lock.holder"
+    holder = build_dir / layout.BUILD_LOCK_HOLDER
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not holder.is_file():
         time.sleep(0.05)
@@ -28,4 +30,4 @@ def test_a_second_builder_is_refused_naming_the_holder(build_root, fake_data, tm
     # The lock dies with its holder (SIGKILL included): the next builder takes the directory.
     result = cli_run(build_args(build_root, fake_data, build_dir, ipc=3))
     assert result.returncode == 0, result.stderr
-    assert len(files_of(build_dir / "images")) == 30
+    assert len(files_of(build_dir / layout.IMAGES)) == 30

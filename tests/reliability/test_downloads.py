@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from fadrm_datasets import hub as fhub
+from fadrm_datasets import layout
 from fadrm_datasets.sets import FADRMDataset, HubError, IntegrityError
 from tests.fakebuild import expected_pixels, make_build
+from tests.helpers import pixels
 from tests.reliability.conftest import REPO
 
 
@@ -22,13 +24,9 @@ def published(hub, tmp_path):
     from builders.publish import push
 
     repo = hub.repo_id("downloads")
-    build = make_build(tmp_path / "v1" / "ipc10", seed=0, soft_labels=True)
+    build = make_build(tmp_path / "v1" / layout.build_dir_name(10), seed=0, soft_labels=True)
     push(build, repo, "v1.0.0")
     return repo, build
-
-
-def pixels(data) -> list[np.ndarray]:
-    return [np.asarray(data[i][0]) for i in range(len(data))]
 
 
 def test_a_download_cut_mid_file_is_resumed_to_a_good_copy(published, hub, tmp_path):
@@ -74,7 +72,7 @@ def test_a_cached_file_altered_without_a_change_of_size_or_mtime_is_caught_by_th
     repo, _ = published
     root = tmp_path / "root"
     FADRMDataset(root, repo_id=repo, ipc=10, version="v1.0.0", download=True)
-    shard = fhub.version_dir(root, repo, "v1.0.0") / "ipc10" / "train-00000-of-00001.parquet"
+    shard = fhub.version_dir(root, repo, "v1.0.0") / layout.parquet_shard(10, 0, 1)
     stat = shard.stat()
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -82,7 +80,7 @@ def test_a_cached_file_altered_without_a_change_of_size_or_mtime_is_caught_by_th
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert shard.stat().st_size == stat.st_size and shard.stat().st_mtime_ns == stat.st_mtime_ns
     out, err = _open_in_a_process(root, repo, download=False).communicate(timeout=60)
-    assert "IntegrityError" in err and "1 corrupted (ipc10/train-00000-of-00001.parquet)" in err
+    assert "IntegrityError" in err and f"1 corrupted ({layout.parquet_shard(10, 0, 1)})" in err
 
 
 def test_a_moved_tag_is_noticed_and_its_files_fetched_again(published, hub, tmp_path, caplog):
@@ -91,7 +89,7 @@ def test_a_moved_tag_is_noticed_and_its_files_fetched_again(published, hub, tmp_
     repo, _ = published
     root = tmp_path / "root"
     FADRMDataset(root, repo_id=repo, ipc=10, version="v1.0.0", download=True)
-    moved = make_build(tmp_path / "v1b" / "ipc10", seed=5)
+    moved = make_build(tmp_path / "v1b" / layout.build_dir_name(10), seed=5)
     push(moved, repo, "v1.0.0", force=True)
     assert len(FADRMDataset(root, repo_id=repo, ipc=10, version="v1.0.0")) == 40  # no download: the local copy
     with caplog.at_level("WARNING", logger="fadrm_datasets.hub"):
@@ -104,7 +102,7 @@ def test_a_corrupt_cached_manifest_is_fetched_again_not_blamed_on_the_hub(publis
     repo, build = published
     root = tmp_path / "root"
     FADRMDataset(root, repo_id=repo, ipc=10, version="v1.0.0", download=True)
-    manifest = fhub.version_dir(root, repo, "v1.0.0") / "manifest.json"
+    manifest = fhub.version_dir(root, repo, "v1.0.0") / layout.MANIFEST
     manifest.write_text('["not", "a manifest"]')
     with pytest.raises(IntegrityError, match="manifest.json holds a JSON list.*pass download=True"):
         FADRMDataset(root, repo_id=repo, ipc=10, version="v1.0.0")
@@ -127,7 +125,7 @@ def test_a_parquet_shard_of_another_schema_is_refused_in_one_line(tmp_path):
 
     from fadrm_datasets.sets import _read_parquet
 
-    path = tmp_path / "train-00000-of-00001.parquet"
+    path = tmp_path / "shard.parquet"
     pq.write_table(pa.table({"img": [b"x"], "label": [0]}), path)
     with pytest.raises(IntegrityError, match="is not a shard of a FADRM set") as info:
         _read_parquet([path])

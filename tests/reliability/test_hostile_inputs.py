@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from fadrm_datasets import layout
 from fadrm_datasets.layout import LayoutError, inside
 from fadrm_datasets.sets import FADRMDataset, IntegrityError
 from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
@@ -17,8 +18,9 @@ from tests.fakebuild import make_build
 
 
 def test_inside_refuses_every_way_out(tmp_path):
-    assert inside(tmp_path, "ipc10/a.parquet") == (tmp_path / "ipc10" / "a.parquet").resolve()
-    for hostile in ("../x", "ipc10/../../x", "/etc/passwd", "ipc10/../..", "", ".", "a\\..\\..\\x"):
+    ipc = layout.ipc_prefix(10)
+    assert inside(tmp_path, ipc + "a.parquet") == (tmp_path / ipc / "a.parquet").resolve()
+    for hostile in ("../x", ipc + "../../x", "/etc/passwd", ipc + "../..", "", ".", "a\\..\\..\\x"):
         with pytest.raises(LayoutError, match="refusing the path"):
             inside(tmp_path, hostile)
     (tmp_path / "link").symlink_to("/etc")
@@ -31,12 +33,12 @@ def test_a_published_manifest_cannot_make_the_library_delete_outside_its_cache(h
 
     repo = hub.repo_id("hostile")
     staging = tmp_path / "staging"
-    (staging / "ipc10").mkdir(parents=True)
-    (staging / "ipc10" / "train-00000-of-00001.parquet").write_bytes(b"not a parquet")
-    files = {"ipc10/train-00000-of-00001.parquet": "0" * 64, "ipc10/../../../../outside.txt": "1" * 64}
+    (staging / layout.ipc_dir(10)).mkdir(parents=True)
+    (staging / layout.parquet_shard(10, 0, 1)).write_bytes(b"not a parquet")
+    files = {layout.parquet_shard(10, 0, 1): "0" * 64, layout.ipc_prefix(10) + "../../../../outside.txt": "1" * 64}
     manifest = {"format_version": 2, "ipcs": {"10": {"num_images": 1, "preset": {}}}, "classes": ["a"],
                 "files": files, "sizes": {path: 13 for path in files}}
-    (staging / "manifest.json").write_text(json.dumps(manifest))
+    (staging / layout.MANIFEST).write_text(json.dumps(manifest))
     api = HfApi()
     api.create_repo(repo, repo_type="dataset")
     commit = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=staging).oid
@@ -44,7 +46,7 @@ def test_a_published_manifest_cannot_make_the_library_delete_outside_its_cache(h
 
     root = tmp_path / "root"
     version_dir = root / repo.replace("/", "--") / "v1.0.0"
-    outside = (version_dir / "ipc10/../../../../outside.txt").resolve()
+    outside = (version_dir / layout.ipc_prefix(10) / "../../../../outside.txt").resolve()
     outside.write_text("precious")
     assert not outside.is_relative_to(root)
     with pytest.raises(IntegrityError, match="leaves .* nothing was read or deleted"):
@@ -53,31 +55,31 @@ def test_a_published_manifest_cannot_make_the_library_delete_outside_its_cache(h
 
 
 def test_a_local_manifest_cannot_make_the_library_read_outside_the_build(tmp_path):
-    build = make_build(tmp_path / "ipc10", teacher=False)
-    manifest = json.loads((build / "manifest.json").read_text())
-    manifest["files"]["images/../../secret.txt"] = "0" * 64
-    (build / "manifest.json").write_text(json.dumps(manifest))
+    build = make_build(tmp_path / layout.build_dir_name(10), teacher=False)
+    manifest = json.loads((build / layout.MANIFEST).read_text())
+    manifest["files"][f"{layout.IMAGES}/../../secret.txt"] = "0" * 64
+    (build / layout.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(IntegrityError, match="leaves"):
         FADRMDataset.from_build(build)
 
 
 def test_a_soft_label_index_cannot_name_a_file_outside_its_store(tmp_path):
-    build = make_build(tmp_path / "ipc10", soft_labels=True, teacher=False)
-    index_path = build / "soft_labels" / "index.json"
+    build = make_build(tmp_path / layout.build_dir_name(10), soft_labels=True, teacher=False)
+    index_path = build / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX
     index = json.loads(index_path.read_text())
-    index["shards"][0]["file"] = "../../epochs-00000-00001.safetensors"
+    index["shards"][0]["file"] = "../../" + layout.shard_name(0, 1)
     index_path.write_text(json.dumps(index))
     with pytest.raises(SoftLabelStoreError, match="not a shard name"):
-        SoftLabelStore.open(build / "soft_labels")
+        SoftLabelStore.open(build / layout.SOFT_LABELS)
     # A shard's name that resolves outside the store (a link planted in it) is refused too.
     (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
-    shard = build / "soft_labels" / "epochs-00000-00001.safetensors"
+    shard = build / layout.SOFT_LABELS / layout.shard_name(0, 1)
     shard.unlink()
     shard.symlink_to(tmp_path / "elsewhere.safetensors")
     index["shards"][0]["file"] = shard.name
     index_path.write_text(json.dumps(index))
     with pytest.raises(SoftLabelStoreError, match="leaves"):
-        SoftLabelStore.open(build / "soft_labels")
+        SoftLabelStore.open(build / layout.SOFT_LABELS)
 
 
 def _post(url: str, body: bytes, token: str | None) -> tuple[int, str]:

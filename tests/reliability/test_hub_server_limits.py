@@ -373,7 +373,7 @@ def test_a_hostile_dataset_card_cannot_break_repo_info(hub, front_matter, card_d
     repo_id = hub.repo_id("card")
     HfApi().create_repo(repo_id, repo_type="dataset")
     readme = f"---\n{front_matter}\n---\n# Card\n".encode()
-    commit = regular_file("README.md", readme)
+    commit = regular_file("README.md", readme)  # not a set's name: the Hub's card
     assert json_request(hub, "POST", f"/api/datasets/{repo_id}/commit/main", commit)[0] == 200
     status, _, body = exchange(hub.url, head("GET", f"/api/datasets/{repo_id}"))
     assert status == 200 and json.loads(body).get("cardData") == card_data

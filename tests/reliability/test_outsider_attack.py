@@ -22,11 +22,15 @@ import zlib
 import pytest
 
 from fadrm_datasets import hub as fhub
+from fadrm_datasets import layout
 from fadrm_datasets.sets import FADRMDataset, IntegrityError
 from tests.fakebuild import make_build
-from tests.reliability.conftest import run_cli
+from tests.helpers import run_cli
 from tests.reliability.hostile import (PARQUET, SOFT_INDEX, VERSION, open_bounded, open_here, parquet_with, png,
                                        publish_tiny, released, republish, run_bounded, within)
+
+IPC10 = layout.ipc_prefix(10)
+ALIASED_PATCHES = f"{layout.SOFT_LABELS}/../{layout.PATCHES}"  # recorded under soft_labels/, it is the patches
 
 
 def _open(root, repo, **kwargs) -> FADRMDataset:
@@ -74,7 +78,7 @@ def test_a_shard_that_decompresses_far_past_its_images_is_refused_before_it_is_r
     republish(repo, {PARQUET: shard}, tmp_path)
     took, outcome = open_bounded(tmp_path / "root", repo, soft_labels=False, memory_mb=256)
     assert outcome.startswith("IntegrityError") and "more than PNGs of 8x8 can take" in outcome, outcome
-    assert "train-00000-of-00001.parquet" in outcome and took < 30
+    assert PARQUET in outcome and took < 30
 
 
 def test_a_shard_padded_with_empty_row_groups_is_read_in_bounded_memory(hub, tmp_path):
@@ -92,7 +96,7 @@ def test_a_shard_whose_footer_is_larger_than_a_shard_needs_is_refused_before_it_
 
     from fadrm_datasets.sets import _read_parquet
 
-    path = tmp_path / "train-00000-of-00001.parquet"
+    path = tmp_path / "shard.parquet"
     table = pa.table({"image": [{"bytes": png(8, 8), "path": "p"}], "label": [0], "ipc_id": [0]})
     pq.write_table(table.replace_schema_metadata({"padding": "x" * (4 << 20)}), path)
     with pytest.raises(IntegrityError, match="has a footer of [0-9,]+ bytes, more than a shard's") as info:
@@ -110,7 +114,7 @@ def test_an_image_column_that_is_not_a_struct_gets_one_line(tmp_path, image):
 
     from fadrm_datasets.sets import _read_parquet
 
-    path = tmp_path / "train-00000-of-00001.parquet"
+    path = tmp_path / "shard.parquet"
     pq.write_table(pa.table({"image": image(pa), "label": [0], "ipc_id": [0]}), path)
     with pytest.raises(IntegrityError, match="is not a shard of a FADRM set") as info:
         _read_parquet([path])
@@ -130,7 +134,8 @@ def test_a_truncated_png_is_reported_naming_the_image_not_as_a_raw_decoder_error
     for use in (lambda data: data[0], lambda data: data.images_uint8()):
         outcome = open_here(tmp_path / "root", repo, soft_labels=False, then=use)
         assert outcome.startswith("IntegrityError"), outcome
-        assert "ipc10: the image of label 0, ipc id 0 cannot be decoded (image file is truncated" in outcome
+        assert (f"{layout.ipc_dir(10)}: the image of label 0, ipc id 0 cannot be decoded (image file is truncated"
+                in outcome)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -204,7 +209,7 @@ def test_held_a_format_version_of_another_type_is_refused(hub, tmp_path, value):
 def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path):
     """Nearly 4 MB of paths 500 folders deep, each resolved folder by folder."""
     repo = publish_tiny(hub, tmp_path, "deep", soft_labels=False)
-    deep = {"ipc20/" + "a/" * 495 + f"f{i}": f"{i:064x}" for i in range(1900)}
+    deep = {layout.ipc_prefix(20) + "a/" * 495 + f"f{i}": f"{i:064x}" for i in range(1900)}
 
     def edit(m):
         return {**m, "files": {**m["files"], **deep}, "sizes": {**m["sizes"], **{p: 1 for p in deep}}}
@@ -216,8 +221,8 @@ def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path)
     assert time.perf_counter() - start < 10
 
 
-@pytest.mark.parametrize("path", ["ipc10/./train.parquet", "ipc10//train.parquet", "ipc10/train.parquet/",
-                                  "soft_labels/../patches.safetensors", "a/" * 8 + "b"])
+@pytest.mark.parametrize("path", [f"{IPC10}./train.parquet", f"{IPC10}/train.parquet", f"{IPC10}train.parquet/",
+                                  ALIASED_PATCHES, "a/" * 8 + "b"])
 def test_a_path_of_a_set_has_one_spelling(tmp_path, path):
     from fadrm_datasets.layout import LayoutError, inside, own_file
 
@@ -240,11 +245,11 @@ def test_an_index_declaring_larger_images_than_the_set_is_refused_at_open(hub, t
 def test_a_shard_header_nested_deeply_gets_one_line(tmp_path):
     from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
 
-    build = make_build(tmp_path / "ipc10", soft_labels=True, teacher=False)
+    build = make_build(tmp_path / layout.build_dir_name(10), soft_labels=True, teacher=False)
     header = b"[" * 100_000 + b"]" * 100_000
-    (build / "soft_labels" / "epochs-00000-00001.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    with pytest.raises(SoftLabelStoreError, match="epochs-00000-00001.safetensors nests deeper than 32") as info:
-        SoftLabelStore.open(build / "soft_labels")
+    (build / layout.SOFT_LABELS / layout.shard_name(0, 1)).write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(SoftLabelStoreError, match=f"{layout.shard_name(0, 1)} nests deeper than 32") as info:
+        SoftLabelStore.open(build / layout.SOFT_LABELS)
     assert len(str(info.value).splitlines()) == 1
 
 
@@ -254,7 +259,7 @@ def test_a_fifo_in_place_of_the_download_record_does_not_block_the_open(hub, tmp
     repo = publish_tiny(hub, tmp_path, "fifo", soft_labels=False)
     root = tmp_path / "root"
     _open(root, repo)
-    record = fhub.version_dir(root, repo, VERSION) / ".fadrm-source.json"
+    record = fhub.version_dir(root, repo, VERSION) / layout.DOWNLOAD_SOURCE
     record.unlink()
     os.mkfifo(record)
     with within(10):
@@ -267,13 +272,13 @@ def test_a_cache_folder_linked_elsewhere_is_refused_and_its_target_left_alone(hu
     root, victim = tmp_path / "root", tmp_path / "victim"
     (victim / VERSION).mkdir(parents=True)
     for where in (victim, victim / VERSION):
-        (where / "manifest.json").write_text("precious")
+        (where / layout.MANIFEST).write_text("precious")
     link = fhub.version_dir(root, repo, VERSION) if folder == "version" else fhub.repo_dir(root, repo)
     link.parent.mkdir(parents=True)
     link.symlink_to(victim)
     outcome = open_here(root, repo, soft_labels=False)
-    assert sorted(p.name for p in victim.rglob("*")) == ["manifest.json", "manifest.json", VERSION]
-    assert all((where / "manifest.json").read_text() == "precious" for where in (victim, victim / VERSION))
+    assert sorted(p.name for p in victim.rglob("*")) == [layout.MANIFEST, layout.MANIFEST, VERSION]
+    assert all((where / layout.MANIFEST).read_text() == "precious" for where in (victim, victim / VERSION))
     assert outcome.startswith("RootError") and "is a symbolic link" in outcome, outcome
 
 
@@ -282,7 +287,7 @@ def test_a_partial_download_planted_as_a_link_is_not_written_through(hub, tmp_pa
     root, victim = tmp_path / "root", tmp_path / "victim.txt"
     victim.write_text("precious")
     dest = fhub.version_dir(root, repo, VERSION)
-    for part in (dest / ".manifest.json.part", dest / "ipc10" / ".train-00000-of-00001.parquet.part"):
+    for part in (layout.partial_download(dest / layout.MANIFEST), layout.partial_download(dest / PARQUET)):
         part.parent.mkdir(parents=True, exist_ok=True)
         part.symlink_to(victim)
     outcome = open_here(root, repo, soft_labels=False)
@@ -294,7 +299,7 @@ def test_held_a_lock_file_planted_as_a_link_is_not_followed(hub, tmp_path):
     repo = publish_tiny(hub, tmp_path, "locklink", soft_labels=False)
     root, victim = tmp_path / "root", tmp_path / "victim.txt"
     victim.write_text("precious")
-    lock = fhub.repo_dir(root, repo) / f"{VERSION}.lock"
+    lock = layout.sibling_lock(fhub.version_dir(root, repo, VERSION))
     lock.parent.mkdir(parents=True)
     lock.symlink_to(victim)
     with pytest.raises(fhub.RootError, match="cannot be written") as info:
@@ -314,8 +319,8 @@ def test_a_cache_variable_naming_a_file_is_named_in_the_refusal(tmp_path, monkey
 # --- local builds, and the CLI reading them ----------------------------------------------------------
 
 def test_a_build_image_linked_to_a_fifo_outside_is_refused_without_opening_it(tmp_path):
-    build = make_build(tmp_path / "ipc10", teacher=False)
-    image, fifo = build / "images" / "00000" / "00001.png", tmp_path / "fifo"
+    build = make_build(tmp_path / layout.build_dir_name(10), teacher=False)
+    image, fifo = build / layout.image_relpath(0, 1), tmp_path / "fifo"
     os.mkfifo(fifo)
     image.unlink()
     image.symlink_to(fifo)
@@ -327,24 +332,24 @@ def test_a_build_manifest_cannot_make_push_publish_a_file_beside_the_soft_labels
     """``soft_labels/../patches.safetensors``: recorded under soft_labels/, it is the real patches."""
     from huggingface_hub import HfApi
 
-    build = make_build(tmp_path / "ipc10", soft_labels=True, teacher=False)
-    patches = build / "patches.safetensors"
+    build = make_build(tmp_path / layout.build_dir_name(10), soft_labels=True, teacher=False)
+    patches = build / layout.PATCHES
     patches.write_bytes(b"canary: the real patches, never published")
-    manifest = json.loads((build / "manifest.json").read_text())
-    manifest["files"]["soft_labels/../patches.safetensors"] = hashlib.sha256(patches.read_bytes()).hexdigest()
-    (build / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((build / layout.MANIFEST).read_text())
+    manifest["files"][ALIASED_PATCHES] = hashlib.sha256(patches.read_bytes()).hexdigest()
+    (build / layout.MANIFEST).write_text(json.dumps(manifest))
     repo = hub.repo_id("alias")
     code, err = run_cli(["push", str(build), "--repo", repo, "--version", VERSION], capsys)
-    assert code == 2 and "refusing the path 'soft_labels/../patches.safetensors'" in err, err
+    assert code == 2 and f"refusing the path '{ALIASED_PATCHES}'" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not HfApi().repo_exists(repo, repo_type="dataset")
 
 
 def test_a_build_manifest_claiming_a_billion_images_is_refused_by_push_in_bounded_memory(tmp_path):
-    build = make_build(tmp_path / "ipc10", teacher=False)
-    manifest = json.loads((build / "manifest.json").read_text())
+    build = make_build(tmp_path / layout.build_dir_name(10), teacher=False)
+    manifest = json.loads((build / layout.MANIFEST).read_text())
     manifest["ipc"], manifest["preset"]["num_classes"] = 10_000, 100_000
-    (build / "manifest.json").write_text(json.dumps(manifest))
+    (build / layout.MANIFEST).write_text(json.dumps(manifest))
     took, outcome = run_bounded(f"from builders.publish import read_build\nread_build({str(build)!r})", memory_mb=256)
     assert outcome.startswith("PublishError") and "not a complete set of 100000 x 10000 images" in outcome, outcome
     assert took < 30
@@ -352,7 +357,7 @@ def test_a_build_manifest_claiming_a_billion_images_is_refused_by_push_in_bounde
 
 def test_evaluate_refuses_a_recorded_temperature_that_is_not_a_positive_number(clean_build, fake_data, capsys):
     """A temperature of "hot" was a raw TypeError; 0 trained on NaN and recorded it in a manifest then unreadable."""
-    path = clean_build / "manifest.json"
+    path = clean_build / layout.MANIFEST
     for temperature in ("hot", 0):
         manifest = json.loads(path.read_text())
         manifest["preset"]["temperature"] = temperature
@@ -368,7 +373,7 @@ def test_a_diverged_loss_is_recorded_as_null_and_the_manifest_stays_readable(tmp
     refuses for good; JSON has no NaN, so it is written as null."""
     from fadrm_datasets.layout import BuildDirectory
 
-    build = BuildDirectory(tmp_path / "ipc10")
+    build = BuildDirectory(tmp_path / layout.ipc_dir(10))
     build.update_manifest(evaluations=[{"checks": [{"epoch": 1, "loss": float("nan"), "top1": 10.0},
                                                    {"epoch": 2, "loss": float("inf"), "top1": 10.0}]}])
     checks = build.read_manifest()["evaluations"][0]["checks"]

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from tests.reliability.conftest import build_args, run_cli
+from fadrm_datasets import layout
+from tests.helpers import run_cli
+from tests.reliability.conftest import build_args
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ PLANTS = {
     "a plain file": lambda soft, secret, folder: (soft / "notes.txt").write_text("canary"),
     "a link to a file": lambda soft, secret, folder: (soft / "linked.txt").symlink_to(secret),
     "a link to a folder": lambda soft, secret, folder: (soft / "linked").symlink_to(folder, target_is_directory=True),
-    "a link in place of a shard": lambda soft, secret, folder: _replace_by_link(soft / "epochs-00000-00001.safetensors",
+    "a link in place of a shard": lambda soft, secret, folder: _replace_by_link(soft / layout.shard_name(0, 1),
                                                                                 secret),
 }
 
@@ -39,7 +41,7 @@ def _replace_by_link(path, target):
 def test_push_refuses_what_the_build_did_not_record_and_publishes_nothing(clean_build, hub, host, plant, capsys):
     from huggingface_hub import HfApi
 
-    PLANTS[plant](clean_build / "soft_labels", *host)
+    PLANTS[plant](clean_build / layout.SOFT_LABELS, *host)
     repo = hub.repo_id("leak")
     code, err = run_cli(["push", str(clean_build), "--repo", repo, "--version", "v1.0.0"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -51,19 +53,19 @@ def test_a_rerun_of_the_build_records_nothing_it_did_not_write(clean_build, buil
     from fadrm_datasets._io import sha256_file
 
     secret, _ = host
-    soft, image = clean_build / "soft_labels", clean_build / "images" / "00000" / "00001.png"
+    soft, image = clean_build / layout.SOFT_LABELS, clean_build / layout.image_relpath(0, 1)
     (soft / "linked.txt").symlink_to(secret)
     (soft / "notes.txt").write_text("canary")
     # An image replaced by a link to another valid image outside the build: made again, never followed.
     original, outside = image.read_bytes(), tmp_path / "outside.png"
-    outside.write_bytes((clean_build / "images" / "00001" / "00000.png").read_bytes())
+    outside.write_bytes((clean_build / layout.image_relpath(1, 0)).read_bytes())
     image.unlink()
     image.symlink_to(outside)
 
     code, _ = run_cli(build_args(build_root, fake_data, clean_build))
     assert code == 0
-    recorded = json.loads((clean_build / "manifest.json").read_text())["files"]
-    assert "soft_labels/linked.txt" not in recorded and "soft_labels/notes.txt" not in recorded
+    recorded = json.loads((clean_build / layout.MANIFEST).read_text())["files"]
+    assert f"{layout.SOFT_LABELS}/linked.txt" not in recorded and f"{layout.SOFT_LABELS}/notes.txt" not in recorded
     assert sha256_file(secret) not in recorded.values()
     assert not image.is_symlink() and image.read_bytes() == original
-    assert recorded["images/00000/00001.png"] == sha256_file(image)
+    assert recorded[layout.image_relpath(0, 1)] == sha256_file(image)

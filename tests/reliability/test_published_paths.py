@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.reliability.conftest import build_args, run_cli
+from fadrm_datasets import layout
+from tests.helpers import run_cli
+from tests.reliability.conftest import build_args
 
 
 def test_no_published_file_names_a_local_path(build_root, fake_data, tmp_path, hub):
@@ -17,9 +19,9 @@ def test_no_published_file_names_a_local_path(build_root, fake_data, tmp_path, h
     assert run_cli(["push", str(build_dir), "--repo", repo, "--version", "v1.0.0"])[0] == 0
     local = Path(snapshot_download(repo, repo_type="dataset", revision="v1.0.0", local_dir=tmp_path / "published"))
     published = [p for p in local.rglob("*") if p.is_file() and ".cache" not in p.parts]
-    assert {p.name for p in published} >= {"README.md", "manifest.json", "grid.png", "index.json"}
+    assert {p.name for p in published} >= {layout.README, layout.MANIFEST, layout.GRID, layout.SOFT_LABEL_INDEX}
     # The build recorded these folders: the local manifest names them, the published files must not.
-    local_manifest = (build_dir / "manifest.json").read_text()
+    local_manifest = (build_dir / layout.MANIFEST).read_text()
     for folder in (tmp_path, build_root, fake_data):
         assert str(folder) in local_manifest
     forbidden = [str(tmp_path).encode(), str(Path.home()).encode() + b"/", b"/tmp/"]

@@ -13,8 +13,10 @@ import time
 import pytest
 import torch
 
+from fadrm_datasets import layout
 from fadrm_datasets.layout import BuildDirectory
-from tests.reliability.conftest import build_args, cli_process, cli_run, files_of, run_cli
+from tests.helpers import run_cli, shard_files
+from tests.reliability.conftest import build_args, cli_process, cli_run, files_of
 
 
 def _wait_for(predicate, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -29,7 +31,7 @@ def test_sigkill_during_recover_resumes_to_the_same_images(build_root, fake_data
     reference = tmp_path / "whole"
     assert run_cli([*args[:args.index("--build-dir") + 1], str(reference), *args[args.index("--build-dir") + 2:]])[0] == 0
     process = cli_process(args)
-    images = tmp_path / "killed" / "images"
+    images = tmp_path / "killed" / layout.IMAGES
     _wait_for(lambda: len(list(images.glob("*/*.png"))) >= 10, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -42,7 +44,7 @@ def test_sigkill_during_recover_resumes_to_the_same_images(build_root, fake_data
     survivors = {p.name + p.parent.name: p.stat().st_ino for p in images.glob("*/*.png")}
     complete_units = [k for k in kept if sum(other[:9] == k[:9] for other in kept) == 10]
     assert all(survivors[k] == kept[k] for k in complete_units)  # finished units were not made again
-    assert files_of(images) == files_of(reference / "images")
+    assert files_of(images) == files_of(reference / layout.IMAGES)
 
 
 def _relabel_args(build_root, fake_data, build_dir, epochs: int = 240, per_shard: int = 4) -> list[str]:
@@ -56,24 +58,24 @@ def test_sigkill_during_relabel_resumes_to_the_same_shards(build_root, fake_data
     shutil.copytree(clean_build, killed)
     assert run_cli(_relabel_args(build_root, fake_data, clean_build))[0] == 0
     process = cli_process(_relabel_args(build_root, fake_data, killed))
-    shards = killed / "soft_labels"
-    _wait_for(lambda: len(list(shards.glob("epochs-*.safetensors"))) >= 4, process)
+    shards = killed / layout.SOFT_LABELS
+    _wait_for(lambda: len(shard_files(shards)) >= 4, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    written = len(list(shards.glob("epochs-*.safetensors")))
+    written = len(shard_files(shards))
     assert 4 <= written < 60, "the kill should land after some shards and before the last"
-    assert json.loads((shards / "index.json").read_text())["complete"] is False
+    assert json.loads((shards / layout.SOFT_LABEL_INDEX).read_text())["complete"] is False
     assert run_cli(_relabel_args(build_root, fake_data, killed))[0] == 0
-    assert files_of(shards) == files_of(clean_build / "soft_labels")
+    assert files_of(shards) == files_of(clean_build / layout.SOFT_LABELS)
 
 
 def test_a_torn_shard_write_is_not_trusted(build_root, fake_data, clean_build, tmp_path, caplog):
     """A kill between a shard's rename and its receipt, and one inside its temporary file: both are
     made again, and the store ends identical."""
-    store = clean_build / "soft_labels"
+    store = clean_build / layout.SOFT_LABELS
     reference = files_of(store)
-    shard = next(store.glob("epochs-*.safetensors"))
-    (store / f".{shard.name}.sha256").unlink()  # killed before the receipt was written
+    shard = shard_files(store)[0]
+    (store / layout.receipt_name(shard.name)).unlink()  # killed before the receipt was written
     shard.write_bytes(shard.read_bytes()[:-100] + bytes(100))
     (store / f".{shard.name}.abc123.tmp").write_bytes(b"half a shard")  # killed inside the temporary file
     assert run_cli(_relabel_args(build_root, fake_data, clean_build, epochs=2, per_shard=100))[0] == 0
@@ -81,10 +83,10 @@ def test_a_torn_shard_write_is_not_trusted(build_root, fake_data, clean_build, t
 
 
 def test_a_flipped_byte_in_the_logits_is_caught_and_made_again(build_root, fake_data, clean_build, capsys):
-    store = clean_build / "soft_labels"
+    store = clean_build / layout.SOFT_LABELS
     reference = files_of(store)
     recorded = BuildDirectory(clean_build).read_manifest()["files"]
-    shard = next(store.glob("epochs-*.safetensors"))
+    shard = shard_files(store)[0]
     data = bytearray(shard.read_bytes())
     data[-3] ^= 0xFF  # inside the last tensor: the header still parses
     shard.write_bytes(bytes(data))
@@ -96,9 +98,9 @@ def test_a_flipped_byte_in_the_logits_is_caught_and_made_again(build_root, fake_
 
 
 def test_a_garbage_png_is_made_again_and_never_published(build_root, fake_data, clean_build, tmp_path, hub, capsys):
-    images = clean_build / "images"
+    images = clean_build / layout.IMAGES
     reference = files_of(images)
-    png = images / "00003" / "00001.png"
+    png = images / layout.image_name(3, 1)
     png.write_bytes(b"garbage, not a PNG")
     repo = hub.repo_id("never")
     code, err = run_cli(["push", str(clean_build), "--repo", repo, "--version", "v1.0.0"], capsys)
@@ -114,11 +116,11 @@ def test_a_garbage_png_is_made_again_and_never_published(build_root, fake_data, 
 
 def test_a_png_written_by_a_killed_run_is_checked_by_decoding(build_root, fake_data, clean_build):
     """Images written after the last manifest update have no recorded hash: they must decode."""
-    manifest_path = clean_build / "manifest.json"
+    manifest_path = clean_build / layout.MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    del manifest["files"]["images/00007/00000.png"]
+    del manifest["files"][layout.image_relpath(7, 0)]
     manifest_path.write_text(json.dumps(manifest))
-    png = clean_build / "images" / "00007" / "00000.png"
+    png = clean_build / layout.image_relpath(7, 0)
     reference = png.read_bytes()
     png.write_bytes(reference[: len(reference) // 2])
     assert run_cli(build_args(build_root, fake_data, clean_build))[0] == 0
@@ -126,10 +128,10 @@ def test_a_png_written_by_a_killed_run_is_checked_by_decoding(build_root, fake_d
 
 
 def test_a_refused_rerun_leaves_the_record_as_it_was(build_root, fake_data, clean_build, capsys):
-    before = (clean_build / "manifest.json").read_bytes()
+    before = (clean_build / layout.MANIFEST).read_bytes()
     code, err = run_cli(build_args(build_root, fake_data, clean_build, "--seed", "1"), capsys)
     assert code == 2 and "was selected with another seed" in err  # the patches are checked first
-    assert (clean_build / "manifest.json").read_bytes() == before
+    assert (clean_build / layout.MANIFEST).read_bytes() == before
 
 
 @pytest.mark.parametrize("method, change, message", [
@@ -140,10 +142,10 @@ def test_a_rerun_choosing_its_patches_otherwise_is_refused(method, change, messa
                                                             tmp_path, capsys):
     build_dir = tmp_path / method
     assert run_cli(build_args(build_root, fake_data, build_dir, "--method", method))[0] == 0
-    before = (build_dir / "manifest.json").read_bytes()
+    before = (build_dir / layout.MANIFEST).read_bytes()
     code, err = run_cli(build_args(build_root, fake_data, build_dir, "--method", method, *change), capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
-    assert (build_dir / "manifest.json").read_bytes() == before
+    assert (build_dir / layout.MANIFEST).read_bytes() == before
 
 
 class NaNTeacher(torch.nn.Module):
@@ -172,12 +174,13 @@ def test_a_unit_whose_loss_turns_nan_fails_alone(build_root, fake_data, clean_bu
     code, err = run_cli(build_args(build_root, fake_data, build_dir), capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "1 unit(s) failed (ipc_id/block 1/0)" in err and "NaN or inf" in err and "run the same command" in err
-    written = files_of(build_dir / "images")
-    assert sorted(written) == sorted(k for k in files_of(clean_build / "images") if k.endswith("00000.png"))
-    assert not (build_dir / "soft_labels").exists()  # the build stopped before relabelling
+    written = files_of(build_dir / layout.IMAGES)
+    firsts = {layout.image_name(label, 0) for label in range(10)}
+    assert sorted(written) == sorted(k for k in files_of(clean_build / layout.IMAGES) if k in firsts)
+    assert not (build_dir / layout.SOFT_LABELS).exists()  # the build stopped before relabelling
     monkeypatch.setattr(recover, "recover_unit", real)
     assert run_cli(build_args(build_root, fake_data, build_dir))[0] == 0
-    assert files_of(build_dir / "images") == files_of(clean_build / "images")
+    assert files_of(build_dir / layout.IMAGES) == files_of(clean_build / layout.IMAGES)
 
 
 @pytest.fixture(params=["tmpfs", "injected"])
@@ -225,29 +228,29 @@ def small_disk(request, tmp_path, monkeypatch):
 
 def test_a_full_disk_stops_with_one_line_and_nothing_half_written_is_trusted(
         clean_build, build_root, fake_data, small_disk, tmp_path, monkeypatch, capsys):
-    code, err = run_cli(build_args(build_root, fake_data, small_disk / "ipc2"), capsys)
+    code, err = run_cli(build_args(build_root, fake_data, small_disk / layout.ipc_dir(2)), capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "no space left on the device" in err
     assert "Traceback" not in err
     monkeypatch.undo()  # the disk has room again (the injected writer is gone)
     moved = tmp_path / "moved"
-    shutil.copytree(small_disk / "ipc2", moved)  # what was written, half-written files included
+    shutil.copytree(small_disk / layout.ipc_dir(2), moved)  # what was written, half-written files included
     assert run_cli(build_args(build_root, fake_data, moved))[0] == 0
     for part in ("images", "soft_labels"):
         assert files_of(moved / part) == files_of(clean_build / part)
-    assert (moved / "patches.safetensors").read_bytes() == (clean_build / "patches.safetensors").read_bytes()
+    assert (moved / layout.PATCHES).read_bytes() == (clean_build / layout.PATCHES).read_bytes()
 
 
 def test_the_manifest_records_what_decides_the_bits_and_a_resume_under_another_says_so(
         build_root, fake_data, clean_build, caplog):
     import torch
 
-    manifest = json.loads((clean_build / "manifest.json").read_text())
+    manifest = json.loads((clean_build / layout.MANIFEST).read_text())
     env = manifest["stages"]["recover"]["environment"]
     assert env == {"torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
                    "machine": env["machine"]} and manifest["environment"] == env
     manifest["stages"]["recover"]["environment"] = {**env, "threads": env["threads"] + 7}
-    (clean_build / "manifest.json").write_text(json.dumps(manifest))
-    (clean_build / "images" / "00002" / "00001.png").unlink()
+    (clean_build / layout.MANIFEST).write_text(json.dumps(manifest))
+    (clean_build / layout.image_relpath(2, 1)).unlink()
     with caplog.at_level("WARNING", logger="builders"):
         assert run_cli(build_args(build_root, fake_data, clean_build))[0] == 0
     assert "will not be bit-identical" in caplog.text

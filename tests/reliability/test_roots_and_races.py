@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fadrm_datasets import hub as fhub
+from fadrm_datasets import layout
 from fadrm_datasets.sets import FADRMDataset
 from tests.fakebuild import expected_pixels, make_build
 from tests.reliability.hostile import VERSION, publish_tiny
@@ -94,7 +95,7 @@ def test_a_read_only_root_serves_its_verified_copy_and_says_when_it_cannot(hub, 
     with _read_only(root, how):
         data = _open(root, repo, download=True, soft_labels=True)  # the tag is checked, nothing written
         assert len(data) == 40 and data.soft_label_epochs == 2
-    shard = fhub.version_dir(root, repo, VERSION) / "ipc10" / "train-00000-of-00001.parquet"
+    shard = fhub.version_dir(root, repo, VERSION) / layout.parquet_shard(10, 0, 1)
     shard.unlink()
     with _read_only(root, how):
         with pytest.raises(fhub.RootError, match="cannot be written.*pass a writable root=") as info:
@@ -133,10 +134,10 @@ def test_a_full_disk_says_what_to_free_and_keeps_what_was_downloaded(hub, tmp_pa
             _open(root, repo, download=True, soft_labels=True)
     message = str(info.value)
     assert isinstance(info.value, fhub.HubError) and len(message.splitlines()) == 1, message
-    assert "no space left to download" in message and "epochs-00000-00001.safetensors" in message
+    assert "no space left to download" in message and layout.shard_name(0, 1) in message
     assert "free some space" in message
     kept = {p.name for p in root.rglob("*") if p.is_file()}
-    assert "manifest.json" in kept and not any(name.endswith(".part") for name in kept)
+    assert layout.MANIFEST in kept and not any(name.endswith(layout.PARTIAL_SUFFIX) for name in kept)
     assert _open(root, repo, download=True, soft_labels=True).soft_label_epochs == 2
 
 
@@ -148,7 +149,7 @@ def test_a_force_push_killed_between_its_tag_delete_and_create(hub, tmp_path, ca
     repo = publish_tiny(hub, tmp_path, "retag")
     cached = tmp_path / "cached"
     _open(cached, repo, download=True)
-    again = make_build(tmp_path / "again" / "ipc10", seed=8, teacher=False)
+    again = make_build(tmp_path / "again" / layout.build_dir_name(10), seed=8, teacher=False)
     real = HfApi.create_tag
 
     def killed(*args, **kwargs):
@@ -193,8 +194,8 @@ def test_of_two_pushes_at_once_the_loser_says_so_and_commits_nothing(hub, tmp_pa
     from builders.publish import PublishError, push
 
     repo = hub.repo_id("race")
-    winner_build = make_build(tmp_path / "winner" / "ipc10", seed=1, teacher=False)
-    loser_build = make_build(tmp_path / "loser" / "ipc10", seed=2, teacher=False)
+    winner_build = make_build(tmp_path / "winner" / layout.build_dir_name(10), seed=1, teacher=False)
+    loser_build = make_build(tmp_path / "loser" / layout.build_dir_name(10), seed=2, teacher=False)
     won = []
     _staging_hook(monkeypatch, lambda: won.append(push(winner_build, repo, other_version)))
     with pytest.raises(PublishError, match=f"another push to {repo} won.*nothing of this push is published"):
@@ -215,7 +216,7 @@ def test_a_push_that_loses_the_race_for_its_tag_restores_main(hub, tmp_path, mon
     repo = hub.repo_id("tagrace")
     real_tag = publish._tag
     monkeypatch.setattr(publish, "_tag", lambda *args, **kwargs: None)  # the winner is slow to tag
-    winner = push(make_build(tmp_path / "winner" / "ipc10", seed=1, teacher=False), repo, VERSION)
+    winner = push(make_build(tmp_path / "winner" / layout.build_dir_name(10), seed=1, teacher=False), repo, VERSION)
     monkeypatch.setattr(publish, "_tag", real_tag)
 
     def tag_first(api, repo_id, version, commit, moved, message):
@@ -224,7 +225,7 @@ def test_a_push_that_loses_the_race_for_its_tag_restores_main(hub, tmp_path, mon
 
     monkeypatch.setattr(publish, "_tag", tag_first)
     with pytest.raises(PublishError, match=f"another push to {repo} won: it tagged v1.0.0 at commit {winner.commit[:10]}"):
-        push(make_build(tmp_path / "loser" / "ipc10", seed=2, teacher=False), repo, VERSION)
+        push(make_build(tmp_path / "loser" / layout.build_dir_name(10), seed=2, teacher=False), repo, VERSION)
     api = HfApi()
     tree = {f.path: f.blob_id for f in api.list_repo_tree(repo, recursive=True, repo_type="dataset")
             if hasattr(f, "blob_id")}
