@@ -15,6 +15,12 @@ import json
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fadrm_datasets.layout import IMAGES, MANIFEST, SOFT_LABELS, teachers_dir  # noqa: E402
+
 DATASET = "fashion-mnist"
 TIMES = ("seconds",)  # the only fields of an evaluation record that measure time
 
@@ -28,7 +34,7 @@ def differing_files(before: Path, after: Path) -> list[str]:
 
 
 def evaluations(build: Path) -> list[dict]:
-    records = json.loads((build / "manifest.json").read_text()).get("evaluations") or []
+    records = json.loads((build / MANIFEST).read_text()).get("evaluations") or []
     return [{k: v for k, v in record.items() if k not in TIMES} for record in records]
 
 
@@ -36,13 +42,13 @@ def compare(before: Path, after: Path) -> bool:
     same = True
     for build in sorted(p for p in (before / DATASET).iterdir() if p.name.startswith("ipc")):
         other = after / DATASET / build.name
-        files = [f"{part}/{name}" for part in ("images", "soft_labels")
+        files = [f"{part}/{name}" for part in (IMAGES, SOFT_LABELS)
                  for name in differing_files(build / part, other / part)]
         records_same = evaluations(build) == evaluations(other)
         print(f"{build.name}: {len(files)} differing image/soft-label files{': ' + ', '.join(files[:5]) if files else ''}; "
               f"evaluation records {'equal' if records_same else 'DIFFER'} ({len(evaluations(build))} each)")
         same = same and not files and records_same
-    teachers = differing_files(before / DATASET / "teachers", after / DATASET / "teachers")
+    teachers = differing_files(teachers_dir(before, DATASET), teachers_dir(after, DATASET))
     print(f"teachers: {len(teachers)} differing files{': ' + ', '.join(teachers) if teachers else ''}")
     return same and not teachers
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fadrm_datasets import hub as fhub
+from fadrm_datasets import layout
 from fadrm_datasets.layout import BuildDirectory
 from fadrm_datasets.schema import (BUILD_FORMAT_VERSION, BUILD_MANIFEST_FILE, REPO_FORMAT_VERSION, REPO_MANIFEST_FILE,
                                    NewerFormatError, check_written, read, release_manifest)
@@ -43,7 +44,7 @@ def _started(root: Path) -> BuildDirectory:
 
 
 def test_a_build_manifest_written_stage_by_stage_reads_back_in_the_format_written(tmp_path):
-    build = _started(tmp_path / "ipc1")
+    build = _started(tmp_path / layout.build_dir_name(1))
     build.record_stage("patches", {"difficulty": "medium", "seconds": 1.5, "mean_teacher_ce": 0.25})
     build.record_stage("recover", {"settings": {"lr": 0.25}, "complete": True, "seconds": 2.0, "units": {}})
     build.update_manifest(classes=list(FASHION_MNIST.class_names), timings={"teacher": 0.5},
@@ -59,7 +60,8 @@ def test_a_release_manifest_written_by_push_reads_back_in_the_format_written(tmp
     from builders.publish import write_release_folder
 
     staging = tmp_path / "staging"
-    written = write_release_folder(make_build(tmp_path / "ipc10", soft_labels=True), "acme/fadrm-tiny", "v1.0.0", staging)
+    build = make_build(tmp_path / layout.build_dir_name(10), soft_labels=True)
+    written = write_release_folder(build, "acme/fadrm-tiny", "v1.0.0", staging)
     manifest = fhub.read_manifest(staging)
     assert manifest == json.loads(json.dumps(written)) and manifest["format_version"] == REPO_FORMAT_VERSION
     assert manifest["ipcs"]["10"]["num_images"] == 40 and set(manifest["sizes"]) == set(manifest["files"])
@@ -77,7 +79,7 @@ def test_a_release_manifest_written_by_push_reads_back_in_the_format_written(tmp
 ])
 def test_a_build_manifest_writer_refuses_a_field_the_schema_does_not_declare_before_writing(tmp_path, write,
                                                                                            refusal):
-    build = _started(tmp_path / "ipc1")
+    build = _started(tmp_path / layout.build_dir_name(1))
     before = build.manifest_path.read_bytes()
     with pytest.raises(ValueError, match=f"^refusing to write {re.escape(str(build.manifest_path))}: "
                                          f"{re.escape(refusal)}"):
@@ -90,7 +92,7 @@ def test_a_release_manifest_holding_an_undeclared_field_is_refused_before_it_is_
     manifest = release_manifest(repo="acme/fadrm-tiny", dataset="tiny", display_name="Tiny", version="v1.0.0",
                                 classes=["a"], ipcs={"10": record}, files={}, sizes={})
     with pytest.raises(ValueError, match=r'ipcs\["10"\]\.notes is no field of a release manifest'):
-        check_written(manifest, tmp_path / "manifest.json", REPO_MANIFEST_FILE)
+        check_written(manifest, tmp_path / layout.MANIFEST, REPO_MANIFEST_FILE)
     with pytest.raises(TypeError, match="sizes"):
         release_manifest(repo="acme/fadrm-tiny", dataset="tiny", display_name="Tiny", version="v1.0.0",
                          classes=["a"], ipcs={}, files={})
@@ -99,9 +101,9 @@ def test_a_release_manifest_holding_an_undeclared_field_is_refused_before_it_is_
 # --- every reader refuses a newer format in the same line -----------------------------------------
 
 def _newer_build(tmp_path) -> Path:
-    path = make_build(tmp_path / "ipc10", soft_labels=True)
-    manifest = json.loads((path / "manifest.json").read_text())
-    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": BUILD_FORMAT_VERSION + 1}))
+    path = make_build(tmp_path / layout.build_dir_name(10), soft_labels=True)
+    manifest = json.loads((path / layout.MANIFEST).read_text())
+    (path / layout.MANIFEST).write_text(json.dumps({**manifest, "format_version": BUILD_FORMAT_VERSION + 1}))
     return path
 
 
@@ -113,7 +115,7 @@ def _newer_release(hub, tmp_path) -> str:
 
 def _from_build(hub, tmp_path):
     path = _newer_build(tmp_path)
-    return lambda: FADRMDataset.from_build(path), path / "manifest.json", BUILD_FORMAT_VERSION + 1
+    return lambda: FADRMDataset.from_build(path), path / layout.MANIFEST, BUILD_FORMAT_VERSION + 1
 
 
 def _hub_fetch(hub, tmp_path):
@@ -124,23 +126,23 @@ def _hub_fetch(hub, tmp_path):
         try:
             fhub.fetch(repo, 10, VERSION, tmp_path / "root")
         finally:
-            assert sorted(p.name for p in dest.rglob("*")) == ["manifest.json"]
+            assert sorted(p.name for p in dest.rglob("*")) == [layout.MANIFEST]
 
-    return fetch_nothing_but_the_manifest, dest / "manifest.json", REPO_FORMAT_VERSION + 1
+    return fetch_nothing_but_the_manifest, dest / layout.MANIFEST, REPO_FORMAT_VERSION + 1
 
 
 def _push_of_a_build(hub, tmp_path):
     from builders.publish import push
 
     path = _newer_build(tmp_path)
-    return lambda: push(path, hub.repo_id("newer-build"), VERSION), path / "manifest.json", BUILD_FORMAT_VERSION + 1
+    return lambda: push(path, hub.repo_id("newer-build"), VERSION), path / layout.MANIFEST, BUILD_FORMAT_VERSION + 1
 
 
 def _push_onto_a_release(hub, tmp_path):
     from builders.publish import push
 
     repo = _newer_release(hub, tmp_path)
-    build = make_build(tmp_path / "more" / "ipc10")
+    build = make_build(tmp_path / "more" / layout.build_dir_name(10))
     return lambda: push(build, repo, "v1.1.0"), None, REPO_FORMAT_VERSION + 1
 
 
@@ -149,21 +151,21 @@ def _relabel(hub, tmp_path):
 
     path = _newer_build(tmp_path)
     ctx = SimpleNamespace(directory=BuildDirectory(path), options=SimpleNamespace(ipc=10), preset=tiny_preset())
-    return lambda: stage_relabel(ctx), path / "manifest.json", BUILD_FORMAT_VERSION + 1
+    return lambda: stage_relabel(ctx), path / layout.MANIFEST, BUILD_FORMAT_VERSION + 1
 
 
 def _evaluate(hub, tmp_path):
     from builders.evaluate import evaluate_build
 
     path = _newer_build(tmp_path)
-    return lambda: evaluate_build(path), path / "manifest.json", BUILD_FORMAT_VERSION + 1
+    return lambda: evaluate_build(path), path / layout.MANIFEST, BUILD_FORMAT_VERSION + 1
 
 
 def _continual(hub, tmp_path):
     from builders.continual import open_set
 
     path = _newer_build(tmp_path)
-    return lambda: open_set(path, torch.device("cpu")), path / "manifest.json", BUILD_FORMAT_VERSION + 1
+    return lambda: open_set(path, torch.device("cpu")), path / layout.MANIFEST, BUILD_FORMAT_VERSION + 1
 
 
 @pytest.mark.parametrize("reader", [_from_build, _hub_fetch, _push_of_a_build, _push_onto_a_release, _relabel,
@@ -182,7 +184,7 @@ def test_every_reader_refuses_a_manifest_of_a_newer_format_in_one_line(hub, tmp_
 def test_a_build_made_at_df17861_is_read_and_extended_by_todays_readers_and_writers(tmp_path):
     from builders.evaluate import manifest_preset
 
-    build = BuildDirectory(shutil.copytree(FIXTURES / "build", tmp_path / "ipc1"))
+    build = BuildDirectory(shutil.copytree(FIXTURES / "build", tmp_path / layout.build_dir_name(1)))
     manifest = build.read_manifest()
     assert manifest["format_version"] == 1 and manifest["code_version"]["git"].startswith("df17861")
     assert manifest_preset(manifest).name == "fashion-mnist"
@@ -198,10 +200,10 @@ def _publish_df17861_release(repo: str) -> dict[str, bytes]:
 
     release = FIXTURES / "release"
     kept = {p.relative_to(release).as_posix(): p.read_bytes() for p in release.rglob("*") if p.is_file()}
-    listed = json.loads(kept["manifest.json"])["files"]
-    placeholders = {"README.md": b"---\npretty_name: left out of the fixture\n---\n"}
+    listed = json.loads(kept[layout.MANIFEST])["files"]
+    placeholders = {layout.README: b"---\npretty_name: left out of the fixture\n---\n"}
     files = {**{rel: kept.get(rel, placeholders.get(rel, b"left out of the fixture")) for rel in listed},
-             "manifest.json": kept["manifest.json"]}
+             layout.MANIFEST: kept[layout.MANIFEST]}
     api = HfApi()
     api.create_repo(repo, repo_type="dataset")
     commit = api.create_commit(repo, [CommitOperationAdd(rel, data) for rel, data in files.items()],
@@ -217,19 +219,19 @@ def test_a_release_published_at_df17861_is_migrated_by_the_fetch_and_by_push(hub
 
     repo = hub.repo_id("df17861")
     files = _publish_df17861_release(repo)
-    assert json.loads(files["manifest.json"])["format_version"] == 1
-    shard = "ipc1/train-00000-of-00001.parquet"
+    assert json.loads(files[layout.MANIFEST])["format_version"] == 1
+    shard = layout.parquet_shard(1, 0, 1)
     fetched = FADRMDataset(tmp_path / "root", repo_id=repo, ipc=1, version="v1.0.0", download=True, soft_labels=True)
     assert len(fetched) == 10 and fetched.classes[0] == "T-shirt/top"
     assert fetched.manifest["format_version"] == REPO_FORMAT_VERSION
     assert fetched.manifest["sizes"][shard] == len(files[shard])
     assert len(FADRMDataset(tmp_path / "root", repo_id=repo, ipc=1, version="v1.0.0", download=False)) == 10
 
-    build = make_build(tmp_path / "more" / "ipc2", ipc=2, num_classes=10, size=28, channels=1, teacher=False,
-                       classes=fetched.classes)
+    build = make_build(tmp_path / "more" / layout.build_dir_name(2), ipc=2, num_classes=10, size=28, channels=1,
+                       teacher=False, classes=fetched.classes)
     push(build, repo, "v1.1.0")
-    pushed = hf_hub_download(repo, "manifest.json", repo_type="dataset", revision="v1.1.0")
+    pushed = hf_hub_download(repo, layout.MANIFEST, repo_type="dataset", revision="v1.1.0")
     pushed = json.loads(Path(pushed).read_text())
     assert pushed["format_version"] == REPO_FORMAT_VERSION and sorted(pushed["ipcs"]) == ["1", "2"]
     assert pushed["sizes"][shard] == len(files[shard])
-    assert pushed["files"][shard] == json.loads(files["manifest.json"])["files"][shard]
+    assert pushed["files"][shard] == json.loads(files[layout.MANIFEST])["files"][shard]

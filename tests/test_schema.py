@@ -51,7 +51,7 @@ def test_nan_written_by_an_earlier_builder_reads_as_null_but_a_download_holding_
 def test_a_release_of_format_1_is_migrated_with_the_sizes_the_hub_gives_and_refused_without_them(tmp_path):
     from fadrm_datasets.hub import read_manifest
 
-    shard = "ipc1/train-00000-of-00001.parquet"
+    shard = layout.parquet_shard(1, 0, 1)
     path = _write(tmp_path, json.dumps({"format_version": 1, "classes": ["a"], "files": {shard: "0" * 64},
                                         "ipcs": {}}))
     assert "sizes" not in read(path, REPO_MANIFEST_FILE)
@@ -59,5 +59,5 @@ def test_a_release_of_format_1_is_migrated_with_the_sizes_the_hub_gives_and_refu
         read_manifest(tmp_path)
     migrated = read_manifest(tmp_path, lambda paths: {p: 7 for p in paths})
     assert migrated["format_version"] == 2 and migrated["sizes"] == {shard: 7}
-    with pytest.raises(LayoutError, match=r'sizes\["ipc1/train-00000-of-00001.parquet"\] should be an integer from 0'):
+    with pytest.raises(LayoutError, match=rf'sizes\["{shard}"\] should be an integer from 0'):
         read_manifest(tmp_path, lambda paths: {p: 10**12 for p in paths})

@@ -226,8 +226,8 @@ def test_unfinished_or_tampered_builds_are_refused(tmp_path):
         read_build(build)
     with pytest.raises(PublishError, match="not a build directory"):
         read_build(tmp_path / "nothing")
+    build = make_build(tmp_path / "c" / layout.build_dir_name(10), teacher=False)
     with pytest.raises(PublishError, match="is not a release tag; give one like 'v1.0.0'"):
-        build = make_build(tmp_path / "c" / layout.build_dir_name(10), teacher=False)
         write_release_folder(build, "org/x", "1.0", tmp_path / "s")
 
 
