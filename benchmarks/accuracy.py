@@ -29,10 +29,10 @@ if str(ROOT) not in sys.path:
 
 from fadrm_datasets.layout import BuildDirectory, ipc_dir  # noqa: E402
 from builders.cli import main as fadrm_build  # noqa: E402
+from builders.methods import METHODS  # noqa: E402
 from fadrm_datasets._io import atomic_write_json  # noqa: E402
 
 DATASET = "fashion-mnist"
-METHODS = ("random-real", "sre2l", "fadrm", "fadrm+")
 
 
 def _csv(kind):

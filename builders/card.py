@@ -23,6 +23,7 @@ from fadrm_datasets.install import install_hint
 from fadrm_datasets.registry import SETS, SetInfo
 from fadrm_datasets.sets import SET_CLASSES
 
+from .methods import METHODS
 from .options import BuildError
 from .scores import label_robust_score
 
@@ -278,7 +279,9 @@ SCORE_HEADER = ["method", "student", "set, soft labels %", "random real, soft la
 def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset: str | None = None) -> str:
     """The card's section about one IPC: metrics, hyperparameters, teachers, grid."""
     parts = [f"## IPC {ipc}", ""]
-    parts.append(f"{info.get('num_images', '?')} images; method `{info.get('method', 'fadrm')}`, seed "
+    method = info.get("method", "fadrm")
+    meaning = f" ({METHODS[method].help})" if method in METHODS else ""
+    parts.append(f"{info.get('num_images', '?')} images; method `{method}`{meaning}, seed "
                  f"{info.get('seed', '?')}; released in {info.get('version', '?')}"
                  + (f"; soft labels: {info['soft_label_epochs']} epochs" if info.get("soft_label_epochs") else "")
                  + ".")

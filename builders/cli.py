@@ -15,7 +15,7 @@ import click
 from fadrm_datasets.softlabels import TARGETS
 
 from .continual import CONTINUAL_MODES
-from .options import DIFFICULTIES, INITS, METHODS
+from .methods import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
 from .relabel import TEACHER_MODES
 from .sources import EVAL_SPLITS
@@ -93,6 +93,10 @@ def apply_overrides(preset, kwargs: dict, **more):
     """The preset with the overriding options (popped from ``kwargs``) and ``more`` applied (None keeps)."""
     changes = {field: kwargs.pop(option) for option, field in PRESET_OVERRIDES.items() if option in kwargs}
     changes = {field: value for field, value in {**changes, **more}.items() if value is not None}
+    factor = kwargs.pop("factor", None)
+    if factor is not None:  # every stitching method's, in the preset's per-method settings
+        changes["methods"] = {**preset.methods, **{name: {**preset.methods.get(name, {}), "factor": factor}
+                                                   for name, method in METHODS.items() if method.stitching}}
     return preset.replace(**changes) if changes else preset
 
 
@@ -147,6 +151,8 @@ def recover_options(f):
         click.option("--r-bn", type=float, default=None, help="BN-statistics loss weight (overrides the preset)."),
         click.option("--patch-scale", default=None, callback=_scale, metavar="MIN,MAX",
                      help="Area range of the real crops that become patches; 1,1 = whole images."),
+        click.option("--factor", type=click.IntRange(1, 8), default=None,
+                     help="Stitching methods (rded): crops per side of an image (overrides the dataset's)."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -1,7 +1,7 @@
-"""What a user chooses for one build, and what each method means.
+"""What a user chooses for one build.
 
-A method is a bundle of switches (:class:`Method`). :class:`BuildOptions` fills the switches a user
-left open (None) from its method when it is made, so ``BuildOptions(dataset=..., method="sre2l")``
+:class:`BuildOptions` fills the switches a user left open (None) from its method
+(:mod:`builders.methods`) when it is made, so ``BuildOptions(dataset=..., method="sre2l")``
 from Python and ``fadrm-build ... --method sre2l`` build the same thing, and it refuses conflicting
 choices up front with one line. The choice lists here are the ones the CLI offers.
 """
@@ -17,6 +17,7 @@ import torch
 from fadrm_datasets import layout
 from fadrm_datasets._checks import one_of
 
+from .methods import DIFFICULTIES, INITS, METHODS, Method
 from .presets import Preset
 
 
@@ -26,35 +27,6 @@ class BuildError(RuntimeError):
 
 class BuildFailed(BuildError):
     """The work itself failed (not the input), e.g. recover units whose loss became NaN."""
-
-
-INITS = ("patches", "gaussian")  # where the images start: the real patches, or Gaussian noise
-DIFFICULTIES = ("easy", "medium", "hard", "random")  # which real patches: by teacher cross-entropy, or random
-
-
-@dataclass(frozen=True)
-class Method:
-    """What a ``--method`` name means; explicit switches (``--no-arc``...) override it."""
-
-    name: str
-    help: str
-    plus: bool = False  # several teachers, cycled round-robin (FADRM+)
-    arc: bool = True  # merge the real patches back in between stages
-    mro: bool = True  # follow the preset's per-stage resolutions
-    init: str = "patches"
-    difficulty: str = "medium"
-    optimise: bool = True  # False: the images are the chosen real images themselves
-    whole_images: bool = False  # patches are whole training images, not crops
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("fadrm", "FADRM: real patches optimised with ARC and MRO"),
-    Method("fadrm+", "FADRM+: FADRM with several teachers, cycled round-robin", plus=True),
-    Method("sre2l", "the SRe2L baseline: Gaussian init, no ARC, one resolution", arc=False, mro=False,
-           init="gaussian"),
-    Method("random-real", "a random real subset: whole training images, no optimisation", arc=False, mro=False,
-           difficulty="random", optimise=False, whole_images=True),
-)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,16 +75,16 @@ class BuildOptions:
         method = METHODS[one_of("method", self.method, METHODS)]
         if not isinstance(self.ipc, int) or isinstance(self.ipc, bool) or self.ipc <= 0:
             raise BuildError(f"ipc must be a positive integer, got {self.ipc!r}")
-        resolved = {name: getattr(method, name) if getattr(self, name) is None else getattr(self, name)
-                    for name in ("arc", "mro", "init", "difficulty")}
+        resolved = {name: default if getattr(self, name) is None else getattr(self, name)
+                    for name, default in method.switches().items()}
         one_of("init", resolved["init"], INITS)
         one_of("difficulty", resolved["difficulty"], DIFFICULTIES)
         device = resolve_device(self.device)
         amp = device.type == "cuda" if self.amp is None else self.amp
-        if method.plus and self.teacher:
+        if method.cycled_teachers and self.teacher:
             raise BuildError(f"--teacher {self.teacher} names FADRM's one teacher, but {method.name} cycles the "
                              "preset's several teachers; drop --teacher, or use --method fadrm")
-        if method.plus and self.teacher_weights:
+        if method.cycled_teachers and self.teacher_weights:
             raise BuildError(f"--teacher-weights gives one weights file, but {method.name} cycles several "
                              "teachers; drop --teacher-weights (they are trained or downloaded), or use --method fadrm")
         for name, value in {**resolved, "device": str(device), "amp": amp}.items():
@@ -134,12 +106,10 @@ class BuildOptions:
         return layout.teachers_dir(self.build_root, self.dataset)
 
     def teacher_names(self, preset: Preset) -> tuple[str, ...]:
-        if self.spec.plus:
-            return preset.teachers_plus
-        return (self.teacher or preset.teacher,)
+        return self.spec.teacher_names(self.teacher or preset.teacher, preset.teachers_plus)
 
     def replace(self, **changes) -> BuildOptions:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["BuildError", "BuildFailed", "BuildOptions", "DIFFICULTIES", "INITS", "METHODS", "Method", "resolve_device"]
+__all__ = ["BuildError", "BuildFailed", "BuildOptions", "resolve_device"]

@@ -10,6 +10,7 @@ repeated exactly and the patches published next to the images.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,13 +24,14 @@ from torch.utils.data import Dataset
 
 from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import atomic_write_bytes, read_safetensors_metadata, safetensors_bytes
-from fadrm_datasets.augment import resized_crop, sample_crop_box
+from fadrm_datasets.augment import resized_crop, sample_crop_box, sample_crop_boxes
 from fadrm_datasets.layout import PATCHES
 
 from . import distributed
 from .context import BuildContext
 from .imaging import normalize
-from .options import DIFFICULTIES, BuildError
+from .methods import DIFFICULTIES, Stitching
+from .options import BuildError
 from .presets import Preset
 from .progress import progress_bar
 from .seeding import derive_seed
@@ -123,20 +125,87 @@ def select_patches(preset: Preset, train: Dataset, teacher: nn.Module | None, ip
     return patches
 
 
+def _class_crops(train: Dataset, picks: torch.Tensor, stitching: Stitching, size: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``crops_per_image`` square random-resized crops of each picked image, at ``size``: uint8
+    (len(picks), crops, C, size, size) and their boxes (len(picks), crops, 4)."""
+    crops, boxes = [], []
+    for index in picks.tolist():
+        image = train[index][0]
+        drawn = sample_crop_boxes(stitching.crops_per_image, image.shape[1], image.shape[2], stitching.crop_scale,
+                                  generator, ratio=(1.0, 1.0))
+        crops.append(torch.stack([resized_crop(image.float(), tuple(box), size) for box in drawn.tolist()]))
+        boxes.append(drawn)
+    return torch.stack(crops).round().clamp(0, 255).to(torch.uint8), torch.stack(boxes)
+
+
+def padded_cross_entropy(teacher: nn.Module, crops: torch.Tensor, label: int, preset: Preset, device,
+                         batch: int = 256) -> torch.Tensor:
+    """The teacher's cross-entropy for ``label`` on each crop, normalised and zero-padded about its centre
+    to the image size (as RDED's selector scores its crops)."""
+    pad = preset.image_size - crops.shape[-1]
+    sides = (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2)
+    scores = []
+    for start in range(0, len(crops), batch):
+        x = F.pad(normalize(crops[start:start + batch].to(device), preset), sides)
+        logits = teacher(x).float().cpu()
+        scores.append(F.cross_entropy(logits, torch.full((len(logits),), label), reduction="none"))
+    return torch.cat(scores)
+
+
+@torch.no_grad()
+def select_stitched_crops(preset: Preset, train: Dataset, teacher: nn.Module, ipc: int, stitching: Stitching,
+                          difficulty: str = "easy", seed: int = 0, device="cpu") -> Patches:
+    """``ipc * factor**2`` real crops per class for images stitched from them (see
+    :class:`builders.methods.Stitching`), ordered as they are kept (easiest first for ``easy``)."""
+    factor = stitching.factor
+    size, kept = preset.image_size // factor, ipc * factor ** 2
+    images, sources, boxes, scores = [], [], [], []
+    for label in progress_bar(range(preset.num_classes), "patches", leave=False):
+        generator = torch.Generator().manual_seed(derive_seed(seed, "stitched-crops", label))
+        pool = class_indices(train.targets, label)
+        if len(pool) == 0:
+            raise ValueError(f"class {label} has no training images")
+        count = max(kept, stitching.images_per_class)  # cycling through a class with fewer images
+        picks = pool[torch.randperm(len(pool), generator=generator).repeat(count // len(pool) + 1)[:count]]
+        crops, crop_boxes = _class_crops(train, picks, stitching, size, generator)
+        ce = padded_cross_entropy(teacher, crops.flatten(0, 1), label, preset, device).view(count, -1)
+        best = ce.argmin(dim=1)  # each image's easiest crop
+        rows = torch.arange(count)
+        keep = keep_by_difficulty(ce[rows, best], kept, difficulty)
+        images.append(crops[rows, best][keep])
+        sources.append(picks[keep])
+        boxes.append(crop_boxes[rows, best][keep])
+        scores.append(ce[rows, best][keep])
+    patches = Patches(torch.stack(images), torch.stack(sources), torch.stack(boxes), torch.stack(scores).float())
+    log.info("patches: %d crops per class for %dx%d stitching, mean teacher CE %.3f", kept, factor, factor,
+             patches.cross_entropy.mean().item())
+    return patches
+
+
 # --- the build stage ----------------------------------------------------------------------------
 
 def chooser_weights(ctx: BuildContext) -> dict[str, str]:
     """The weights of the teacher that ranks the patches; none when they are drawn at random."""
-    return {} if ctx.options.difficulty == "random" else ctx.teachers.weights_ids(1)
+    return {} if _chosen_at_random(ctx) else ctx.teachers.weights_ids(1)
+
+
+def _chosen_at_random(ctx: BuildContext) -> bool:
+    """No teacher looks at the patches: drawn at random, and not stitched (stitching scores every crop)."""
+    return ctx.options.difficulty == "random" and not ctx.options.spec.stitching
 
 
 def _selection(ctx: BuildContext) -> tuple[Preset, dict]:
     """The preset the patches are chosen with, and what decides the choice, as their file records it."""
     options = ctx.options
-    preset = ctx.preset.replace(patch_crop_scale=(1.0, 1.0)) if options.spec.whole_images else ctx.preset
-    return preset, {"difficulty": options.difficulty, "seed": options.seed, "ipc": options.ipc,
-                    "crop_scale": list(preset.patch_crop_scale), "candidates": preset.patch_candidates,
-                    "teacher_weights": json.dumps(chooser_weights(ctx))}
+    preset = ctx.preset.replace(patch_crop_scale=options.spec.patch_crop_scale(ctx.preset.patch_crop_scale))
+    selection = {"difficulty": options.difficulty, "seed": options.seed, "ipc": options.ipc,
+                 "crop_scale": list(preset.patch_crop_scale), "candidates": preset.patch_candidates,
+                 "teacher_weights": json.dumps(chooser_weights(ctx))}
+    stitching = options.spec.stitching_for(preset.methods)
+    if stitching:
+        selection["stitching"] = json.dumps(dataclasses.asdict(stitching))
+    return preset, selection
 
 
 def check_patches(ctx: BuildContext) -> None:
@@ -174,8 +243,13 @@ def _select_or_reuse(ctx: BuildContext) -> Patches:
     train = load_split(ctx.preset, options.data_root, "distill", options.download)
     build.update_manifest(classes=list(ctx.preset.class_names or train.classes))
     preset, selection = _selection(ctx)
-    teacher = None if options.difficulty == "random" else ctx.teachers.modules()[0]
-    patches = select_patches(preset, train, teacher, options.ipc, options.difficulty, options.seed, ctx.device)
+    teacher = None if _chosen_at_random(ctx) else ctx.teachers.modules()[0]
+    method = options.spec
+    if method.stitching:
+        patches = select_stitched_crops(preset, train, teacher, options.ipc, method.stitching_for(preset.methods),
+                                        options.difficulty, options.seed, ctx.device)
+    else:
+        patches = select_patches(preset, train, teacher, options.ipc, options.difficulty, options.seed, ctx.device)
     patches.save(build.patches, selection)
     build.record_stage("patches", {"difficulty": options.difficulty,
                                    "seconds": round(time.perf_counter() - start, 2),
@@ -184,4 +258,5 @@ def _select_or_reuse(ctx: BuildContext) -> Patches:
     return patches
 
 
-__all__ = ["Patches", "check_patches", "chooser_weights", "keep_by_difficulty", "select_patches", "stage_patches"]
+__all__ = ["Patches", "check_patches", "chooser_weights", "keep_by_difficulty", "padded_cross_entropy", "select_patches",
+           "select_stitched_crops", "stage_patches"]

@@ -105,6 +105,8 @@ class Preset:
     evaluate_by_default: bool = False
     # Keyword arguments of the source reader (e.g. which classes of a larger dataset to read).
     source_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # Per-method settings of this dataset, by method name (e.g. RDED's stitching factor).
+    methods: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_declaration(cls, info: registry.SetInfo) -> Preset:

@@ -44,7 +44,8 @@ from fadrm_datasets.layout import BuildDirectory, decode_png, image_relpath, own
 from . import distributed
 from .context import BuildContext, environment
 from .imaging import normalize, pixel_bounds, save_png, to_uint8
-from .options import INITS, BuildError, BuildFailed
+from .methods import INITS
+from .options import BuildError, BuildFailed
 from .patches import Patches
 from .presets import Preset
 from .progress import progress_bar
@@ -391,7 +392,7 @@ def check_recover(ctx: BuildContext, patches_sha256: str | None = None) -> None:
     anything is written; without ``patches_sha256`` the patches are not compared)."""
     build = ctx.directory
     previous = build.read_manifest().get("stages", {}).get("recover", {}).get("settings")
-    if previous is None or not ctx.options.spec.optimise or not build.scan_images():
+    if previous is None or not ctx.options.spec.optimises or not build.scan_images():
         return
     _, settings = recover_settings(ctx, patches_sha256)
     previous = {"teacher_weights": settings["teacher_weights"], **previous}  # recorded before the weights were
@@ -410,16 +411,18 @@ def stage_recover(ctx: BuildContext) -> dict:
         raise BuildError(f"no patches in {build.root}; run `fadrm-build patches {options.dataset} "
                          f"--ipc {options.ipc}` first")
     patches = Patches.load(build.patches)
-    if patches.ipc != options.ipc:
-        raise BuildError(f"{build.patches} holds {patches.ipc} patches per class, not {options.ipc}")
+    wanted = options.ipc * options.spec.patches_per_image(preset.methods)
+    if patches.ipc != wanted:
+        raise BuildError(f"{build.patches} holds {patches.ipc} patches per class, not {wanted}")
     start = time.perf_counter()
-    if not options.spec.optimise:  # the images are the patches themselves (written by rank 0)
+    if not options.spec.optimises:  # the images are made from the patches by the method (written by rank 0)
         record = {"method": options.method, "complete": True}
         with distributed.main_first():
             if distributed.is_main():
                 for label in range(preset.num_classes):
+                    images = options.spec.assemble(patches.images[label], preset.methods, preset.image_size)
                     for ipc_id in range(options.ipc):
-                        save_png(build.image_path(label, ipc_id), patches.images[label, ipc_id])
+                        save_png(build.image_path(label, ipc_id), images[ipc_id])
                 record["seconds"] = round(time.perf_counter() - start, 2)
                 build.record_stage("recover", record, written=build.image_files(preset.num_classes, options.ipc))
         return record

@@ -10,6 +10,7 @@ import pytest
 
 from fadrm_datasets import layout
 from builders.cli import main
+from builders.methods import METHODS
 from tests.fakedata import make_fashion_mnist
 from tests.helpers import run_cli_ok
 
@@ -279,11 +280,11 @@ def test_real_builds_round_trip_through_the_hub(trained, data_root, hub, tmp_pat
     assert any(not np.array_equal(np.asarray(first[i][0]), np.asarray(second[i][0])) for i in range(20))
 
 
-@pytest.mark.parametrize("method", ["fadrm", "fadrm+", "sre2l", "random-real"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_path):
     """A method's meaning lives in BuildOptions: the same switches, settings and images either way."""
     from builders.build import run_build
-    from builders.options import METHODS, BuildOptions
+    from builders.options import BuildOptions
     from builders.presets import get_preset
 
     common = dict(dataset="fashion-mnist", ipc=1, method=method, build_root=str(trained), data_root=str(data_root),
@@ -296,7 +297,7 @@ def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_p
     spec = METHODS[method]
     for manifest in (cli, py):
         options = manifest["options"]
-        assert (options["arc"], options["mro"], options["init"]) == (spec.arc, spec.mro, spec.init)
+        assert {k: options[k] for k in ("arc", "mro", "init", "difficulty")} == spec.switches()
         assert options["amp"] is False and options["device"] == "cpu"
     assert {k: v for k, v in cli["options"].items() if k != "build_dir"} == \
         {k: v for k, v in py["options"].items() if k != "build_dir"}
@@ -326,7 +327,7 @@ def test_options_refuse_the_same_conflicts_from_python():
 
     with pytest.raises(BuildError, match="cycles the preset's several teachers"):
         BuildOptions(dataset="cifar100", ipc=10, method="fadrm+", teacher="resnet18-cifar")
-    with pytest.raises(ValueError, match="method must be one of fadrm, fadrm\\+, sre2l, random-real; got 'dc'"):
+    with pytest.raises(ValueError, match="method must be one of fadrm, fadrm\\+, sre2l, random-real, rded; got 'dc'"):
         BuildOptions(dataset="cifar100", ipc=10, method="dc")
     with pytest.raises(ValueError, match="init must be one of patches, gaussian"):
         BuildOptions(dataset="cifar100", ipc=10, init="uniform")
