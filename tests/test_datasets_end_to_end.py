@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from builders import presets
+from builders.methods import METHODS
 from fadrm_datasets import hub as fhub
 from fadrm_datasets import layout
 from fadrm_datasets import registry
@@ -39,6 +40,7 @@ class Variant:
     make_source: Callable  # (folder, hub, monkeypatch) -> --data-root
     ipc: int = 1
     method: str = "fadrm"
+    slow: bool = False  # run with -m slow, not in the default suite
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,14 @@ def imagenet_subset_tree_source(folder: Path, hub, monkeypatch) -> str:
 # exactly as the README writes it, at IPC 10.
 FAKE_SOURCES: dict[str, tuple[Variant, ...]] = {
     "fashion-mnist": (Variant("", fashion_source, ipc=10),),
-    "cifar100": (Variant("", cifar_source), Variant("fadrm+", cifar_source, ipc=2, method="fadrm+")),
-    "tiny-imagenet": (Variant("zip", tiny_zip_source), Variant("folder", tiny_folder_source, ipc=2)),
+    "cifar100": (Variant("", cifar_source), Variant("fadrm+", cifar_source, ipc=2, method="fadrm+"),
+                 Variant("rded", cifar_source, method="rded")),
+    "tiny-imagenet": (Variant("zip", tiny_zip_source), Variant("folder", tiny_folder_source, ipc=2),
+                      Variant("folder-rded", tiny_folder_source, method="rded")),
     "imagenet": (Variant("folder", imagenet_folder_source),
-                 Variant("hf-random-real", imagenet_hub_source, method="random-real")),
+                 Variant("hf-random-real", imagenet_hub_source, method="random-real"),
+                 # 1000 classes of 224-pixel crops scored one class at a time: minutes on 2 cores.
+                 Variant("folder-rded", imagenet_folder_source, method="rded", slow=True)),
     "imagenet-subset": (Variant("release", imagenet_subset_release_source),
                         Variant("imagenet-tree", imagenet_subset_tree_source, ipc=2)),
 }
@@ -127,17 +133,18 @@ def tiny_teacher_name(image_size: int) -> str:
     return f"convnet-bn-w{4 if image_size >= 224 else 8}-d{depth}"
 
 
-def configs() -> list[Config]:
-    """Every declared dataset, through each on-disk form of its source; a dataset whose source has
-    no fake form here fails (add one to FAKE_SOURCES)."""
+def configs() -> list:
+    """Every declared dataset, through each on-disk form of its source, as pytest parameters; a
+    dataset whose source has no fake form here fails (add one to FAKE_SOURCES)."""
     found = []
     for dataset, preset in sorted(presets.PRESETS.items()):
         large = preset.image_size >= 224
         for number, variant in enumerate(FAKE_SOURCES.get(preset.source, (Variant("no-fake-source", None),))):
-            found.append(Config("-".join(filter(None, (dataset, variant.id))), dataset, variant.ipc, f"v1.{number}.0",
-                                variant.make_source, tiny_teacher_name(preset.image_size), variant.method,
-                                flags=SMALL_STEP if large and variant.method != "random-real" else (),
-                                given_weights=preset.teacher_recipe is None, threads=2 if large else 1))
+            config = Config("-".join(filter(None, (dataset, variant.id))), dataset, variant.ipc, f"v1.{number}.0",
+                            variant.make_source, tiny_teacher_name(preset.image_size), variant.method,
+                            flags=SMALL_STEP if large and METHODS[variant.method].optimises else (),
+                            given_weights=preset.teacher_recipe is None, threads=2 if large else 1)
+            found.append(pytest.param(config, id=config.id, marks=[pytest.mark.slow] if variant.slow else []))
     return found
 
 
@@ -146,11 +153,13 @@ CONFIGS = configs()
 
 def tiny_preset(preset: presets.Preset, teacher: str) -> presets.Preset:
     """The dataset's preset with a tiny teacher and student and budgets of one step or epoch; its
-    geometry, classes, class blocks, MRO schedule and soft-label layout stay the real ones."""
+    geometry, classes, class blocks, MRO schedule, RDED factor and soft-label layout stay the real ones."""
     recipe = preset.teacher_recipe
     if recipe is not None:
         recipe = dataclasses.replace(recipe, epochs=1, batch_size=64, epochs_from_ipc=())
-    return preset.replace(teacher=teacher, teachers_plus=(teacher, teacher.rsplit("-d", 1)[0] + "-d2"),
+    rded = {**preset.methods.get("rded", {}), "images_per_class": 2, "crops_per_image": 2}  # its real factor
+    return preset.replace(methods={**preset.methods, "rded": rded},
+                          teacher=teacher, teachers_plus=(teacher, teacher.rsplit("-d", 1)[0] + "-d2"),
                           teacher_recipe=recipe, student=teacher, patch_candidates=2,
                           stage_iterations=(1,) * len(preset.stage_resolutions), relabel_epochs=1, eval_epochs=1)
 
@@ -164,7 +173,7 @@ def user_cache(tmp_path, monkeypatch, hub) -> Path:
     return cache
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.id for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS)
 def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cache):
     from safetensors.torch import save_file
 
@@ -191,7 +200,7 @@ def test_dataset_end_to_end(config: Config, tmp_path, hub, monkeypatch, user_cac
     assert manifest["stages"]["relabel"]["complete"] and manifest["stages"]["recover"]["complete"]
     teachers = preset.teachers_plus if config.method == "fadrm+" else (config.teacher,)
     assert sorted(manifest["teachers"]) == sorted(teachers)
-    if config.method != "random-real":
+    if METHODS[config.method].optimises:
         assert manifest["stages"]["recover"]["settings"]["teachers"] == list(teachers)  # in round-robin order
         units = manifest["stages"]["recover"]["units_total"]
         assert units == config.ipc * -(-real.num_classes // real.class_block)  # class blocks of the real preset

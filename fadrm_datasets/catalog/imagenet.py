@@ -28,5 +28,7 @@ DECLARATION = SetInfo(
         soft_label_topk=100,  # 1000 classes: top-k + mean of the rest keeps the store small
         student="resnet18",
         eval_epochs=300,
+        # RDED's released ImageNet-1K scripts stitch 2 x 2 crops (LINs-lab/RDED, scripts/imagenet-1k_*.sh).
+        methods={"rded": {"factor": 2}},
     ),
 )

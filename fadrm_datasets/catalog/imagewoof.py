@@ -41,5 +41,7 @@ DECLARATION = SetInfo(
         eval_epochs=300,
         eval_lr=5e-4,
         eval_batch_size=10,
+        # RDED's released imagenet-woof scripts stitch 2 x 2 crops (LINs-lab/RDED, scripts/imagenet-woof_*.sh).
+        methods={"rded": {"factor": 2}},
     ),
 )

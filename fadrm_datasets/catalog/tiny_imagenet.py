@@ -20,5 +20,7 @@ DECLARATION = SetInfo(
         relabel_epochs=300,
         student="resnet18-cifar",
         eval_epochs=300,
+        # RDED's released Tiny-ImageNet scripts use whole crops (LINs-lab/RDED, scripts/tinyimagenet_*.sh).
+        methods={"rded": {"factor": 1}},
     ),
 )
