@@ -82,6 +82,16 @@ def class_indices(targets: torch.Tensor, label: int) -> torch.Tensor:
     return torch.nonzero(torch.as_tensor(targets) == label).flatten()
 
 
+def draw_class_images(targets: torch.Tensor, label: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` training images of class ``label`` in random order: without replacement while the class
+    has enough, then cycling through them again."""
+    pool = class_indices(targets, label)
+    if len(pool) == 0:
+        raise ValueError(f"class {label} has no training images")
+    order = torch.randperm(len(pool), generator=generator)
+    return pool[order.repeat(count // len(pool) + 1)[:count]]
+
+
 @torch.no_grad()
 def select_patches(preset: Preset, train: Dataset, teacher: nn.Module | None, ipc: int,
                    difficulty: str = "medium", seed: int = 0, device="cpu",
@@ -94,13 +104,8 @@ def select_patches(preset: Preset, train: Dataset, teacher: nn.Module | None, ip
     images, sources, boxes, scores = [], [], [], []
     for label in progress_bar(range(preset.num_classes), "patches", leave=False):
         generator = torch.Generator().manual_seed(derive_seed(seed, "patches", label))
-        pool = class_indices(train.targets, label)
-        if len(pool) == 0:
-            raise ValueError(f"class {label} has no training images")
         wanted = ipc * per_patch
-        # Without replacement while the class has enough images, then cycling through them.
-        order = torch.randperm(len(pool), generator=generator)
-        picks = pool[order.repeat(wanted // len(pool) + 1)[:wanted]]
+        picks = draw_class_images(train.targets, label, wanted, generator)
         crops, crop_boxes = [], []
         for index in picks.tolist():
             image = train[index][0]
@@ -163,11 +168,8 @@ def select_stitched_crops(preset: Preset, train: Dataset, teacher: nn.Module, ip
     images, sources, boxes, scores = [], [], [], []
     for label in progress_bar(range(preset.num_classes), "patches", leave=False):
         generator = torch.Generator().manual_seed(derive_seed(seed, "stitched-crops", label))
-        pool = class_indices(train.targets, label)
-        if len(pool) == 0:
-            raise ValueError(f"class {label} has no training images")
-        count = max(kept, stitching.images_per_class)  # cycling through a class with fewer images
-        picks = pool[torch.randperm(len(pool), generator=generator).repeat(count // len(pool) + 1)[:count]]
+        count = max(kept, stitching.images_per_class)
+        picks = draw_class_images(train.targets, label, count, generator)
         crops, crop_boxes = _class_crops(train, picks, stitching, size, generator)
         ce = padded_cross_entropy(teacher, crops.flatten(0, 1), label, preset, device).view(count, -1)
         best = ce.argmin(dim=1)  # each image's easiest crop

@@ -20,3 +20,36 @@ IMAGENET_TERMS = dict(license="other", license_name="imagenet", license_link="ht
 
 # FADRM+'s extra teachers for the 32/64-pixel sets: different families, cycled round-robin.
 SMALL_IMAGE_TEACHERS_PLUS = ("resnet18-cifar", "densenet121", "shufflenet_v2_x0_5", "mobilenet_v2")
+
+
+def imagenet_category_names(indices) -> tuple[str, ...]:
+    """torchvision's names of ImageNet-1K's classes at these indices of its 1000 sorted WordNet ids."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES[index] for index in indices)
+
+
+# FADRM's settings for the 10-class ImageNet subsets, ImageNette and ImageWoof (its recover, relabel and
+# validate scripts/imagenet-nette and scripts/imagewoof, which agree): the paper's recover at ImageNet's
+# resolutions with all 10 classes in one unit, ResNet-18 teachers trained on the subset, and a ResNet-18
+# student by AdamW at 5e-4 with batches of 10. FADRM and RDED publish no teacher recipe; RDED trains its
+# teachers with torchvision's reference script, whose ResNet defaults these are (SGD 0.1, weight decay
+# 1e-4, 90 epochs, 8 x 32 images a step), with this trainer's padded crop (an eighth of the side, as
+# CIFAR's 4 of 32) for its random crop. RDED's released scripts for both stitch 2 x 2 crops
+# (LINs-lab/RDED, scripts/imagenet-nette_*.sh and imagenet-woof_*.sh).
+IMAGENET_SUBSET_BUILD = dict(
+    source="imagenet-subset",
+    teacher="resnet18",
+    teachers_plus=("resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"),
+    teacher_recipe=dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, epochs=90, batch_size=256, crop_padding=28),
+    stage_resolutions=(200, 224, 200, 224),
+    **{**PAPER_RECOVER, "class_block": 10},
+    jitter=32,
+    relabel_epochs=300,
+    relabel_batch_size=10,
+    student="resnet18",
+    eval_epochs=300,
+    eval_lr=5e-4,
+    eval_batch_size=10,
+    methods={"rded": {"factor": 2}},
+)

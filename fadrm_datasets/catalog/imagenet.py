@@ -1,20 +1,14 @@
 """ImageNet-1K: 1000 classes, distilled at 224x224 from an ImageFolder tree or a Hub dataset."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo, unique_names
-from ._shared import IMAGENET_TERMS, PAPER_RECOVER
-
-
-def _classes() -> tuple[str, ...]:
-    # torchvision ships the 1000 category names in the standard (sorted wnid) order; two names
-    # ("crane", "maillot") occur twice, so they are made unique.
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return unique_names(_IMAGENET_CATEGORIES)
-
+from ._shared import IMAGENET_TERMS, PAPER_RECOVER, imagenet_category_names
 
 DECLARATION = SetInfo(
     name="imagenet", display_name="ImageNet-1K", class_name="FADRMImageNet", repo_name="fadrm-imagenet",
-    num_classes=1000, channels=3, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=_classes(),
+    num_classes=1000, channels=3, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    # torchvision's names in the standard (sorted wnid) order; two ("crane", "maillot") occur twice,
+    # so they are made unique.
+    class_names=unique_names(imagenet_category_names(range(1000))),
     source_datasets=("ILSVRC/imagenet-1k",), **IMAGENET_TERMS,
     build=dict(
         source="imagenet",
