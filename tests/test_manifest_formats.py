@@ -235,3 +235,16 @@ def test_a_release_published_at_df17861_is_migrated_by_the_fetch_and_by_push(hub
     assert pushed["format_version"] == REPO_FORMAT_VERSION and sorted(pushed["ipcs"]) == ["1", "2"]
     assert pushed["sizes"][shard] == len(files[shard])
     assert pushed["files"][shard] == json.loads(files[layout.MANIFEST])["files"][shard]
+
+
+def test_a_soft_label_index_of_a_newer_format_is_refused_in_the_same_line(tmp_path):
+    from fadrm_datasets.schema import SOFT_LABEL_FORMAT_VERSION
+    from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
+
+    build = make_build(tmp_path / "ipc10", soft_labels=True)
+    index = build / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX
+    record = json.loads(index.read_text())
+    index.write_text(json.dumps({**record, "format_version": SOFT_LABEL_FORMAT_VERSION + 1}))
+    with pytest.raises((NewerFormatError, SoftLabelStoreError)) as refused:  # the store's errors are its own kind
+        SoftLabelStore.open(build / layout.SOFT_LABELS)
+    assert str(refused.value) == _newer_line(index, SOFT_LABEL_FORMAT_VERSION + 1)
