@@ -94,6 +94,10 @@ def apply_overrides(preset, kwargs: dict, **more):
     changes = {field: kwargs.pop(option) for option, field in PRESET_OVERRIDES.items() if option in kwargs}
     changes = {field: value for field, value in {**changes, **more}.items() if value is not None}
     factor = kwargs.pop("factor", None)
+    method = kwargs.get("method", "fadrm")
+    if factor is not None and not METHODS[method].stitching:
+        stitching = ", ".join(name for name, m in METHODS.items() if m.stitching)
+        raise click.UsageError(f"--factor is a setting of the stitching methods ({stitching}), not of {method}")
     if factor is not None:  # every stitching method's, in the preset's per-method settings
         changes["methods"] = {**preset.methods, **{name: {**preset.methods.get(name, {}), "factor": factor}
                                                    for name, method in METHODS.items() if method.stitching}}

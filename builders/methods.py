@@ -46,9 +46,19 @@ class Stitching:
     A dataset's declaration may set any of these for the method (``methods={"rded": {"factor": 2}}``)."""
 
     factor: int = 1  # RDED's --factor: 1 for CIFAR and Tiny-ImageNet, 2 for the 224-pixel sets
-    images_per_class: int = 300  # RDED's --mipc in every released script
+    # RDED's --mipc in every released script; where ipc * factor**2 is more, that many images are drawn.
+    images_per_class: int = 300
     crops_per_image: int = 5  # RDED's --num-crop
     crop_scale: tuple[float, float] = (0.08, 1.0)  # torchvision's RandomResizedCrop default, which RDED keeps
+
+    def __post_init__(self) -> None:
+        counts = {"factor": self.factor, "images_per_class": self.images_per_class,
+                  "crops_per_image": self.crops_per_image}
+        for name, value in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be 0 < MIN <= MAX <= 1, got {self.crop_scale}")
 
 
 def stitch(crops: torch.Tensor, factor: int, size: int) -> torch.Tensor:

@@ -158,6 +158,15 @@ def padded_cross_entropy(teacher: nn.Module, crops: torch.Tensor, label: int, pr
     return torch.cat(scores)
 
 
+def keep_stitched(ce: torch.Tensor, kept: int, difficulty: str = "easy") -> tuple[torch.Tensor, torch.Tensor]:
+    """From the teacher's cross-entropy on each image's crops (images x crops), each image's easiest
+    crop, and ``kept`` of those images by ``difficulty`` (the easiest, for RDED): the images' rows and
+    their crops' columns, in the order they are kept."""
+    best = ce.argmin(dim=1)
+    rows = keep_by_difficulty(ce[torch.arange(len(ce)), best], kept, difficulty)
+    return rows, best[rows]
+
+
 @torch.no_grad()
 def select_stitched_crops(preset: Preset, train: Dataset, teacher: nn.Module, ipc: int, stitching: Stitching,
                           difficulty: str = "easy", seed: int = 0, device="cpu") -> Patches:
@@ -172,13 +181,11 @@ def select_stitched_crops(preset: Preset, train: Dataset, teacher: nn.Module, ip
         picks = draw_class_images(train.targets, label, count, generator)
         crops, crop_boxes = _class_crops(train, picks, stitching, size, generator)
         ce = padded_cross_entropy(teacher, crops.flatten(0, 1), label, preset, device).view(count, -1)
-        best = ce.argmin(dim=1)  # each image's easiest crop
-        rows = torch.arange(count)
-        keep = keep_by_difficulty(ce[rows, best], kept, difficulty)
-        images.append(crops[rows, best][keep])
-        sources.append(picks[keep])
-        boxes.append(crop_boxes[rows, best][keep])
-        scores.append(ce[rows, best][keep])
+        rows, best = keep_stitched(ce, kept, difficulty)
+        images.append(crops[rows, best])
+        sources.append(picks[rows])
+        boxes.append(crop_boxes[rows, best])
+        scores.append(ce[rows, best])
     patches = Patches(torch.stack(images), torch.stack(sources), torch.stack(boxes), torch.stack(scores).float())
     log.info("patches: %d crops per class for %dx%d stitching, mean teacher CE %.3f", kept, factor, factor,
              patches.cross_entropy.mean().item())
@@ -202,11 +209,12 @@ def _selection(ctx: BuildContext) -> tuple[Preset, dict]:
     options = ctx.options
     preset = ctx.preset.replace(patch_crop_scale=options.spec.patch_crop_scale(ctx.preset.patch_crop_scale))
     selection = {"difficulty": options.difficulty, "seed": options.seed, "ipc": options.ipc,
-                 "crop_scale": list(preset.patch_crop_scale), "candidates": preset.patch_candidates,
                  "teacher_weights": json.dumps(chooser_weights(ctx))}
     stitching = options.spec.stitching_for(preset.methods)
-    if stitching:
+    if stitching:  # its crops are cut and counted by its own settings, not the preset's patch ones
         selection["stitching"] = json.dumps(dataclasses.asdict(stitching))
+    else:
+        selection.update(crop_scale=list(preset.patch_crop_scale), candidates=preset.patch_candidates)
     return preset, selection
 
 
@@ -260,5 +268,5 @@ def _select_or_reuse(ctx: BuildContext) -> Patches:
     return patches
 
 
-__all__ = ["Patches", "check_patches", "chooser_weights", "keep_by_difficulty", "padded_cross_entropy", "select_patches",
+__all__ = ["Patches", "check_patches", "chooser_weights", "keep_by_difficulty", "keep_stitched", "padded_cross_entropy", "select_patches",
            "select_stitched_crops", "stage_patches"]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from fadrm_datasets import registry
+
+from .methods import METHODS
 from fadrm_datasets._checks import one_of
 
 
@@ -138,6 +140,19 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"preset {self.name!r}: alpha must lie in [0, 1], got {self.alpha}")
+        self._check_method_settings()
+
+    def _check_method_settings(self) -> None:
+        """Each per-method setting names a method that takes it, with a value it accepts."""
+        for name, settings in self.methods.items():
+            method = METHODS.get(name)
+            if method is None or method.stitching is None:
+                raise ValueError(f"preset {self.name!r}: methods[{name!r}] names no method with settings "
+                                 f"(those with settings: {', '.join(n for n, m in METHODS.items() if m.stitching)})")
+            try:
+                method.stitching_for(self.methods)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"preset {self.name!r}: methods[{name!r}]: {error}") from None
 
     @property
     def total_iterations(self) -> int:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from builders.methods import METHODS, Stitching, stitch
-from builders.patches import Patches, padded_cross_entropy, select_stitched_crops
+from builders.patches import Patches, keep_stitched, padded_cross_entropy, select_stitched_crops
 from builders.presets import get_preset
 from builders.sources import TensorImages
 from fadrm_datasets import layout
@@ -83,7 +83,13 @@ def test_rded_is_built_in_and_its_images_are_the_stitched_patches(tmp_path, monk
     assert METHODS["rded"].optimisation is None and METHODS["rded"].patches.difficulty == "easy"
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_says_what_it_is(name):
-    method = METHODS[name]
-    assert method.help and set(method.switches()) == {"arc", "mro", "init", "difficulty"}
+def test_rded_keeps_each_images_easiest_crop_and_the_class_keeps_its_easiest_images():
+    ce = torch.rand(40, 5, generator=torch.Generator().manual_seed(3))  # 40 images x 5 crops
+    rows, crops = keep_stitched(ce, kept=12)
+    # The reference, another way: every image's minimum over its crops, the 12 smallest minima.
+    minima = [(min(ce[i].tolist()), i) for i in range(40)]
+    expected = [i for _, i in sorted(minima)[:12]]
+    assert rows.tolist() == expected
+    assert [int(ce[i].argmin()) for i in expected] == crops.tolist()
+    dropped = [m for m, i in minima if i not in expected]
+    assert max(ce[rows, crops].tolist()) <= min(dropped)
