@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import tarfile
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fadrm_datasets._checks import one_of
+from fadrm_datasets.layout import LayoutError, inside
 from fadrm_datasets.registry import get_set
 
 from .presets import Preset
@@ -262,7 +266,7 @@ def _fetch_release(root: Path, release: str, url: str | None, download: bool) ->
     """Put ``root/<release>`` in place: extract ``root/<release>.tgz``, else download it."""
     archive = root / f"{release}.tgz"
     if archive.is_file():
-        _extract_unchecked(archive, root)
+        _extract_release(archive, root, release)
     elif download and release in _TORCHVISION_IMAGENETTE_SIZES:
         from torchvision.datasets import Imagenette
 
@@ -271,9 +275,13 @@ def _fetch_release(root: Path, release: str, url: str | None, download: bool) ->
         from torchvision.datasets.utils import download_url
 
         # No md5: fastai's checks.txt hashes an archive's first MiB only, and others' whole-file sums
-        # differ between its uploads.
-        download_url(url, str(root), archive.name)
-        _extract_unchecked(archive, root)
+        # differ between its uploads. Fetched under a partial name, so a cut download is never taken
+        # for the archive (download_url trusts any file already there when it has no md5).
+        partial = archive.with_name(archive.name + ".part")
+        partial.unlink(missing_ok=True)
+        download_url(url, str(root), partial.name)
+        os.replace(partial, archive)
+        _extract_release(archive, root, release)
     else:
         fetch = "pass --download to fetch it" if url or release in _TORCHVISION_IMAGENETTE_SIZES else \
             "no download is known for it"
@@ -281,9 +289,30 @@ def _fetch_release(root: Path, release: str, url: str | None, download: bool) ->
                                 f"ImageFolder tree at {root}/train/; {fetch}")
 
 
-def _extract_unchecked(archive: Path, root: Path) -> None:
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")  # no links, devices or paths outside root: the bytes are unchecked
+def _extract_release(archive: Path, root: Path, release: str) -> None:
+    """Extract ``archive`` whole into a temporary folder beside ``root/<release>``, then move its
+    ``<release>/`` into place, so a broken or cut archive leaves nothing that passes for the release. Its
+    bytes are not checksummed: only plain files and folders inside the folder are extracted."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{release}.", dir=root))
+    what_to_do = f"delete {archive} and pass --download to fetch it again"
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                if not (member.isfile() or member.isdir()):
+                    raise DataNotFoundError(f"{archive} holds {member.name!r}, which is not a plain file or folder; "
+                                            f"{what_to_do}")
+                inside(staging, member.name)
+            # Python's own member filter where it has one (3.10.12+, 3.11.4+); the check above either way.
+            tar.extractall(staging, members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        if not (staging / release).is_dir():
+            raise DataNotFoundError(f"{archive} holds no {release}/ folder; {what_to_do}")
+        os.replace(staging / release, root / release)
+    except (tarfile.TarError, EOFError, zlib.error, LayoutError) as error:
+        raise DataNotFoundError(f"{archive} cannot be extracted ({' '.join(str(error).split())}); {what_to_do}") \
+            from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class HFImages(Dataset):

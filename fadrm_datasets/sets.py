@@ -438,7 +438,7 @@ class _RegisteredSet(FADRMDataset):
     """A set from the registry: torchvision's signature (``root`` first, optional), no repo id.
 
     Its constants (classes where known, channels, image size, mean, std) are class attributes taken
-    from :mod:`fadrm_datasets.registry`, the one place they are written.
+    from the set's declaration (:mod:`fadrm_datasets.catalog`), the one place they are written.
     """
 
     def __init_subclass__(cls, set_name: str, **kwargs: Any) -> None:

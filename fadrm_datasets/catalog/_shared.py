@@ -30,7 +30,9 @@ def imagenet_category_names(indices) -> tuple[str, ...]:
 
 
 # FADRM's settings for the 10-class ImageNet subsets, ImageNette and ImageWoof (its recover, relabel and
-# validate scripts/imagenet-nette and scripts/imagewoof, which agree): the paper's recover at ImageNet's
+# validate scripts/imagenet-nette and scripts/imagewoof): the paper's recover (lr 0.25; one script,
+# recover/scripts/imagenet-nette/recover_fadrm_ipc50.sh, uses 0.05 for single-teacher ImageNette at IPC 50,
+# which a preset's one lr for every IPC does not follow) at ImageNet's
 # resolutions with all 10 classes in one unit, ResNet-18 teachers trained on the subset, and a ResNet-18
 # student by AdamW at 5e-4 with batches of 10. FADRM and RDED publish no teacher recipe; RDED trains its
 # teachers with torchvision's reference script, whose ResNet defaults these are (SGD 0.1, weight decay

@@ -4,6 +4,7 @@ ImageNet ImageFolder tree."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -81,9 +82,21 @@ def test_an_archive_reaching_outside_the_root_is_refused(tmp_path):
         member = tarfile.TarInfo("../escaped.txt")
         member.size = 2
         tar.addfile(member, io.BytesIO(b"hi"))
-    with pytest.raises(tarfile.OutsideDestinationError):
+    with pytest.raises(DataNotFoundError, match="refusing the path '../escaped.txt'.*delete .*imagewoof2-320.tgz"):
         load_imagenet_subset(root, "train", False, release="imagewoof2-320", wnids=WNIDS)
-    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists() and os.listdir(root) == ["imagewoof2-320.tgz"]
+
+
+def test_a_cut_archive_gets_one_line_and_leaves_no_half_release(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    whole = tmp_path / "whole.tgz"
+    write_release_archive(tmp_path, "imagewoof2-320", whole)
+    (root / "imagewoof2-320.tgz").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(DataNotFoundError, match="cannot be extracted .*; delete .* and pass --download") as refused:
+        load_imagenet_subset(root, "train", False, release="imagewoof2-320", wnids=WNIDS)
+    assert len(str(refused.value).splitlines()) == 1
+    assert os.listdir(root) == ["imagewoof2-320.tgz"]  # no partial release folder, no staging folder
 
 
 def test_imagewoof_downloads_from_its_url_and_is_extracted(tmp_path, monkeypatch):
