@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import json
 import sys
 from pathlib import Path
 
@@ -19,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fadrm_datasets.layout import IMAGES, MANIFEST, SOFT_LABELS, teachers_dir  # noqa: E402
+from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory, build_dir, teachers_dir  # noqa: E402
 
-DATASET = "fashion-mnist"
+DATASET, IPC = "fashion-mnist", 10
+METHODS = ("fadrm", "fadrm+", "sre2l", "random-real")  # what same_bytes.sh builds
 TIMES = ("seconds",)  # the only fields of an evaluation record that measure time
 
 
@@ -33,21 +33,27 @@ def differing_files(before: Path, after: Path) -> list[str]:
                                                   and filecmp.cmp(before / n, after / n, shallow=False)))
 
 
-def evaluations(build: Path) -> list[dict]:
-    records = json.loads((build / MANIFEST).read_text()).get("evaluations") or []
-    return [{k: v for k, v in record.items() if k not in TIMES} for record in records]
+def evaluations(build: Path, ignored: tuple[str, ...]) -> list[dict]:
+    """The build's evaluation records (read through the manifest's schema), without ``ignored`` fields."""
+    records = BuildDirectory(build).read_manifest().get("evaluations") or []
+    return [{k: v for k, v in record.items() if k not in ignored} for record in records]
 
 
-def compare(before: Path, after: Path) -> bool:
+def compare(before: Path, after: Path, ignored: tuple[str, ...] = TIMES) -> bool:
     same = True
-    for build in sorted(p for p in (before / DATASET).iterdir() if p.name.startswith("ipc")):
-        other = after / DATASET / build.name
+    for method in METHODS:
+        build, other = build_dir(before, DATASET, IPC, method), build_dir(after, DATASET, IPC, method)
+        if not (build.is_dir() and other.is_dir()):
+            print(f"{build.name}: MISSING from {'after' if build.is_dir() else 'before'}")
+            same = False
+            continue
         files = [f"{part}/{name}" for part in (IMAGES, SOFT_LABELS)
                  for name in differing_files(build / part, other / part)]
-        records_same = evaluations(build) == evaluations(other)
+        records, others = evaluations(build, ignored), evaluations(other, ignored)
         print(f"{build.name}: {len(files)} differing image/soft-label files{': ' + ', '.join(files[:5]) if files else ''}; "
-              f"evaluation records {'equal' if records_same else 'DIFFER'} ({len(evaluations(build))} each)")
-        same = same and not files and records_same
+              f"evaluation records {'equal' if records == others and records else 'DIFFER'} ({len(records)} and "
+              f"{len(others)})")
+        same = same and not files and records == others and bool(records)
     teachers = differing_files(teachers_dir(before, DATASET), teachers_dir(after, DATASET))
     print(f"teachers: {len(teachers)} differing files{': ' + ', '.join(teachers) if teachers else ''}")
     return same and not teachers
@@ -57,8 +63,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
+    parser.add_argument("--ignore", default=",".join(TIMES),
+                        help="comma-separated evaluation-record fields left out of the comparison")
     args = parser.parse_args()
-    sys.exit(0 if compare(args.before, args.after) else 1)
+    sys.exit(0 if compare(args.before, args.after, tuple(filter(None, args.ignore.split(",")))) else 1)
 
 
 if __name__ == "__main__":

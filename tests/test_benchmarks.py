@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -166,3 +167,28 @@ def test_recover_speed_reports_the_childs_own_memory_not_its_parents():
     out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
     assert 0 < json.loads(out.strip().splitlines()[-1])["peak_bytes"] < 256 * 2**20
     del held
+
+
+def test_same_bytes_compare_finds_a_flipped_image_byte_a_changed_record_and_a_missing_build(tmp_path, capsys):
+    from benchmarks.same_bytes_compare import METHODS, compare
+    from tests.fakebuild import make_build
+
+    for root in ("before", "after"):
+        for method in METHODS:
+            build = make_build(layout.build_dir(tmp_path / root, "fashion-mnist", 10, method), soft_labels=True)
+            layout.BuildDirectory(build).update_manifest(evaluations=[{"top1_final": 50.0, "seconds": float(len(root))}])
+        (layout.teachers_dir(tmp_path / root, "fashion-mnist")).mkdir(parents=True)
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert compare(before, after)  # the times differ, and are left out
+    image = layout.build_dir(after, "fashion-mnist", 10, "sre2l") / layout.image_relpath(1, 2)
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 1
+    image.write_bytes(bytes(data))
+    assert not compare(before, after) and "ipc10-sre2l: 1 differing" in capsys.readouterr().out
+    image.write_bytes(bytes(data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]))
+    assert compare(before, after)
+    layout.BuildDirectory(layout.build_dir(after, "fashion-mnist", 10, "fadrm")).update_manifest(
+        evaluations=[{"top1_final": 50.5, "seconds": 1.0}])
+    assert not compare(before, after)
+    shutil.rmtree(layout.build_dir(after, "fashion-mnist", 10, "fadrm"))
+    assert not compare(before, after) and "ipc10: MISSING from after" in capsys.readouterr().out
