@@ -25,6 +25,7 @@ from fadrm_datasets.sets import SET_CLASSES
 
 from .methods import METHODS
 from .options import BuildError
+from .protocols import DEFAULT_PROTOCOL
 from .scores import label_robust_score
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 # The columns a reader of a card wants from each evaluation record (builders.evaluate): the last
 # epoch's accuracy first; the best checkpoint beside it, labelled as chosen on the measured split.
-EVALUATION_COLUMNS = [("student", "student"), ("labels", "labels"), ("split", "split"), ("epochs", "epochs"),
+EVALUATION_COLUMNS = [("protocol", "protocol"), ("student", "student"), ("labels", "labels"), ("split", "split"),
+                      ("epochs", "epochs"),
                       ("top1_final", "top-1 % (last epoch)"), ("top5", "top-5 %"),
                       ("top1_best", "best checkpoint % (chosen on the split)"), ("temperature", "T"),
                       ("seed", "seed"), ("command", "command")]
@@ -215,7 +217,8 @@ def evaluations_table(evaluations: list[dict] | None) -> str | None:
     runs = [run for run in evaluations or [] if isinstance(run, dict)]
     if not runs:
         return None
-    defaults = {"labels": "soft"}  # records older than hard-label evaluations were all soft
+    # Records older than hard-label evaluations were all soft, and those older than protocols ours.
+    defaults = {"labels": "soft", "protocol": DEFAULT_PROTOCOL}
     return markdown_table([title for _, title in EVALUATION_COLUMNS],
                           [[run.get(key, defaults.get(key, "")) for key, _ in EVALUATION_COLUMNS] for run in runs])
 

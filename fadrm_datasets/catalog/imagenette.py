@@ -2,7 +2,7 @@
 classes of an ImageNet ImageFolder tree), with FADRM's ImageNette settings."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo
-from ._shared import IMAGENET_TERMS, PAPER_RECOVER
+from ._shared import DD_RANKING_IMAGENET, IMAGENET_TERMS, PAPER_RECOVER, per_ipc
 
 # The classes in label order (sorted WordNet ids, as fastai's folders and torchvision's Imagenette sort
 # them), each with its index among ImageNet-1K's 1000 sorted wnids.
@@ -46,5 +46,12 @@ DECLARATION = SetInfo(
         eval_batch_size=10,
         # RDED's released imagenet-nette scripts stitch 2 x 2 crops (LINs-lab/RDED, scripts/imagenet-nette_*.sh).
         methods={"rded": {"factor": 2}},
+        protocols={
+            # validate/scripts/imagenet-nette: 300 epochs, batches of 10.
+            "fadrm": dict(eval_epochs=300, eval_batch_size=10,
+                          from_ipc=per_ipc(eval_lr=(5e-4, 5e-4, 5e-4), cosine_stretch=(2, 1, 2))),
+            # DD-Ranking scores no ImageNette set: ImageNet-1K's settings, not chosen on the validation split.
+            "dd-ranking": DD_RANKING_IMAGENET,
+        },
     ),
 )
