@@ -234,19 +234,23 @@ def _teachers_of(record: dict) -> str:
 
 def newest_test_records(records: list[dict], dataset: str, ipc: int) -> dict[tuple, dict]:
     """Benchmark records of ``dataset`` at ``ipc`` on the test split (``benchmarks/accuracy.py``), keyed by
-    (method, label, student, labels): a later record of the same configuration (say, at the lr a wider
+    (method, label, student, labels, protocol): a later record of the same configuration (say, at the lr a wider
     search chose) replaces an earlier one and takes its place in the order."""
     newest: dict[tuple, dict] = {}
     for r in records:
         if r.get("dataset") == dataset and r.get("ipc") == ipc and r.get("split") == "test" and "top1_final_mean" in r:
-            newest.pop(key := (r["method"], r.get("label"), r.get("student"), r.get("labels", "soft")), None)
+            key = (r["method"], r.get("label"), r.get("student"), r.get("labels", "soft"),
+                   r.get("protocol", DEFAULT_PROTOCOL))
+            newest.pop(key, None)
             newest[key] = r
     return newest
 
 
 def measured_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
     """One row per configuration measured at ``ipc``, with the last epoch's top-1 over seeds and the command."""
-    return [[r["method"] + (f" ({r['label']})" if r.get("label") else ""), r.get("student", ""),
+    return [[r["method"] + (f" ({r['label']})" if r.get("label") else "")
+             + (f" [{r['protocol']} protocol]" if r.get("protocol", DEFAULT_PROTOCOL) != DEFAULT_PROTOCOL else ""),
+             r.get("student", ""),
              r.get("labels", "soft"), len(r.get("seeds") or []), _mean_std(r), f"{r['top1_best_mean']:.2f}",
              _teachers_of(r), f"`{r.get('command', '')}`"] for r in newest_test_records(records, dataset, ipc).values()]
 
@@ -260,8 +264,10 @@ def score_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
     set's soft- and hard-label accuracy, the random real subset's soft-label accuracy, and the full real
     data's hard-label accuracy (the teacher's own test top-1, when the student is the teacher's
     architecture: the same network trained on the whole training split with hard labels)."""
+    # Scores compare under ours: another protocol's records would mix settings into one score.
     found = {(method, student, labels): r
-             for (method, label, student, labels), r in newest_test_records(records, dataset, ipc).items() if not label}
+             for (method, label, student, labels, protocol), r in newest_test_records(records, dataset, ipc).items()
+             if not label and protocol == DEFAULT_PROTOCOL}
     rows = []
     for (method, student, labels), soft in sorted(found.items()):
         hard, random = found.get((method, student, "hard")), found.get(("random-real", student, "soft"))

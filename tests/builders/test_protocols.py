@@ -15,7 +15,7 @@ import builders.evaluate as evaluate
 from builders.presets import get_preset
 from builders.protocols import PROTOCOLS, UnknownProtocolError, protocol_preset
 from builders.schedules import cosine_factor
-from fadrm_datasets.layout import BuildDirectory
+from fadrm_datasets.layout import SOFT_LABEL_INDEX, BuildDirectory, build_dir
 from tests.fakedata import make_fashion_mnist
 from tests.helpers import run_cli, run_cli_ok
 from tests.test_softlabels import tiny_set, write_store
@@ -91,7 +91,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     run_cli_ok(["fashion-mnist", "--ipc", "1", "--data-root", str(data), "--build-root", str(root),
                 "--iterations", "2,2,2,2", "--device", "cpu", "--epochs", "2", "--no-evaluate"])
-    return BuildDirectory(root / "fashion-mnist" / "ipc1"), data
+    return BuildDirectory(build_dir(root, "fashion-mnist", 1)), data
 
 
 def store_bytes(directory) -> dict[str, bytes]:
@@ -104,7 +104,7 @@ def test_a_protocol_needing_other_labels_relabels_into_its_own_store(built):
     common = ["--epochs", "2", "--device", "cpu", "--data-root", str(data)]
     run_cli_ok(["evaluate", str(build.root), "--protocol", "dd-ranking", *common])
     assert store_bytes(build.soft_labels) == before
-    own = json.loads((build.protocol_soft_labels("dd-ranking") / "index.json").read_text())
+    own = json.loads((build.protocol_soft_labels("dd-ranking") / SOFT_LABEL_INDEX).read_text())
     assert (own["batch_size"], own["crop_scale"], own["teacher_mode"], own["epochs"]) == (100, [0.08, 1.0], "eval", 2)
     record = build.read_manifest()["evaluations"][-1]
     assert (record["protocol"], record["batch_size"], record["grad_accumulation"], record["temperature"],
