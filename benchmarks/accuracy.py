@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 from fadrm_datasets.layout import BuildDirectory, ipc_dir  # noqa: E402
 from builders.cli import main as fadrm_build  # noqa: E402
 from builders.methods import METHODS  # noqa: E402
+from builders.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 from fadrm_datasets._io import atomic_write_json  # noqa: E402
 
 DATASET = "fashion-mnist"
@@ -76,7 +77,7 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
             evaluate += ["--labels", args.labels]
         if args.lr is not None:
             evaluate += ["--lr", str(args.lr)]
-        run_cli(evaluate)
+        run_cli([*evaluate, "--protocol", args.protocol])
         done = BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
     teachers = BuildDirectory(build_dir).read_manifest().get("teachers") or {}
     return {**done, "teacher_records": {name: {k: record.get(k) for k in ("epochs", "test_top1")}
@@ -85,19 +86,24 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
 
 def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
     """The newest evaluation in the build's manifest made with the protocol this run would use."""
+    from builders.build import protocol_labels
     from builders.evaluate import manifest_preset
+    from builders.options import resolve_device
+    from builders.protocols import protocol_preset
     from fadrm_datasets.softlabels import SoftLabelStore
 
     manifest = BuildDirectory(build_dir).read_manifest()
-    preset = manifest_preset(manifest)
-    store = SoftLabelStore.open(BuildDirectory(build_dir).soft_labels)
+    preset = protocol_preset(args.protocol, manifest_preset(manifest), manifest["ipc"]).preset
+    device = resolve_device(args.device)
+    store = SoftLabelStore.open(protocol_labels(build_dir, args.protocol, args.epochs, device))
     wanted = {"split": args.split, "seed": seed, "student": args.student or preset.student,
               "epochs": args.epochs or preset.eval_epochs, "lr": args.lr or preset.eval_lr,
               "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
               "grad_accumulation": preset.eval_grad_accumulation, "teacher_mode": store.teacher_mode,
               "teachers": store.teachers, "soft_label_epochs": store.epochs}
     for record in reversed(manifest.get("evaluations", [])):
-        same_labels = record.get("labels", "soft") == args.labels  # older records were all soft
+        same_protocol = record.get("protocol", "ours") == args.protocol  # older records were all ours
+        same_labels = same_protocol and record.get("labels", "soft") == args.labels  # older records were all soft
         if same_labels and all(record.get(key) == value for key, value in wanted.items()):
             return record
     return None
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-mode", choices=("train", "eval"), default="train")
     parser.add_argument("--labels", choices=("soft", "hard"), default="soft",
                         help="hard: train the student on the same batches with hard labels (DD-Ranking's HLR)")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                        help="how the students train (builders/protocols.py); ours is the default")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="val: the held-out training images, for choosing settings")
     parser.add_argument("--extra", default="", help="more build flags, e.g. '--alpha 0.7 --lr 0.05'")
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                 "top1_final_per_seed": final, "top1_best_mean": round(statistics.fmean(best), 2),
                 "top1_best_per_seed": best, "top5_mean": round(statistics.fmean(r["top5"] for r in runs), 2),
                 "split": args.split, "label": args.label, "extra": args.extra, "labels": args.labels,
-                "epochs": runs[0]["epochs"], "lr": runs[0]["lr"], "temperature": runs[0]["temperature"],
+                "protocol": args.protocol, "epochs": runs[0]["epochs"], "lr": runs[0]["lr"], "temperature": runs[0]["temperature"],
                 "iterations": args.iterations, "teacher_mode": args.teacher_mode,
                 "teachers": runs[0]["teacher_records"],
                 "device": runs[0]["device"], "seconds": round(time.perf_counter() - start, 1),

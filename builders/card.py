@@ -25,6 +25,7 @@ from fadrm_datasets.sets import SET_CLASSES
 
 from .methods import METHODS
 from .options import BuildError
+from .protocols import DEFAULT_PROTOCOL
 from .scores import label_robust_score
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 # The columns a reader of a card wants from each evaluation record (builders.evaluate): the last
 # epoch's accuracy first; the best checkpoint beside it, labelled as chosen on the measured split.
-EVALUATION_COLUMNS = [("student", "student"), ("labels", "labels"), ("split", "split"), ("epochs", "epochs"),
+EVALUATION_COLUMNS = [("protocol", "protocol"), ("student", "student"), ("labels", "labels"), ("split", "split"),
+                      ("epochs", "epochs"),
                       ("top1_final", "top-1 % (last epoch)"), ("top5", "top-5 %"),
                       ("top1_best", "best checkpoint % (chosen on the split)"), ("temperature", "T"),
                       ("seed", "seed"), ("command", "command")]
@@ -215,7 +217,8 @@ def evaluations_table(evaluations: list[dict] | None) -> str | None:
     runs = [run for run in evaluations or [] if isinstance(run, dict)]
     if not runs:
         return None
-    defaults = {"labels": "soft"}  # records older than hard-label evaluations were all soft
+    # Records older than hard-label evaluations were all soft, and those older than protocols ours.
+    defaults = {"labels": "soft", "protocol": DEFAULT_PROTOCOL}
     return markdown_table([title for _, title in EVALUATION_COLUMNS],
                           [[run.get(key, defaults.get(key, "")) for key, _ in EVALUATION_COLUMNS] for run in runs])
 
@@ -231,19 +234,23 @@ def _teachers_of(record: dict) -> str:
 
 def newest_test_records(records: list[dict], dataset: str, ipc: int) -> dict[tuple, dict]:
     """Benchmark records of ``dataset`` at ``ipc`` on the test split (``benchmarks/accuracy.py``), keyed by
-    (method, label, student, labels): a later record of the same configuration (say, at the lr a wider
+    (method, label, student, labels, protocol): a later record of the same configuration (say, at the lr a wider
     search chose) replaces an earlier one and takes its place in the order."""
     newest: dict[tuple, dict] = {}
     for r in records:
         if r.get("dataset") == dataset and r.get("ipc") == ipc and r.get("split") == "test" and "top1_final_mean" in r:
-            newest.pop(key := (r["method"], r.get("label"), r.get("student"), r.get("labels", "soft")), None)
+            key = (r["method"], r.get("label"), r.get("student"), r.get("labels", "soft"),
+                   r.get("protocol", DEFAULT_PROTOCOL))
+            newest.pop(key, None)
             newest[key] = r
     return newest
 
 
 def measured_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
     """One row per configuration measured at ``ipc``, with the last epoch's top-1 over seeds and the command."""
-    return [[r["method"] + (f" ({r['label']})" if r.get("label") else ""), r.get("student", ""),
+    return [[r["method"] + (f" ({r['label']})" if r.get("label") else "")
+             + (f" [{r['protocol']} protocol]" if r.get("protocol", DEFAULT_PROTOCOL) != DEFAULT_PROTOCOL else ""),
+             r.get("student", ""),
              r.get("labels", "soft"), len(r.get("seeds") or []), _mean_std(r), f"{r['top1_best_mean']:.2f}",
              _teachers_of(r), f"`{r.get('command', '')}`"] for r in newest_test_records(records, dataset, ipc).values()]
 
@@ -257,8 +264,10 @@ def score_rows(records: list[dict], dataset: str, ipc: int) -> list[list]:
     set's soft- and hard-label accuracy, the random real subset's soft-label accuracy, and the full real
     data's hard-label accuracy (the teacher's own test top-1, when the student is the teacher's
     architecture: the same network trained on the whole training split with hard labels)."""
+    # Scores compare under ours: another protocol's records would mix settings into one score.
     found = {(method, student, labels): r
-             for (method, label, student, labels), r in newest_test_records(records, dataset, ipc).items() if not label}
+             for (method, label, student, labels, protocol), r in newest_test_records(records, dataset, ipc).items()
+             if not label and protocol == DEFAULT_PROTOCOL}
     rows = []
     for (method, student, labels), soft in sorted(found.items()):
         hard, random = found.get((method, student, "hard")), found.get(("random-real", student, "soft"))

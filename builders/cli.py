@@ -17,6 +17,7 @@ from fadrm_datasets.softlabels import TARGETS
 from .continual import CONTINUAL_MODES
 from .methods import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .relabel import TEACHER_MODES
 from .sources import EVAL_SPLITS
 
@@ -51,6 +52,13 @@ def _dataset(ctx, param, value):
         return get_preset(value)
     except UnknownDatasetError as error:
         raise click.BadParameter(str(error)) from None
+
+
+protocol_option = click.option(
+    "--protocol", type=click.Choice(list(PROTOCOLS)), default=DEFAULT_PROTOCOL, show_default=True,
+    help="How the student is trained: ours, FADRM's released validate scripts, or DD-Ranking's soft-label "
+         "evaluation (builders/protocols.py). A protocol whose labels are not the build's relabels into its own "
+         "hidden store in the build.")
 
 
 def _positive(ctx, param, value):
@@ -252,9 +260,10 @@ def cli():
               help="Train and test a student on the set after relabel. [default: the preset's choice]")
 @click.option("--epochs", type=int, default=None, callback=_positive,
               help="Soft-label epochs and student epochs (overrides the preset's relabel/eval epochs).")
+@protocol_option
 @common_options
 @handle_errors
-def build_command(dataset, evaluate=None, epochs=None, **kwargs):
+def build_command(dataset, evaluate=None, epochs=None, protocol=DEFAULT_PROTOCOL, **kwargs):
     from fadrm_datasets.layout import BuildDirectory
 
     from .build import run_build
@@ -262,7 +271,7 @@ def build_command(dataset, evaluate=None, epochs=None, **kwargs):
     preset = apply_overrides(dataset, kwargs, relabel_epochs=epochs, eval_epochs=epochs)
     options = make_options(preset, **kwargs).replace(evaluate=evaluate)
     evaluated_before = len(BuildDirectory(options.directory).read_manifest().get("evaluations", []))
-    build = run_build(preset, options)
+    build = run_build(preset, options, protocol)
     say(f"built {options.ipc * preset.num_classes} images in {build.root}")
     manifest = build.read_manifest()
     if len(manifest.get("evaluations", [])) > evaluated_before:  # an older evaluation is not this build's
@@ -375,11 +384,14 @@ def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwar
 @click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True,
               help="Real images to test on: the test split, or the validation images held out of the "
               "training split (for choosing settings).")
+@protocol_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @handle_errors
-def evaluate_command(build_dir, student, epochs, lr, data_root, download, device, seed, num_workers, targets, split):
+def evaluate_command(build_dir, student, epochs, lr, data_root, download, device, seed, num_workers, targets, split,
+                     protocol):
     from fadrm_datasets.layout import BuildDirectory
 
+    from .build import protocol_labels
     from .context import hold
     from .distributed import local_device
     from .evaluate import evaluate_build, teacher_accuracy
@@ -387,11 +399,12 @@ def evaluate_command(build_dir, student, epochs, lr, data_root, download, device
 
     device = local_device(resolve_device(device))
     with hold(BuildDirectory(build_dir), device):
+        labels = protocol_labels(build_dir, protocol, epochs, device)
         record = evaluate_build(build_dir, student=student, epochs=epochs, data_root=data_root, download=download,
                                 device=device, seed=seed, num_workers=num_workers, split=split, targets=targets,
-                                lr=lr)
+                                lr=lr, protocol=protocol, labels=labels)
     teacher = teacher_accuracy(BuildDirectory(build_dir).read_manifest())
-    say(f"{record['student']}, {record['epochs']} epochs: {split} top-1 {record['top1_final']:.2f} % at the last "
+    say(f"{record['student']}, {record['epochs']} epochs, protocol {protocol}: {split} top-1 {record['top1_final']:.2f} % at the last "
         f"epoch, top-5 {record['top5']:.2f} % (best checkpoint {record['top1_best']:.2f} %, chosen on {split})"
         + (f"; teacher {teacher} %" if teacher else ""))
 

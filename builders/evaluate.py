@@ -12,6 +12,7 @@ The run's state is kept at every check (``builders.checkpoints``), so a killed e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -40,7 +41,8 @@ from .models import build_model
 from .options import BuildError
 from .presets import Preset, get_preset
 from .progress import progress_bar
-from .schedules import cosine_schedule
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, ProtocolRun, protocol_preset
+from .schedules import cosine_factor, cosine_schedule
 from .seeding import derive_seed
 from .sources import EVAL_SPLITS, load_split
 from .teachers import evaluate_accuracy
@@ -52,11 +54,14 @@ EVAL_FIELDS = ("student", "eval_epochs", "eval_lr", "eval_weight_decay", "eval_b
                "eval_grad_accumulation", "temperature")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(teacher / T) || softmax(student / T)) * T^2, averaged over the batch."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            times_t_squared: bool = True) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch, times T^2 unless a
+    protocol leaves it unscaled."""
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
+    loss = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True)
+    return loss * (t * t) if times_t_squared else loss
 
 
 def hard_label_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -95,6 +100,8 @@ class StudentRun:
     accumulation: int
     device: torch.device
     targets: str  # "soft" or "hard"
+    protocol: ProtocolRun
+    micro_batch: int = 0  # images a forward pass takes when a protocol accumulates within a recorded batch
     loader: Iterator | None = None
     pad: tuple[torch.Tensor, torch.Tensor] | None = None  # the last batch trained on: a weightless pass's input
     checkpoint: StudentCheckpoint | None = None
@@ -109,6 +116,8 @@ class StudentRun:
         the ranks; each real batch weighs world / group size and DDP averages over the world, so a step's
         gradient is the same sum as with one process. Ranks with fewer batches in a step make weightless
         passes to keep the all-reduce in step (never rank 0, whose BatchNorm statistics DDP broadcasts)."""
+        if self.protocol.protocol.accumulate_within_batch:
+            return self.train_epoch_in_micro_batches()
         world, rank = distributed.world_size(), distributed.rank()
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -124,14 +133,35 @@ class StudentRun:
                 x, soft = self.pad
                 with contextlib.nullcontext() if index == passes - 1 or world == 1 else self.net.no_sync():
                     out = self.net(x)
-                    loss = kd_loss(out, soft, self.preset.temperature) if self.targets == "soft" \
-                        else hard_label_loss(out, soft)
+                    loss = self.loss(out, soft)
                     (loss * weight / size).backward()
                 if weight:
                     running, seen = running + loss.detach() * len(x), seen + len(x)
             self.optimizer.step()
             self.schedule.step()
             self.optimizer.zero_grad(set_to_none=True)
+        return running, seen
+
+    def loss(self, out: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        if self.targets == "hard":
+            return hard_label_loss(out, soft)
+        return kd_loss(out, soft, self.preset.temperature, self.protocol.protocol.loss_times_t_squared)
+
+    def train_epoch_in_micro_batches(self) -> tuple[torch.Tensor, int]:
+        """One epoch as FADRM's train_fkd.py trains it: one optimizer step per recorded batch, whose images
+        go through in micro-batches of batch / accumulation, each loss divided by the accumulation."""
+        self.net.train()
+        running, seen = torch.zeros((), device=self.device), 0
+        for _ in range(self.batches):
+            x, soft, _ = next(self.loader)
+            x, soft = x.to(self.device, memory_format=torch.channels_last), soft.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            for part, part_soft in zip(x.split(self.micro_batch), soft.split(self.micro_batch)):
+                loss = self.loss(self.net(part), part_soft)
+                (loss / self.accumulation).backward()
+                running, seen = running + loss.detach() * len(part), seen + len(part)
+            self.optimizer.step()
+            self.schedule.step()
         return running, seen
 
     def check(self, epoch: int, running: torch.Tensor, seen: int, test_set) -> dict:
@@ -183,16 +213,34 @@ def resume_run(run: StudentRun, checkpoint: StudentCheckpoint, checks_at: set[in
         run.so_far, run.resumed_at = resumed, resumed.epoch
 
 
+def student_schedule(optimizer: torch.optim.Optimizer, protocol: ProtocolRun, epochs: int,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Ours: a cosine over every optimizer step. A per-epoch protocol's: the same cosine held through each
+    epoch, falling over ``cosine_stretch`` x the epochs (FADRM's eta, DD-Ranking's 2), stepped per step."""
+    if not protocol.protocol.schedule_per_epoch:
+        return cosine_schedule(optimizer, max(1, epochs * steps_per_epoch))
+    span = epochs * protocol.cosine_stretch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step // steps_per_epoch, span))
+
+
 def set_up_student_run(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
                        student: str, epochs: int, device: torch.device, seed: int, num_workers: int, targets: str,
-                       checks_at: set[int], checkpoint: StudentCheckpoint | None) -> StudentRun:
-    """The fresh (or resumed) student with AdamW and a cosine schedule over all steps, and the replay of
-    the epochs it has still to train."""
+                       checks_at: set[int], checkpoint: StudentCheckpoint | None,
+                       protocol: ProtocolRun | None = None) -> StudentRun:
+    """The fresh (or resumed) student with AdamW and the protocol's schedule (ours: a cosine over all
+    steps), and the replay of the epochs it has still to train."""
+    protocol = protocol or ProtocolRun(PROTOCOLS[DEFAULT_PROTOCOL], preset)
+    within = protocol.protocol.accumulate_within_batch
+    if within and distributed.world_size() > 1:
+        raise BuildError(f"protocol {protocol.name} splits each recorded batch in micro-batches, which this "
+                         "evaluation runs in one process only; run it without torchrun")
     model = new_student(preset, student, seed, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.eval_lr, weight_decay=preset.eval_weight_decay)
     accumulation = max(1, preset.eval_grad_accumulation)
-    schedule = cosine_schedule(optimizer, max(1, epochs * math.ceil(store.num_batches / accumulation)))
-    run = StudentRun(preset, model, model, optimizer, schedule, store.num_batches, accumulation, device, targets)
+    steps_per_epoch = store.num_batches if within else math.ceil(store.num_batches / accumulation)
+    schedule = student_schedule(optimizer, protocol, epochs, steps_per_epoch)
+    run = StudentRun(preset, model, model, optimizer, schedule, store.num_batches, accumulation, device, targets,
+                     protocol, micro_batch=max(1, store.batch_size // accumulation))
     if checkpoint is not None:
         resume_run(run, checkpoint, checks_at)
     if distributed.joined():
@@ -217,19 +265,21 @@ def set_up_student_run(preset: Preset, images: torch.Tensor, labels: torch.Tenso
 def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, store: SoftLabelStore,
                   test_set, student: str | None = None, epochs: int | None = None, device="cpu", seed: int = 0,
                   num_workers: int = 0, check_every: int | None = None, progress: bool = True,
-                  split: str = "test", targets: str = "soft", checkpoint: StudentCheckpoint | None = None) -> dict:
+                  split: str = "test", targets: str = "soft", checkpoint: StudentCheckpoint | None = None,
+                  protocol: ProtocolRun | None = None) -> dict:
     """Train a student on the replayed store; returns metrics on ``test_set`` (top-1 best/final, top-5,
     checks). ``split`` names that set ("test" or "val") in the log and the record. ``targets="hard"``
     trains on the same replayed batches with hard labels (CutMix-mixed one-hot, cross-entropy).
     ``checkpoint`` keeps the run's state at every check and resumes from it (the caller removes it
-    once the record is kept)."""
+    once the record is kept). ``protocol`` (default: ours) says how the student trains; ``preset`` is
+    already the protocol's (:func:`builders.protocols.protocol_preset`)."""
     student = student or preset.student
     epochs = epochs or preset.eval_epochs
     check_store(store, preset, epochs)
     device = torch.device(device)
     checks_at = check_epochs(epochs, check_every)
     run = set_up_student_run(preset, images, labels, store, student, epochs, device, seed, num_workers, targets,
-                             checks_at, checkpoint)
+                             checks_at, checkpoint, protocol)
     start = time.perf_counter() - run.so_far.seconds
     bar = progress_bar(range(run.so_far.epoch, epochs), f"evaluate {student}",
                        enabled=progress and distributed.is_main())
@@ -249,7 +299,17 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             "batch_size": store.batch_size, "grad_accumulation": run.accumulation,
             "soft_label_epochs": store.epochs, "teacher_mode": store.teacher_mode, "teachers": store.teachers,
             "device": str(device), "processes": distributed.world_size(), "labels": targets,
-            "resumed_at_epoch": run.resumed_at}
+            "resumed_at_epoch": run.resumed_at, **protocol_fields(run.protocol)}
+
+
+def protocol_fields(protocol: ProtocolRun) -> dict:
+    """What a record says of its protocol: ours by name only (its settings are the record's own)."""
+    if protocol.is_default:
+        return {"protocol": protocol.name}
+    spec = protocol.protocol
+    return {"protocol": protocol.name, "protocol_source": spec.source, "optimizer": spec.optimizer,
+            "loss_times_t_squared": spec.loss_times_t_squared, "accumulate_within_batch": spec.accumulate_within_batch,
+            "schedule_per_epoch": spec.schedule_per_epoch, "cosine_stretch": protocol.cosine_stretch}
 
 
 def manifest_preset(manifest: dict) -> Preset:
@@ -262,21 +322,33 @@ def manifest_preset(manifest: dict) -> Preset:
     return preset.replace(**changes) if changes else preset
 
 
+def stored_labels_fit(store: SoftLabelStore, run: ProtocolRun, epochs: int) -> bool:
+    """Whether ``store`` holds the batches, crops, teacher mode and epochs protocol ``run`` trains on."""
+    preset = run.preset
+    return (store.batch_size == preset.relabel_batch_size and store.epochs >= epochs
+            and tuple(store.index["crop_scale"]) == tuple(preset.relabel_crop_scale)
+            and run.teacher_mode in (None, store.teacher_mode))
+
+
 def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student: str | None = None,
                    epochs: int | None = None, data_root: str | None = None, download: bool = False,
                    device="cpu", seed: int = 0, num_workers: int = 0, command: str | None = None,
                    progress: bool = True, split: str = "test", targets: str = "soft",
-                   lr: float | None = None) -> dict:
-    """Evaluate the set in ``build_dir`` and append the record to its manifest's ``evaluations``
-    (``lr`` overrides the preset's student learning rate, e.g. for another student architecture)."""
+                   lr: float | None = None, protocol: str = DEFAULT_PROTOCOL, labels: Path | None = None) -> dict:
+    """Evaluate the set in ``build_dir`` under ``protocol`` and append the record to its manifest's
+    ``evaluations`` (``lr`` overrides the protocol's student learning rate, e.g. for another student).
+    ``labels``: the soft-label store to train on (default: the build's; ``builders.build.protocol_labels``
+    gives a protocol's own)."""
     one_of("split", split, EVAL_SPLITS)
     build = BuildDirectory(Path(build_dir))
     manifest = build.read_manifest()
     if not manifest:
         raise BuildError(f"{build.root} has no {build.manifest_path.name}; build the set first")
-    preset = preset or manifest_preset(manifest)
+    run = protocol_preset(protocol, preset or manifest_preset(manifest), int(manifest.get("ipc", 1)))
+    preset = run.preset
     if lr is not None:
         preset = preset.replace(eval_lr=lr)
+        run = dataclasses.replace(run, preset=preset)
     if not (build.soft_labels / INDEX).is_file():
         raise BuildError(f"{build.root} has no soft labels; run `fadrm-build relabel {preset.name} "
                          f"--ipc {manifest.get('ipc', 'N')}` first")
@@ -285,24 +357,32 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
         raise BuildError(f"{len(damaged)} file(s) of {build.root} changed since their stage wrote them "
                          f"({', '.join(damaged[:3])}); run the build command again: recover and relabel make "
                          "damaged images and shards again")
-    store = SoftLabelStore.open(build.soft_labels)
+    student = student or preset.student
+    epochs = epochs or preset.eval_epochs
+    store = SoftLabelStore.open(labels or build.soft_labels)
+    if not (run.is_default or stored_labels_fit(store, run, epochs)):
+        raise BuildError(f"protocol {run.name} trains on other soft labels than {store.directory}'s; run "
+                         f"`fadrm-build evaluate {build.root} --protocol {run.name}`, which relabels into its own store")
     images, labels, _ = build.load_images(preset.channels)
     if data_root is None:
         data_root = (manifest.get("options") or {}).get("data_root", "data")
     # "val" (held-out training images) is for choosing settings; "test" is for reporting.
     test_set = load_split(preset, data_root, split, download)
-    student = student or preset.student
-    epochs = epochs or preset.eval_epochs
     # What decides the numbers: the inputs as recorded (and just verified) and every setting.
     inputs = {rel: sha for rel, sha in manifest.get("files", {}).items()
               if rel.startswith((IMAGES + "/", SOFT_LABELS + "/"))}
     settings = ("eval_lr", "eval_weight_decay", "eval_batch_size", "eval_grad_accumulation", "temperature")
+    if store.directory != build.soft_labels:  # a protocol's own labels, as their index records them
+        inputs = {rel: sha for rel, sha in inputs.items() if rel.startswith(IMAGES + "/")}
+        inputs.update({f"{run.name}/{s['file']}": s["sha256"] for s in store.shards})
     inputs_sha256 = fingerprint_of(inputs)
     identity = {"inputs": inputs_sha256, "student": student, "epochs": epochs, "seed": seed, "split": split,
                 "labels": targets, **{field: getattr(preset, field) for field in settings}}
+    if not run.is_default:  # ours keeps the identity (and so the checkpoints) it had before protocols
+        identity.update(protocol_fields(run))
     checkpoint = StudentCheckpoint.in_directory(build.checkpoints, identity)
     record = train_student(preset, images, labels, store, test_set, student, epochs, device, seed, num_workers,
-                           progress=progress, split=split, targets=targets, checkpoint=checkpoint)
+                           progress=progress, split=split, targets=targets, checkpoint=checkpoint, protocol=run)
     record["command"] = command if command is not None else shlex.join(["fadrm-build", *sys.argv[1:]])
     record["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["run"] = checkpoint.path.stem  # the run's settings and inputs, by name
@@ -321,11 +401,12 @@ def evaluate_build(build_dir: str | Path, preset: Preset | None = None, student:
     return record
 
 
-def stage_evaluate(ctx: BuildContext) -> dict:
+def stage_evaluate(ctx: BuildContext, protocol: str = DEFAULT_PROTOCOL, labels: Path | None = None) -> dict:
     """The build's evaluation stage (``run_build``): the effective preset, the build's data root and seed."""
     options = ctx.options
     return evaluate_build(ctx.directory.root, preset=ctx.preset, data_root=options.data_root,
-                          download=options.download, device=ctx.device, seed=options.seed)
+                          download=options.download, device=ctx.device, seed=options.seed, protocol=protocol,
+                          labels=labels)
 
 
 def teacher_accuracy(manifest: dict) -> str | None:
@@ -337,5 +418,6 @@ def teacher_accuracy(manifest: dict) -> str | None:
 
 
 __all__ = ["StudentRun", "check_epochs", "check_store", "evaluate_build", "hard_label_loss", "kd_loss",
-           "manifest_preset", "new_student", "resume_run", "set_up_student_run", "stage_evaluate", "teacher_accuracy",
+           "manifest_preset", "new_student", "protocol_fields", "stored_labels_fit",
+           "student_schedule", "resume_run", "set_up_student_run", "stage_evaluate", "teacher_accuracy",
            "train_student"]

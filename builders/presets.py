@@ -109,6 +109,8 @@ class Preset:
     source_options: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # Per-method settings of this dataset, by method name (e.g. RDED's stitching factor).
     methods: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
+    # Per-protocol settings of this dataset, by protocol name (builders/protocols.py); not a build's settings.
+    protocols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_declaration(cls, info: registry.SetInfo) -> Preset:
@@ -173,7 +175,7 @@ class Preset:
 
     def to_dict(self) -> dict:
         """The facts and settings as recorded in a build's manifest."""
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "info"}
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("info", "protocols")}
         if self.teacher_recipe is not None:
             settings["teacher_recipe"] = dataclasses.asdict(self.teacher_recipe)
         return {**{name: getattr(self, name) for name in FACTS}, **settings}

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fadrm_datasets._checks import one_of
-from fadrm_datasets.layout import LayoutError, inside
+from fadrm_datasets.layout import LayoutError, inside, partial_download
 from fadrm_datasets.registry import get_set
 
 from .presets import Preset
@@ -277,7 +277,7 @@ def _fetch_release(root: Path, release: str, url: str | None, download: bool) ->
         # No md5: fastai's checks.txt hashes an archive's first MiB only, and others' whole-file sums
         # differ between its uploads. Fetched under a partial name, so a cut download is never taken
         # for the archive (download_url trusts any file already there when it has no md5).
-        partial = archive.with_name(archive.name + ".part")
+        partial = partial_download(archive)
         partial.unlink(missing_ok=True)
         download_url(url, str(root), partial.name)
         os.replace(partial, archive)

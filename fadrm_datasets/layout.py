@@ -51,6 +51,7 @@ PATCHES = "patches.safetensors"
 SOFT_LABELS = "soft_labels"
 SOFT_LABEL_INDEX = "index.json"  # in the soft-label store's folder
 CHECKPOINTS = ".checkpoints"  # hidden: a killed evaluation's state, never in the manifest or a push
+PROTOCOL_SOFT_LABELS = f".{SOFT_LABELS}-"  # + a protocol's name: hidden, its own labels, never in the manifest or a push
 README = "README.md"
 GRID = "grid.png"
 TEACHERS = "teachers"
@@ -217,6 +218,10 @@ class BuildDirectory:
 
     def image_path(self, label: int, ipc_id: int) -> Path:
         return self.root / image_relpath(label, ipc_id)
+
+    def protocol_soft_labels(self, protocol: str) -> Path:
+        """The soft-label store of an evaluation protocol whose labels are not the build's own."""
+        return self.root / f"{PROTOCOL_SOFT_LABELS}{protocol}"
 
     def scan_images(self) -> list[ImageEntry]:
         return scan_images(self.images)
@@ -429,7 +434,8 @@ def partial_download(target: str | os.PathLike) -> Path:
 
 __all__ = ["BUILD_LOCK", "BUILD_LOCK_HOLDER", "BuildDirectory", "BuildLockedError", "CHECKPOINTS", "CHECKPOINT_GLOB",
            "CHECKPOINT_TEMPORARY_GLOB", "DEFAULT_METHOD", "DOWNLOAD_SOURCE", "GRID", "IMAGES", "ImageEntry",
-           "LOCK_SUFFIX", "LayoutError", "MANIFEST", "PARTIAL_SUFFIX", "PATCHES", "README", "SAFETENSORS",
+           "LOCK_SUFFIX", "LayoutError", "MANIFEST", "PARTIAL_SUFFIX", "PATCHES", "PROTOCOL_SOFT_LABELS", "README",
+           "SAFETENSORS",
            "SOFT_LABELS", "SOFT_LABEL_INDEX", "TEACHERS", "build_dir", "build_dir_name", "checkpoint_file",
            "decode_png", "encode_png", "hidden_lock", "image_mode", "image_name", "image_relpath", "inside",
            "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "is_shard_name", "max_png_bytes", "own_file",

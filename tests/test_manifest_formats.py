@@ -241,7 +241,7 @@ def test_a_soft_label_index_of_a_newer_format_is_refused_in_the_same_line(tmp_pa
     from fadrm_datasets.schema import SOFT_LABEL_FORMAT_VERSION
     from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
 
-    build = make_build(tmp_path / "ipc10", soft_labels=True)
+    build = make_build(tmp_path / layout.ipc_dir(10), soft_labels=True)
     index = build / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX
     record = json.loads(index.read_text())
     index.write_text(json.dumps({**record, "format_version": SOFT_LABEL_FORMAT_VERSION + 1}))

@@ -55,3 +55,16 @@ IMAGENET_SUBSET_BUILD = dict(
     eval_batch_size=10,
     methods={"rded": {"factor": 2}},
 )
+
+# The protocols' per-dataset settings (builders/protocols.py). FADRM's validate/train_fkd.py sets the
+# ResNet-18 student's AdamW lr and its cosine stretch (eta) per dataset and IPC 1, 10, 50.
+RELEASED_IPCS = (1, 10, 50)
+
+
+def per_ipc(**columns: tuple) -> tuple:
+    """``from_ipc`` pairs from one column per setting over RELEASED_IPCS, e.g. ``eval_lr=(5e-4, 1e-3, 1e-3)``."""
+    return tuple((ipc, {name: values[i] for name, values in columns.items()}) for i, ipc in enumerate(RELEASED_IPCS))
+
+
+# DD-Ranking's eval branch scores ImageNet-1K sets (SRe2L, D4M, G-VBSM) for 300 epochs in batches of 1024.
+DD_RANKING_IMAGENET = dict(eval_epochs=300, eval_batch_size=1024)

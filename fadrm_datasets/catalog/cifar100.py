@@ -1,7 +1,7 @@
 """CIFAR-100: 100 classes of 32x32 RGB images, read through torchvision."""
 
 from ..declaration import SetInfo
-from ._shared import PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS
+from ._shared import PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS, per_ipc
 
 CLASSES = tuple(
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly "
@@ -33,5 +33,13 @@ DECLARATION = SetInfo(
         eval_epochs=1000,
         # RDED's released CIFAR-100 scripts use whole crops (LINs-lab/RDED, scripts/cifar100_*.sh).
         methods={"rded": {"factor": 1}},
+        protocols={
+            # validate/scripts/cifar100: 1000 epochs, batches of 16.
+            "fadrm": dict(eval_epochs=1000, eval_batch_size=16,
+                          from_ipc=per_ipc(eval_lr=(5e-4, 1e-3, 1e-3), cosine_stretch=(2, 2, 1))),
+            # Its eval branch's CIFAR-100 configs with CutMix (D4M/CIFAR100/IPC*.yaml): 500 epochs, batches
+            # of 100, T 30 at IPC 1. (Its SRe2L configs use Mixup after padded crops, which a plan cannot hold.)
+            "dd-ranking": dict(eval_epochs=500, eval_batch_size=100, from_ipc=per_ipc(temperature=(30.0, 20.0, 20.0))),
+        },
     ),
 )

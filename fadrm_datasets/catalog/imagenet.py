@@ -1,7 +1,7 @@
 """ImageNet-1K: 1000 classes, distilled at 224x224 from an ImageFolder tree or a Hub dataset."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo, unique_names
-from ._shared import IMAGENET_TERMS, PAPER_RECOVER, imagenet_category_names
+from ._shared import DD_RANKING_IMAGENET, IMAGENET_TERMS, PAPER_RECOVER, imagenet_category_names, per_ipc
 
 DECLARATION = SetInfo(
     name="imagenet", display_name="ImageNet-1K", class_name="FADRMImageNet", repo_name="fadrm-imagenet",
@@ -24,5 +24,11 @@ DECLARATION = SetInfo(
         eval_epochs=300,
         # RDED's released ImageNet-1K scripts stitch 2 x 2 crops (LINs-lab/RDED, scripts/imagenet-1k_*.sh).
         methods={"rded": {"factor": 2}},
+        protocols={
+            # validate/scripts/imagenet1k: 300 epochs, batches of 16.
+            "fadrm": dict(eval_epochs=300, eval_batch_size=16,
+                          from_ipc=per_ipc(eval_lr=(1e-3, 1e-3, 1e-3), cosine_stretch=(2, 2, 1))),
+            "dd-ranking": DD_RANKING_IMAGENET,
+        },
     ),
 )

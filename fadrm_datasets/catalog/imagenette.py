@@ -2,7 +2,7 @@
 classes of an ImageNet ImageFolder tree), with FADRM's ImageNette settings."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo
-from ._shared import IMAGENET_SUBSET_BUILD, IMAGENET_TERMS, imagenet_category_names
+from ._shared import DD_RANKING_IMAGENET, IMAGENET_SUBSET_BUILD, IMAGENET_TERMS, imagenet_category_names, per_ipc
 
 # The classes in label order (sorted WordNet ids, as fastai's folders and torchvision's Imagenette sort
 # them), each with its index among ImageNet-1K's 1000 sorted wnids.
@@ -19,5 +19,12 @@ DECLARATION = SetInfo(
         **IMAGENET_SUBSET_BUILD,
         # The release whose shorter side is 320 pixels: enough for the 256-pixel resize before the crop.
         source_options=dict(release="imagenette2-320", wnids=tuple(wnid for wnid, _ in CLASSES)),
+        protocols={
+            # validate/scripts/imagenet-nette: 300 epochs, batches of 10.
+            "fadrm": dict(eval_epochs=300, eval_batch_size=10,
+                          from_ipc=per_ipc(eval_lr=(5e-4, 5e-4, 5e-4), cosine_stretch=(2, 1, 2))),
+            # DD-Ranking scores no ImageNette set: ImageNet-1K's settings, not chosen on the validation split.
+            "dd-ranking": DD_RANKING_IMAGENET,
+        },
     ),
 )

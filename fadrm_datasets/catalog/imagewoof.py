@@ -2,7 +2,7 @@
 same classes of an ImageNet ImageFolder tree), with FADRM's ImageWoof settings (ImageNette's)."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo
-from ._shared import IMAGENET_SUBSET_BUILD, IMAGENET_TERMS, imagenet_category_names
+from ._shared import DD_RANKING_IMAGENET, IMAGENET_SUBSET_BUILD, IMAGENET_TERMS, imagenet_category_names, per_ipc
 
 # The classes in label order (sorted WordNet ids, as fastai's folders sort them), each with its index
 # among ImageNet-1K's 1000 sorted wnids.
@@ -20,5 +20,12 @@ DECLARATION = SetInfo(
         # torchvision has no ImageWoof: the archive comes from fastai's published URL.
         source_options=dict(release="imagewoof2-320", wnids=tuple(wnid for wnid, _ in CLASSES),
                             url="https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2-320.tgz"),
+        protocols={
+            # validate/scripts/imagewoof: 300 epochs, batches of 10.
+            "fadrm": dict(eval_epochs=300, eval_batch_size=10,
+                          from_ipc=per_ipc(eval_lr=(5e-4, 5e-4, 1e-3), cosine_stretch=(2, 1, 2))),
+            # DD-Ranking scores no ImageWoof set: ImageNet-1K's settings, not chosen on the validation split.
+            "dd-ranking": DD_RANKING_IMAGENET,
+        },
     ),
 )

@@ -1,7 +1,7 @@
 """Tiny-ImageNet: 200 ImageNet classes of 64x64 RGB images, from Stanford's zip."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo
-from ._shared import IMAGENET_TERMS, PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS
+from ._shared import IMAGENET_TERMS, PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS, per_ipc
 
 DECLARATION = SetInfo(
     # The classes are WordNet ids in the order of the source's wnids.txt: taken from the manifest.
@@ -22,5 +22,14 @@ DECLARATION = SetInfo(
         eval_epochs=300,
         # RDED's released Tiny-ImageNet scripts use whole crops (LINs-lab/RDED, scripts/tinyimagenet_*.sh).
         methods={"rded": {"factor": 1}},
+        protocols={
+            # validate/scripts/tiny_imagenet: 300 epochs (1000 at IPC 1, its note says), batches of 16;
+            # relabel/scripts/tiny_imagenet label with the teacher in eval mode (--eval-mode T).
+            "fadrm": dict(eval_batch_size=16, teacher_mode="eval",
+                          from_ipc=per_ipc(eval_epochs=(1000, 300, 300), eval_lr=(1e-3, 1e-3, 1e-3),
+                                           cosine_stretch=(2, 2, 1))),
+            # D4M/TinyImageNet/IPC*.yaml of its eval branch (its SRe2L configs train 400 epochs).
+            "dd-ranking": dict(eval_epochs=300, eval_batch_size=1024),
+        },
     ),
 )
