@@ -532,10 +532,11 @@ def check_class_order(teachers: TeacherSet, imported: ImportedSet, preset: Prese
     gain = agreed_best - agreed_given
     if best and gain >= max(MIN_GAIN_IMAGES, MOVED_GAIN_FRACTION * moved_images):
         fits = format_class_map(compose(user_map or {}, best, num_classes))
+        again = f"with --class-map {fits}" if fits else "without --class-map"
         raise ImportRefused(f"the class order does not fit: the teacher {check.teacher} puts {check.top1_given:.1f} "
                             f"% of the images in their given class, {check.top1_best:.1f} % under the relabelling "
-                            f"{format_class_map(best)} (source class=label); if the source is in that order, run the "
-                            f"import again with --class-map {fits}")
+                            f"{format_class_map(best)} (class=label); if the source is in that order, run the "
+                            f"import again {again}")
     return check
 
 
