@@ -208,3 +208,37 @@ def test_a_card_says_an_unstated_license_is_unknown():
                           "sha256_of": "the zip file", "license": None, "class_map": {"1": 2, "2": 1}})
     assert "its license is **unknown**" in text and "hf:someone/set` at revision `abc`" in text
     assert "(source class=label): 1=2, 2=1" in text
+
+
+@pytest.mark.parametrize("method", ["random-real", "rded"])
+def test_our_build_exported_with_shuffled_class_names_imports_to_the_same_set(method, trained, data_root, tmp_path,
+                                                                              capsys):
+    """Item 6 of issue 23: the order check finds the permutation, the pixels are the same, and so are the
+    soft labels and the evaluation at the same seed and thread count."""
+    import re
+
+    native = tmp_path / "native"
+    run_cli_ok(["fashion-mnist", "--ipc", "10", "--method", method, "--epochs", "2", "--evaluate", "--build-dir",
+                str(native), "--build-root", str(trained), "--data-root", str(data_root), "--device", "cpu"])
+    shuffled = np.random.default_rng(3).permutation(10)
+    export = tmp_path / "export"
+    for entry in layout.scan_images(native / layout.IMAGES):  # class folders by (the wrong) name, files by ipc id
+        target = export / CLASSES[shuffled[entry.label]].replace("/", "_") / f"{entry.ipc_id}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(entry.path.read_bytes())
+    args = ["import", str(export), "--dataset", "fashion-mnist", "--ipc", "10", "--name", f"{method}-export",
+            "--build-root", str(trained), "--data-root", str(data_root), "--device", "cpu"]
+    class_map = re.search(r"--class-map (\S+)$", refused(args, capsys)).group(1)
+    assert class_map == ",".join(f"{shuffled[label]}={label}" for label in np.argsort(shuffled) if shuffled[label] != label)
+    run_cli_ok([*args, "--class-map", class_map])
+    imported = layout.build_dir(trained, "fashion-mnist", 10, f"{method}-export")
+    assert {k: v.tobytes() for k, v in build_pixels(imported).items()} == \
+        {k: v.tobytes() for k, v in build_pixels(native).items()}
+    run_cli_ok(["relabel", "fashion-mnist", "--ipc", "10", "--epochs", "2", "--build-dir", str(imported),
+                "--build-root", str(trained), "--data-root", str(data_root), "--device", "cpu"])
+    run_cli_ok(["evaluate", str(imported), "--epochs", "2", "--device", "cpu"])
+    shards = {p.name: p.read_bytes() for p in (native / layout.SOFT_LABELS).iterdir()}
+    assert shards == {p.name: p.read_bytes() for p in (imported / layout.SOFT_LABELS).iterdir()}
+    same = ("top1_final", "top1_best", "top5", "checks", "epochs", "seed", "teachers")
+    ours, theirs = manifest_of(native)["evaluations"][-1], manifest_of(imported)["evaluations"][-1]
+    assert {k: ours[k] for k in same} == {k: theirs[k] for k in same}
