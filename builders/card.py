@@ -285,6 +285,26 @@ SCORE_HEADER = ["method", "student", "set, soft labels %", "random real, soft la
                 "full real data, hard labels %", "IOR", "HLR", "LRS"]
 
 
+def imported_text(provenance: dict) -> str:
+    """What a card says of an imported set: made elsewhere, from where, under which license, and how it was
+    taken in (``fadrm-build import``); our soft labels and evaluations are what the rest of the section shows."""
+    revision = f" at revision `{provenance['revision']}`" if provenance.get("revision") else ""
+    license_text = (f"its license, as the importer stated it: **{provenance['license']}**" if provenance.get("license")
+                    else "its license is **unknown** (the importer stated none): check the source's terms before use")
+    class_map = provenance.get("class_map") or {}
+    mapped = (f" Classes relabelled on import (source class=label): {', '.join(f'{k}={v}' for k, v in class_map.items())}."
+              if class_map else "")
+    resize = provenance.get("resize")
+    resized = (f" {resize['images']} images were resized to {resize['to']} pixels with PIL's {resize['filter']} filter."
+               if resize else "")
+    check = provenance.get("order_check") or {}
+    checked = (f" Class order checked by the teacher {check['teacher']}: {check['top1_given']} % of the images in "
+               "their class." if check else "")
+    return (f"**Imported images** (`{provenance.get('name')}`): made by others, not by this builder, read from "
+            f"`{provenance.get('source')}`{revision} (sha256 `{provenance.get('sha256')}` of {provenance.get('sha256_of')}); "
+            f"{license_text}. The soft labels and evaluations below are this builder's.{mapped}{resized}{checked}")
+
+
 def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset: str | None = None) -> str:
     """The card's section about one IPC: metrics, hyperparameters, teachers, grid."""
     parts = [f"## IPC {ipc}", ""]
@@ -294,6 +314,8 @@ def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset
                  f"{info.get('seed', '?')}; released in {info.get('version', '?')}"
                  + (f"; soft labels: {info['soft_label_epochs']} epochs" if info.get("soft_label_epochs") else "")
                  + ".")
+    if info.get("provenance"):
+        parts += ["", imported_text(info["provenance"])]
     measured = measured_rows(records or [], dataset, ipc)
     if measured:
         parts += ["", "### Accuracy", "", "Top-1 on the real test split after the last epoch (the headline), "
@@ -399,5 +421,5 @@ def render_card(repo_manifest: dict, repo_id: str, version: str, ipc: int, versi
     return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body.lstrip("\n")
 
 
-__all__ = ["GridLayout", "MEASURED_HEADER", "SCORE_HEADER", "SIZE_CATEGORIES", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "make_grid", "markdown_table",
+__all__ = ["GridLayout", "MEASURED_HEADER", "SCORE_HEADER", "SIZE_CATEGORIES", "cards_dir", "dataset_text", "grid_caption", "grid_layout", "imported_text", "make_grid", "markdown_table",
            "measured_rows", "merge_configs", "newest_test_records", "render_card", "score_rows", "size_category", "source_metadata", "split_front_matter"]

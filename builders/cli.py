@@ -15,6 +15,7 @@ import click
 from fadrm_datasets.softlabels import TARGETS
 
 from .continual import CONTINUAL_MODES
+from .importer import RESIZE_FILTERS
 from .methods import DIFFICULTIES, INITS, METHODS
 from .presets import PRESETS, UnknownDatasetError, get_preset
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
@@ -34,6 +35,8 @@ Or one stage at a time (each reads what the previous one wrote):
   fadrm-build relabel fashion-mnist --ipc 10
   fadrm-build evaluate build/fashion-mnist/ipc10
   fadrm-build push build/fashion-mnist/ipc10 --repo ORG/fadrm-fashion-mnist --version v1.0.0
+Or import someone else's images as a build (then relabel, evaluate and push it):
+  fadrm-build import sre2l_in1k_rn18_4k_ipc50.zip --dataset imagenet --ipc 50 --name sre2l-release
 
 Datasets: """ + ", ".join(sorted(PRESETS))
 
@@ -434,6 +437,70 @@ def push_command(build_dir, repo_id, version, force, private, staging_dir, resul
     result = push(build_dir, repo_id, version, force=force, private=private, staging_dir=staging_dir, records=records)
     say(f"pushed ipc{result.ipc} to {result.repo_id} as {result.version} (commit {result.commit[:10]}"
                + (", tag moved" if result.moved_tag else "") + ")")
+
+
+IMPORT_HELP = """Make a build directory BUILD_ROOT/<dataset>/ipc<N>-<NAME> from someone else's distilled images, so
+that relabel, evaluate, the scores, the card and push treat it as any build.
+
+\b
+SOURCE is a folder of class folders (named by index, new<index>, class name or WordNet id: FADRM's,
+CV-DD's and SRe2L's release layouts among them), a .zip of one, or hf:<dataset id> (an image column
+and a label column, label or class_id). Pickled files are refused: convert them to images first.
+
+\b
+Before anything is written the teacher of the dataset checks the class order: near chance, or a
+relabelling of the classes that fits clearly better, stops the import with the --class-map to pass.
+Then, e.g.:
+  fadrm-build relabel DATASET --ipc N --build-dir BUILD_ROOT/DATASET/ipcN-NAME
+  fadrm-build evaluate BUILD_ROOT/DATASET/ipcN-NAME"""
+
+
+@cli.command("import", help=IMPORT_HELP)
+@click.argument("source", metavar="SOURCE")
+@click.option("--dataset", "preset", required=True, callback=_dataset, help="The dataset the images are of.")
+@click.option("--ipc", required=True, type=int, callback=_positive, help="Images per class the source holds.")
+@click.option("--name", required=True, help="Names the imported set: its build directory is ipc<N>-<NAME> "
+              "(not a method's name).")
+@click.option("--class-map", default=None, metavar="A=B,...",
+              help="Images the source gives as class A (its index, or the index its folder's name resolves to) "
+              "are of class B; classes not named keep theirs.")
+@click.option("--license", "license_", default=None, help="The source's license, as you know it (the card says "
+              "unknown without it).")
+@click.option("--split", default="train", show_default=True, help="hf: sources: the split to read.")
+@click.option("--image-column", default=None, help="hf: sources: the image column. [default: image]")
+@click.option("--label-column", default=None, help="hf: sources: the label column. [default: label, or class_id]")
+@click.option("--resize", default=None, type=click.Choice(RESIZE_FILTERS),
+              help="Resize images of another size with this PIL filter (recorded). [default: refuse them]")
+@click.option("--build-root", default="build", show_default=True, type=click.Path(file_okay=False),
+              help="Where build directories go: BUILD_ROOT/<dataset>/ipc<N>-<NAME>.")
+@click.option("--data-root", default="data", show_default=True,
+              help="Where the original dataset lives (to train a missing teacher; evaluate tests on it).")
+@click.option("--download/--no-download", default=False, show_default=True,
+              help="Download the original dataset when a missing teacher needs it.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, or auto.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of a teacher trained for the check.")
+@click.option("--teacher", default=None, help="Override the preset's teacher architecture.")
+@click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
+              help="Teacher weights file (.safetensors, or a .pth state dict) instead of the cache/download.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@handle_errors
+def import_command(source, preset, ipc, name, class_map, license_, split, image_column, label_column, resize,
+                   build_root, data_root, download, device, seed, teacher, teacher_weights):
+    from fadrm_datasets.layout import build_dir
+
+    from .importer import ImportRequest, run_import
+    from .options import BuildOptions
+
+    request = ImportRequest(source=source, ipc=ipc, name=name, class_map=class_map, license=license_, split=split,
+                            image_column=image_column, label_column=label_column, resize=resize)
+    request.check()  # before the name is used for a directory
+    options = BuildOptions(dataset=preset.name, ipc=ipc, seed=seed, build_root=build_root, data_root=data_root,
+                           download=download, device=device, teacher=teacher, teacher_weights=teacher_weights,
+                           build_dir=str(build_dir(build_root, preset.name, ipc, name)))
+    build, check = run_import(preset, options, request)
+    say(f"imported {ipc * preset.num_classes} images into {build.root} (class order checked: the teacher "
+        f"{check.teacher} puts {check.top1_given:.1f} % in their class); next: fadrm-build relabel {preset.name} "
+        f"--ipc {ipc} --build-dir {build.root}")
 
 
 def _int_list(ctx, param, value):

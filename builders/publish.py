@@ -267,6 +267,8 @@ def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], 
         "soft_label_epochs": soft.get("epochs") if soft else None,
         "code_version": public.get("code_version"),
         "environment": public.get("environment"),
+        # An imported set says where its images came from; our own builds' records stay as they were.
+        **({"provenance": public["provenance"]} if public.get("provenance") else {}),
     }
 
 

@@ -61,6 +61,7 @@ BUILD_LOCK = LOCK_SUFFIX  # in a build directory: held by its one builder
 BUILD_LOCK_HOLDER = ".lock.holder"  # who holds it, for the message that refuses a second builder
 DOWNLOAD_SOURCE = ".fadrm-source.json"  # in a local copy of a release: the commit it was downloaded from
 PARTIAL_SUFFIX = ".part"  # a file of a release while it downloads
+IMPORT_STAGING_SUFFIX = ".importing"  # a build being imported, beside its place until it is whole
 DEFAULT_METHOD = "fadrm"  # the method whose builds take the plain ipc<N> name
 
 _DIGITS = re.compile(r"^\d+$")
@@ -426,6 +427,12 @@ def checkpoint_file(student: str, key: str) -> str:
     return f"{student}-{key}{SAFETENSORS}"
 
 
+def import_staging_prefix(target: str | os.PathLike) -> str:
+    """The name a hidden folder beside ``target`` starts with while an import writes the build it
+    becomes (``tempfile.mkdtemp`` adds a unique end): never taken for a build."""
+    return f".{Path(target).name}{IMPORT_STAGING_SUFFIX}-"
+
+
 def partial_download(target: str | os.PathLike) -> Path:
     """The hidden file a download of ``target`` streams into: never taken for a file of the set."""
     target = Path(target)
@@ -434,10 +441,10 @@ def partial_download(target: str | os.PathLike) -> Path:
 
 __all__ = ["BUILD_LOCK", "BUILD_LOCK_HOLDER", "BuildDirectory", "BuildLockedError", "CHECKPOINTS", "CHECKPOINT_GLOB",
            "CHECKPOINT_TEMPORARY_GLOB", "DEFAULT_METHOD", "DOWNLOAD_SOURCE", "GRID", "IMAGES", "ImageEntry",
-           "LOCK_SUFFIX", "LayoutError", "MANIFEST", "PARTIAL_SUFFIX", "PATCHES", "PROTOCOL_SOFT_LABELS", "README",
-           "SAFETENSORS",
+           "IMPORT_STAGING_SUFFIX", "LOCK_SUFFIX", "LayoutError", "MANIFEST", "PARTIAL_SUFFIX", "PATCHES",
+           "PROTOCOL_SOFT_LABELS", "README", "SAFETENSORS",
            "SOFT_LABELS", "SOFT_LABEL_INDEX", "TEACHERS", "build_dir", "build_dir_name", "checkpoint_file",
-           "decode_png", "encode_png", "hidden_lock", "image_mode", "image_name", "image_relpath", "inside",
+           "decode_png", "encode_png", "hidden_lock", "image_mode", "import_staging_prefix", "image_name", "image_relpath", "inside",
            "ipc_dir", "ipc_of", "ipc_prefix", "is_parquet_shard", "is_shard_name", "max_png_bytes", "own_file",
            "parquet_pattern", "parquet_shard", "parse_ipc_dir", "partial_download", "png_file_size", "png_size",
            "receipt_name", "repo_soft_labels", "repo_teacher", "scan_images", "shard_name", "sibling_lock",

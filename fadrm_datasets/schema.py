@@ -394,15 +394,30 @@ PRESET = Record({
 STAGE_RECORD = Record({"seconds": Number(), "complete": Bool(), "settings": ANY_OBJECT, "environment": ANY_OBJECT},
                       open=True)
 
+# Where an imported build's images came from (`fadrm-build import`, builders/importer.py says how each
+# field is made): the source (a Hub id, or a local folder's or zip's name), its revision (a Hub commit),
+# one sha256 over what was read and what it was taken over, the class map applied, the license as the
+# importer stated it, the resize, and the teacher's check of the class order.
+PROVENANCE = Record({
+    "name": NAME, "source": NAME, "kind": Str(r"folder|zip|hub", "folder, zip or hub"), "revision": Optional(NAME),
+    "sha256": SHA256, "sha256_of": NAME, "images": Int(1, MAX_IMAGES),
+    "class_map": MapOf(Str(r"\d{1,6}", "a class index"), Int(0, MAX_CLASSES - 1), MAX_CLASSES),
+    "license": Optional(NAME),
+    "resize": Optional(Record({"filter": NAME, "images": Int(1, MAX_IMAGES), "to": Int(1, MAX_IMAGE_SIZE)})),
+    "order_check": Record({"teacher": NAME, "top1_given": Number(), "top1_best": Number(),
+                           "near_chance_below": Number()}),
+})
+
 # Every field of a build's manifest: the stages write no other (`layout.BuildDirectory.update_manifest`).
 BUILD_MANIFEST = Record({
     "format_version": Int(1), "dataset": NAME, "ipc": Int(1, MAX_IPC), "method": NAME, "seed": Int(),
     "preset": PRESET, "options": ANY_OBJECT, "code_version": ANY_OBJECT, "environment": ANY_OBJECT,
     "files": MapOf(PATH, SHA256, MAX_IMAGES + MAX_REPO_FILES),
-    "stages": Record({"patches": STAGE_RECORD, "recover": STAGE_RECORD, "relabel": STAGE_RECORD}),
+    "stages": Record({"patches": STAGE_RECORD, "recover": STAGE_RECORD, "relabel": STAGE_RECORD,
+                      "import": STAGE_RECORD}),
     "evaluations": ListOf(ANY_OBJECT, 100_000), "timings": MapOf(NAME, Number(), 100),
     "teachers": MapOf(NAME, ANY_OBJECT, 100), "teachers_dir": Str(what="a folder"),
-    "classes": ListOf(Str(what="a class name"), MAX_CLASSES),
+    "classes": ListOf(Str(what="a class name"), MAX_CLASSES), "provenance": PROVENANCE,
 })
 
 IPC_RECORD = Record({
@@ -410,7 +425,7 @@ IPC_RECORD = Record({
     "method": Optional(NAME), "seed": Optional(Int()), "preset": PRESET, "options": ANY_OBJECT,
     "teachers": MapOf(NAME, ANY_OBJECT, 100), "evaluations": Optional(ListOf(ANY_OBJECT, 100_000)),
     "soft_label_epochs": Optional(Int(1, MAX_EPOCHS)), "code_version": Optional(ANY_OBJECT),
-    "environment": Optional(ANY_OBJECT),
+    "environment": Optional(ANY_OBJECT), "provenance": PROVENANCE,
 }, required=("num_images", "preset"))
 
 REPO_MANIFEST = Record({
@@ -469,5 +484,5 @@ RECORD_FILE = FileKind("record", 64 * KiB, "delete it: it is made again", local=
 __all__ = ["BUILD_FORMAT_VERSION", "BUILD_MANIFEST", "BUILD_MANIFEST_FILE", "FileKind", "IPC_RECORD", "LayoutError",
            "MAX_CLASSES", "MAX_DEPTH", "MAX_EPOCHS", "MAX_FILE_BYTES", "MAX_IMAGE_SIZE", "MAX_IMAGES", "MAX_IPC",
            "MAX_REPO_FILES", "RECORD_FILE", "REPO_FORMAT_VERSION", "REPO_MANIFEST", "REPO_MANIFEST_FILE",
-           "NewerFormatError", "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "STAGE_RECORD",
+           "NewerFormatError", "PROVENANCE", "SOFT_LABEL_FORMAT_VERSION", "SOFT_LABEL_INDEX", "SOFT_LABEL_INDEX_FILE", "STAGE_RECORD",
            "Spec", "check", "check_format", "check_written", "parse", "read", "release_manifest"]

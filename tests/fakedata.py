@@ -169,3 +169,64 @@ def push_imagenet_to_hub(repo_id: str, per_class: int = 2, val_per_class: int = 
         data = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
         data.push_to_hub(repo_id, split=split)
     return f"hf:{repo_id}"
+
+
+# --- other methods' released sets, in the layouts `fadrm-build import` reads (builders/importer.py) ------
+
+def real_images(data_root: Path, per_class: int) -> dict[int, list[np.ndarray]]:
+    """The first ``per_class`` training images of each class of the fake Fashion-MNIST at ``data_root``."""
+    from builders.presets import get_preset
+    from builders.sources import load_split
+
+    train = load_split(get_preset("fashion-mnist"), data_root, "train")
+    found: dict[int, list[np.ndarray]] = {}
+    for index in range(len(train)):
+        image, label = train[index]
+        if len(found.setdefault(label, [])) < per_class:
+            found[label].append(image[0].numpy())
+    return dict(sorted(found.items()))
+
+
+def fadrm_release_path(label: int, ipc_id: int, suffix: str = ".png") -> str:
+    """FADRM's and CV-DD's release layout (SRe2L's recover writes it with .jpg): new<cls>/class<cls>_id<ipc>."""
+    return f"new{label:03d}/class{label:03d}_id{ipc_id:03d}{suffix}"
+
+
+def write_class_folders(root: Path, images: dict[int, list[np.ndarray]], path=fadrm_release_path,
+                        image_format: str = "PNG") -> Path:
+    """``images`` (label -> arrays) as files at ``root / path(label, ipc_id)``."""
+    from PIL import Image
+
+    for label, arrays in images.items():
+        for ipc_id, array in enumerate(arrays):
+            target = Path(root) / path(label, ipc_id)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(target, format=image_format)
+    return Path(root)
+
+
+def zip_folder(folder: Path, archive: Path, top: str | None = None) -> Path:
+    """A zip of ``folder``'s files, under one top folder ``top`` as SRe2L's release zips hold them."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                name = path.relative_to(folder).as_posix()
+                zipped.write(path, f"{top}/{name}" if top else name)
+    return archive
+
+
+def push_images_to_hub(repo_id: str, images: dict[int, list[np.ndarray]], image_column: str = "image",
+                       label_column: str = "class_id") -> str:
+    """``images`` as a Hub dataset with an image column and an integer label column (rethinkdc's parquet
+    repos name them ``image`` and ``class_id``), rows class by class; returns ``hf:<repo_id>``."""
+    import datasets
+    from PIL import Image
+
+    rows = [(Image.fromarray(array), label) for label, arrays in images.items() for array in arrays]
+    features = datasets.Features({image_column: datasets.Image(), label_column: datasets.Value("int64")})
+    data = datasets.Dataset.from_dict({image_column: [r[0] for r in rows], label_column: [r[1] for r in rows]},
+                                      features=features)
+    data.push_to_hub(repo_id, split="train")
+    return f"hf:{repo_id}"

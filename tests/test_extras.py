@@ -14,7 +14,8 @@ from tests.project import declared_extras
 
 # The module each package named by an extra is imported as (a distribution's name is not its module's).
 IMPORT_NAMES = {"click": "click", "datasets": "datasets", "matplotlib": "matplotlib", "avalanche-lib": "avalanche",
-                "continuum": "continuum", "six": "six", "pytest": "pytest", "import-linter": "importlinter"}
+                "continuum": "continuum", "six": "six", "pytest": "pytest", "import-linter": "importlinter",
+                "scipy": "scipy"}
 
 
 def import_every_builder_module() -> None:

@@ -6,7 +6,6 @@ import dataclasses
 import io
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
