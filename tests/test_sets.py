@@ -186,3 +186,16 @@ def test_a_local_build_refuses_images_its_manifest_does_not_record(build, tmp_pa
     shutil.copy(copy / layout.image_relpath(3, 9), extra)
     with pytest.raises(IntegrityError, match=f"{layout.image_relpath(3, 10)} is not recorded"):
         FADRMDataset.from_build(copy)
+
+
+def test_the_type_stub_lists_every_flat_class_the_declarations_make():
+    import ast
+    from pathlib import Path
+
+    import fadrm_datasets
+    from fadrm_datasets.sets import SET_CLASSES
+
+    stub = ast.parse((Path(fadrm_datasets.__file__).parent / "__init__.pyi").read_text())
+    listed = sorted(node.name for node in stub.body if isinstance(node, ast.ClassDef))
+    assert listed == sorted(cls.__name__ for cls in SET_CLASSES.values()), "update fadrm_datasets/__init__.pyi"
+    assert all(getattr(fadrm_datasets, name) is SET_CLASSES[getattr(fadrm_datasets, name).set_name] for name in listed)
