@@ -1,6 +1,6 @@
 """Compare two runs of ``benchmarks/same_bytes.sh`` (before and after a change that must not change
 what a build makes): for every method's build, the images and soft labels byte for byte, every
-teacher's weights, and the evaluation records with their times left out.
+teacher's weights, and the evaluation records without the fields that tell runs apart (RUN_FIELDS).
 
     python benchmarks/same_bytes_compare.py BEFORE_ROOT AFTER_ROOT
 
@@ -22,7 +22,9 @@ from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory, build_dir
 
 DATASET, IPC = "fashion-mnist", 10
 METHODS = ("fadrm", "fadrm+", "sre2l", "random-real")  # what same_bytes.sh builds
-TIMES = ("seconds",)  # the only fields of an evaluation record that measure time
+# The fields of an evaluation record that differ between two runs of the same build: when it ran, how
+# long it took, and the command (which names each run's own build root).
+RUN_FIELDS = ("seconds", "time", "command")
 
 
 def differing_files(before: Path, after: Path) -> list[str]:
@@ -39,7 +41,7 @@ def evaluations(build: Path, ignored: tuple[str, ...]) -> list[dict]:
     return [{k: v for k, v in record.items() if k not in ignored} for record in records]
 
 
-def compare(before: Path, after: Path, ignored: tuple[str, ...] = TIMES) -> bool:
+def compare(before: Path, after: Path, ignored: tuple[str, ...] = RUN_FIELDS) -> bool:
     same = True
     for method in METHODS:
         build, other = build_dir(before, DATASET, IPC, method), build_dir(after, DATASET, IPC, method)
@@ -63,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
-    parser.add_argument("--ignore", default=",".join(TIMES),
+    parser.add_argument("--ignore", default=",".join(RUN_FIELDS),
                         help="comma-separated evaluation-record fields left out of the comparison")
     args = parser.parse_args()
     sys.exit(0 if compare(args.before, args.after, tuple(filter(None, args.ignore.split(",")))) else 1)
