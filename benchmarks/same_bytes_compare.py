@@ -40,8 +40,8 @@ def differing_files(before: Path, after: Path) -> list[str]:
 
 # Builds made before teacher files stopped recording their training time differ in that time and in
 # every hash taken over a teacher file: the teachers' ids in soft labels and records (and a record's run
-# id), the store's
-# fingerprint and its shards' hashes. --timed-teachers compares all else: tensors and the other fields.
+# id), the store's fingerprint and its shards' hashes. --timed-teachers compares all else: tensors and
+# the other fields.
 TEACHER_TIME = ("seconds",)
 TEACHER_HASHED = ("fingerprint", "sha256", "teachers")
 
