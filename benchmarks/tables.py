@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 
 from builders.card import SCORE_HEADER, markdown_table, score_rows  # noqa: E402
 
-METHODS = ("random-real", "sre2l", "fadrm", "fadrm+")
+METHODS = ("random-real", "sre2l", "fadrm", "fadrm+", "rded")
 STUDENT_METHODS = METHODS[:3]  # the cross-architecture table's methods
 
 

@@ -159,10 +159,10 @@ def push_imagenet_to_hub(repo_id: str, per_class: int = 2, val_per_class: int = 
     import datasets
     from PIL import Image
 
-    from fadrm_datasets.registry import IMAGENET
+    from fadrm_datasets.registry import get_set
 
     rng = np.random.default_rng(seed)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=IMAGENET.classes)})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=get_set("imagenet").classes)})
     for split, count in (("train", per_class), ("validation", val_per_class)):
         labels = [label for label in range(1000) for _ in range(count)]
         images = [Image.fromarray(_class_image(rng, label, 60, 80)) for label in labels]

@@ -213,7 +213,7 @@ def test_sre2l_and_random_real_methods(trained, data_root):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--factor", "2"], "--factor is a setting of the stitching methods (rded), not of fadrm"),
+    (["fashion-mnist", "--ipc", "1", "--factor", "2"], "--factor is a setting of the stitching methods (rded), not of fadrm"),
     (["mnist", "--ipc", "10"], "unknown dataset 'mnist'"),
     (["fashion-mnist", "--ipc", "0"], "must be a positive integer"),
     (["fashion-mnist", "--ipc", "-3"], "must be a positive integer"),
