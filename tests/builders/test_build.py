@@ -290,11 +290,15 @@ def test_real_builds_round_trip_through_the_hub(trained, data_root, hub, tmp_pat
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_path):
+def test_python_api_builds_what_the_cli_builds(method, trained, data_root, tmp_path, monkeypatch):
     """A method's meaning lives in BuildOptions: the same switches, settings and images either way."""
+    from builders import presets
     from builders.build import run_build
     from builders.options import BuildOptions
     from builders.presets import get_preset
+
+    small_rded = {"rded": {"factor": 2, "images_per_class": 6, "crops_per_image": 2}}  # a few crops, stitched
+    monkeypatch.setitem(presets.PRESETS, "fashion-mnist", get_preset("fashion-mnist").replace(methods=small_rded))
 
     common = dict(dataset="fashion-mnist", ipc=1, method=method, build_root=str(trained), data_root=str(data_root),
                   device="cpu")
