@@ -15,8 +15,8 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import struct
-import time
 import zlib
 
 import pytest
@@ -206,8 +206,10 @@ def test_held_a_format_version_of_another_type_is_refused(hub, tmp_path, value):
     assert outcome.startswith("IntegrityError") and "format_version should be an integer" in outcome
 
 
-def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path):
-    """Nearly 4 MB of paths 500 folders deep, each resolved folder by folder."""
+def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path, monkeypatch):
+    """Nearly 4 MB of paths 500 folders deep, which were each resolved folder by folder: refused from
+    their spelling, with fewer resolutions in all than the manifest has deep paths (a count, not a
+    time: a clock bound failed on a loaded machine)."""
     repo = publish_tiny(hub, tmp_path, "deep", soft_labels=False)
     deep = {layout.ipc_prefix(20) + "a/" * 495 + f"f{i}": f"{i:064x}" for i in range(1900)}
 
@@ -215,10 +217,11 @@ def test_a_manifest_of_thousands_of_deep_paths_is_refused_at_once(hub, tmp_path)
         return {**m, "files": {**m["files"], **deep}, "sizes": {**m["sizes"], **{p: 1 for p in deep}}}
 
     _manifest_edit(repo, tmp_path, edit)
-    start = time.perf_counter()
+    resolved, resolve = [], pathlib.Path.resolve
+    monkeypatch.setattr(pathlib.Path, "resolve", lambda self, *a, **k: resolved.append(self) or resolve(self, *a, **k))
     outcome = open_here(tmp_path / "root", repo, soft_labels=False)
     assert outcome.startswith("IntegrityError") and "a path of a set has at most 8 names" in outcome, outcome
-    assert time.perf_counter() - start < 10
+    assert len(resolved) < 100, f"{len(resolved)} paths resolved"
 
 
 @pytest.mark.parametrize("path", [f"{IPC10}./train.parquet", f"{IPC10}/train.parquet", f"{IPC10}train.parquet/",
