@@ -72,6 +72,7 @@ import numpy as np
 import torch
 
 from fadrm_datasets import layout
+from fadrm_datasets._io import sha256_file
 from fadrm_datasets.layout import BuildDirectory
 
 from .build import code_version
@@ -119,6 +120,12 @@ class SourceImage:
     where: str  # where it is in the source, for messages
     order: str | int  # orders it among its class's images (file name or row)
     data: bytes
+
+
+def sha256sum_digest(named) -> str:
+    """The sha256 of ``sha256sum``'s lines (``<hex>  <name>``) for these (name, bytes) pairs, in their order."""
+    lines = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in named)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclass
@@ -194,9 +201,8 @@ def read_folder(root: Path) -> Source:
             if name in names:
                 files.append((path.relative_to(root).parts, where, _read_file(path, where)))
     images = _arrange(files)
-    lines = sorted((f"{hashlib.sha256(image.data).hexdigest()}  {image.where.split('/', 1)[1]}\n"
-                    for image in images), key=lambda line: line[66:].encode())
-    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    digest = sha256sum_digest(sorted(((image.where.split("/", 1)[1], image.data) for image in images),
+                                     key=lambda named: named[0].encode()))
     return Source("folder", root.name, None, digest, "the sha256sum lines of its files, sorted by path", images)
 
 
@@ -236,11 +242,7 @@ def read_zip(path: Path) -> Source:
 
         images = _arrange([(tuple(info.filename.split("/")), f"{path.name}:{info.filename}", reader(info))
                            for info in infos])
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return Source("zip", path.name, None, digest.hexdigest(), "the zip file", images)
+    return Source("zip", path.name, None, sha256_file(path), "the zip file", images)
 
 
 def _column(data, wanted: str | None, choices: tuple[str, ...], what: str, option: str, repo: str) -> str:
@@ -261,7 +263,7 @@ def read_hub(repo: str, split: str, image_column: str | None, label_column: str 
     image_column = _column(data, image_column, ("image",), "image", "--image-column", repo)
     label_column = _column(data, label_column, ("label", "class_id"), "label", "--label-column", repo)
     data = data.cast_column(image_column, datasets.Image(decode=False))
-    images, lines = [], []
+    images = []
     for row, (image, label) in enumerate(zip(data[image_column], data[label_column])):
         payload = image.get("bytes") if isinstance(image, dict) else None
         if payload is None:
@@ -270,8 +272,7 @@ def read_hub(repo: str, split: str, image_column: str | None, label_column: str 
         if isinstance(label, bool) or not isinstance(label, (int, str)):
             raise ImportRefused(f"hf:{repo} row {row}: the label {label!r} is neither a class index nor a name")
         images.append(SourceImage(label, f"hf:{repo} row {row}", row, payload))
-        lines.append(f"{hashlib.sha256(payload).hexdigest()}  {row}\n")
-    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    digest = sha256sum_digest((str(image.order), image.data) for image in images)
     return Source("hub", f"hf:{repo}", revision, digest, "the sha256sum lines of each row's image bytes, named by "
                   "row", images)
 
