@@ -10,6 +10,11 @@ measured split chose: shown beside, labelled), command, ...}.
 
     python benchmarks/accuracy.py --ipc 1,10,50 --methods random-real,sre2l,fadrm,fadrm+ --seeds 0,1,2
     python benchmarks/accuracy.py --ipc 10 --methods fadrm --seeds 0 --epochs 2 --iterations 2,2,2,2  # smoke
+
+Smaller labels (``--soft-labels``, with ``--label``): the set built without a label (its images) is copied
+into its own directory, relabelled there with those relabel flags, and evaluated:
+
+    python benchmarks/accuracy.py --ipc 10 --methods fadrm --split val --label cycle20 --soft-labels "--label-cycle 20"
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -27,11 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fadrm_datasets.layout import BuildDirectory, ipc_dir  # noqa: E402
+from fadrm_datasets.layout import IMAGES, MANIFEST, PATCHES, BuildDirectory, ipc_dir  # noqa: E402
 from builders.cli import main as fadrm_build  # noqa: E402
 from builders.methods import METHODS  # noqa: E402
 from builders.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 from fadrm_datasets._io import atomic_write_json  # noqa: E402
+from fadrm_datasets.softlabels import SoftLabelStore, store_files  # noqa: E402
 
 DATASET = "fashion-mnist"
 
@@ -52,19 +59,47 @@ def run_cli(argv: list[str]) -> None:
             raise RuntimeError(f"fadrm-build {shlex.join(argv)} failed (exit status {done.code})") from None
 
 
+def build_dir_of(args, ipc: int, method: str, seed: int, label: str | None) -> Path:
+    return Path(args.build_root) / DATASET / f"{ipc_dir(ipc)}-{method}{f'-{label}' if label else ''}-seed{seed}"
+
+
+def copy_images(base: Path, target: Path) -> None:
+    """A build's images, patches and manifest (its evaluations dropped) in a directory of its own."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copytree(base / IMAGES, staging / IMAGES)
+    if (base / PATCHES).is_file():
+        shutil.copy2(base / PATCHES, staging / PATCHES)
+    manifest = json.loads((base / MANIFEST).read_text())
+    manifest.pop("evaluations", None)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    staging.rename(target)
+
+
 def run_one(args, ipc: int, method: str, seed: int) -> dict:
-    label = f"-{args.label}" if args.label else ""
-    build_dir = Path(args.build_root) / DATASET / f"{ipc_dir(ipc)}-{method}{label}-seed{seed}"  # every method named
-    common = ["--ipc", str(ipc), "--method", method, "--seed", str(seed), "--build-root", args.build_root,
-              "--build-dir", str(build_dir), "--data-root", args.data_root, "--device", args.device]
+    build_dir = build_dir_of(args, ipc, method, seed, args.label)  # every method named
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
-    build = [DATASET, *common, "--no-evaluate", *epochs]
-    if args.iterations:
-        build += ["--iterations", args.iterations]
-    build += shlex.split(args.extra)
-    if not args.evaluate_only:
-        run_cli(build)
-        run_cli(["relabel", DATASET, *common, *epochs, "--teacher-mode", args.teacher_mode])
+
+    def common(directory: Path) -> list[str]:
+        return ["--ipc", str(ipc), "--method", method, "--seed", str(seed), "--build-root", args.build_root,
+                "--build-dir", str(directory), "--data-root", args.data_root, "--device", args.device]
+
+    def build(directory: Path) -> None:
+        flags = ["--iterations", args.iterations] if args.iterations else []
+        run_cli([DATASET, *common(directory), "--no-evaluate", *epochs, *flags, *shlex.split(args.extra)])
+
+    relabel = ["--teacher-mode", args.teacher_mode, *shlex.split(args.soft_labels)]
+    if args.soft_labels and not args.evaluate_only:  # the same images, other labels
+        base = build_dir_of(args, ipc, method, seed, None)
+        if not (base / MANIFEST).is_file():
+            build(base)
+        if not build_dir.is_dir():
+            copy_images(base, build_dir)
+        run_cli(["relabel", DATASET, *common(build_dir), *epochs, *relabel])
+    elif not args.evaluate_only:
+        build(build_dir)
+        run_cli(["relabel", DATASET, *common(build_dir), *epochs, *relabel])
     done = None if args.fresh else matching_evaluation(build_dir, args, seed)
     if done is not None:  # long tables resume: a finished run with the same protocol is not repeated
         print(f"reusing the evaluation of {done['time']} in {build_dir} (final top-1 {done['top1_final']})", flush=True)
@@ -80,8 +115,11 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
         run_cli([*evaluate, "--protocol", args.protocol])
         done = BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
     teachers = BuildDirectory(build_dir).read_manifest().get("teachers") or {}
-    return {**done, "teacher_records": {name: {k: record.get(k) for k in ("epochs", "test_top1")}
-                                        for name, record in teachers.items()}}
+    store = SoftLabelStore.open(build_dir)
+    label_bytes = sum((store.directory / name).stat().st_size for name in store_files(store.index))
+    return {**done, "label_bytes": label_bytes,
+            "teacher_records": {name: {k: record.get(k) for k in ("epochs", "test_top1")}
+                                for name, record in teachers.items()}}
 
 
 def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
@@ -90,8 +128,6 @@ def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
     from builders.evaluate import manifest_preset
     from builders.options import resolve_device
     from builders.protocols import protocol_preset
-    from fadrm_datasets.softlabels import SoftLabelStore
-
     manifest = BuildDirectory(build_dir).read_manifest()
     preset = protocol_preset(args.protocol, manifest_preset(manifest), manifest["ipc"]).preset
     device = resolve_device(args.device)
@@ -100,11 +136,13 @@ def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
               "epochs": args.epochs or preset.eval_epochs, "lr": args.lr or preset.eval_lr,
               "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
               "grad_accumulation": preset.eval_grad_accumulation, "teacher_mode": store.teacher_mode,
-              "teachers": store.teachers, "soft_label_epochs": store.epochs}
+              "teachers": store.teachers, "soft_label_epochs": store.train_epochs}
     for record in reversed(manifest.get("evaluations", [])):
         same_protocol = record.get("protocol", "ours") == args.protocol  # older records were all ours
         same_labels = same_protocol and record.get("labels", "soft") == args.labels  # older records were all soft
-        if same_labels and all(record.get(key) == value for key, value in wanted.items()):
+        fingerprint = (record.get("soft_labels") or {}).get("fingerprint")
+        same_store = fingerprint in (None, store.index["fingerprint"])  # older records name no store
+        if same_labels and same_store and all(record.get(key) == value for key, value in wanted.items()):
             return record
     return None
 
@@ -133,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="val: the held-out training images, for choosing settings")
     parser.add_argument("--extra", default="", help="more build flags, e.g. '--alpha 0.7 --lr 0.05'")
     parser.add_argument("--label", default=None, help="a name for this configuration in the records")
+    parser.add_argument("--soft-labels", default="", metavar="FLAGS",
+                        help="relabel flags, e.g. '--label-cycle 20 --label-dtype int8': the unlabelled build's "
+                             "images relabelled so in their own directory (needs --label)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="the builds exist: only evaluate them (another student, hard labels, another lr)")
     parser.add_argument("--fresh", action="store_true",
@@ -143,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     args = parser.parse_args(argv)
+    if args.soft_labels and not args.label:
+        parser.error("--soft-labels needs --label, the name of the relabelled copies")
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
@@ -160,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                 "top1_final_per_seed": final, "top1_best_mean": round(statistics.fmean(best), 2),
                 "top1_best_per_seed": best, "top5_mean": round(statistics.fmean(r["top5"] for r in runs), 2),
                 "split": args.split, "label": args.label, "extra": args.extra, "labels": args.labels,
+                "soft_labels": args.soft_labels, "label_bytes": runs[0]["label_bytes"],
                 "protocol": args.protocol, "epochs": runs[0]["epochs"], "lr": runs[0]["lr"], "temperature": runs[0]["temperature"],
                 "iterations": args.iterations, "teacher_mode": args.teacher_mode,
                 "teachers": runs[0]["teacher_records"],

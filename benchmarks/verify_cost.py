@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import append_record  # noqa: E402
-from builders.relabel import epoch_bytes  # noqa: E402
+from builders.relabel import RelabelConfig, store_bytes  # noqa: E402
 from fadrm_datasets import hub  # noqa: E402
 from fadrm_datasets._io import sha256_file  # noqa: E402
 from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory  # noqa: E402
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     throughput = hash_throughput(args.mb)
     images = 50 * 1000
-    soft = 300 * epoch_bytes(images, 1000, 100, 16)
+    soft = store_bytes(images, 1000, RelabelConfig(epochs=300, batch_size=16, crop_scale=(0.08, 1.0), topk=100))
     png = images * args.png_kb * 1024
     record = {
         "what": "verify", "build": str(build.root.name), "files": len(files), "bytes": total,

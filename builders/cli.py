@@ -97,7 +97,8 @@ def _scale(ctx, param, value):
 
 # CLI option -> preset field, for the options that override the preset.
 PRESET_OVERRIDES = {"iterations": "stage_iterations", "resolutions": "stage_resolutions", "lr": "lr",
-                    "alpha": "alpha", "r_bn": "r_bn", "patch_scale": "patch_crop_scale"}
+                    "alpha": "alpha", "r_bn": "r_bn", "patch_scale": "patch_crop_scale",
+                    "label_cycle": "soft_label_cycle", "label_dtype": "soft_label_dtype", "topk": "soft_label_topk"}
 
 
 def apply_overrides(preset, kwargs: dict, **more):
@@ -168,6 +169,24 @@ def recover_options(f):
                      help="Area range of the real crops that become patches; 1,1 = whole images."),
         click.option("--factor", type=click.IntRange(1, 8), default=None,
                      help="Stitching methods (rded): crops per side of an image (overrides the dataset's)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def label_options(f):
+    """How small the soft labels are (builders/relabel.py): each overrides the preset's choice."""
+    from fadrm_datasets.softlabels import LOGIT_DTYPES
+
+    options = [
+        click.option("--label-cycle", type=int, default=None, callback=_positive, metavar="N",
+                     help="Store only the first N relabel epochs; the student reuses them in turn over all its "
+                          "epochs (N at least the epochs stores every one). [default: the preset's]"),
+        click.option("--label-dtype", type=click.Choice(LOGIT_DTYPES), default=None,
+                     help="The kept logits' type: float16, or int8 with a per-row scale. [default: the preset's]"),
+        click.option("--topk", type=int, default=None, callback=_positive, metavar="K",
+                     help="Keep each label's K largest logits and the mean of the rest. [default: the preset's]"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -263,6 +282,7 @@ def cli():
               help="Train and test a student on the set after relabel. [default: the preset's choice]")
 @click.option("--epochs", type=int, default=None, callback=_positive,
               help="Soft-label epochs and student epochs (overrides the preset's relabel/eval epochs).")
+@label_options
 @protocol_option
 @common_options
 @handle_errors
@@ -353,16 +373,19 @@ def recover_command(dataset, **kwargs):
               help="train: BatchNorm uses batch statistics (FKD); eval: running statistics.")
 @click.option("--epochs-per-shard", type=int, default=None, callback=_positive,
               help="Epochs per shard file. [default: up to 100, about 1 GiB a file at most]")
+@label_options
 @common_options
 @handle_errors
 def relabel_command(dataset, ipc, epochs, teacher_mode, epochs_per_shard, **kwargs):
     from .context import open_build
     from .relabel import stage_relabel
 
-    with open_build(dataset, make_options(dataset, ipc=ipc, **kwargs)) as ctx:
+    preset = apply_overrides(dataset, kwargs)
+    with open_build(preset, make_options(preset, ipc=ipc, **kwargs)) as ctx:
         record = stage_relabel(ctx, epochs=epochs, teacher_mode=teacher_mode, epochs_per_shard=epochs_per_shard)
-    say(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs in "
-               f"{record['shards']} shards ({record['bytes'] / 1e6:.1f} MB) -> {ctx.directory.soft_labels}")
+    say(f"relabel {'complete' if record['complete'] else 'partial'}: {record['epochs']} epochs "
+        f"({record['stored_epochs']} stored, {record['logit_dtype']}) in {record['shards']} shards "
+        f"({record['bytes']:,} bytes) -> {ctx.directory.soft_labels}")
 
 
 @cli.command("evaluate", help="Train a student on the built set in BUILD_DIR with its soft labels, and test it "

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import fingerprint_of
 from fadrm_datasets.layout import IMAGES, MANIFEST, SOFT_LABELS, BuildDirectory
-from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
+from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader, store_files
 
 from . import distributed
 from .context import BuildContext
@@ -76,10 +76,10 @@ def check_epochs(epochs: int, every: int | None = None) -> set[int]:
 
 
 def check_store(store: SoftLabelStore, preset: Preset, epochs: int) -> None:
-    """Refuse more epochs than the store holds; warn when its batches are not the preset's."""
-    if epochs > store.epochs:
-        raise ValueError(f"{epochs} evaluation epochs asked for, but the soft-label store holds only "
-                         f"{store.epochs}; pass --epochs {store.epochs} or less, or relabel with "
+    """Refuse more epochs than the store was made for; warn when its batches are not the preset's."""
+    if epochs > store.train_epochs:
+        raise ValueError(f"{epochs} evaluation epochs asked for, but the soft-label store was made for only "
+                         f"{store.train_epochs}; pass --epochs {store.train_epochs} or less, or relabel with "
                          f"--epochs {epochs}")
     if store.batch_size != preset.eval_batch_size:
         log.warning("evaluate: the store's recorded batches hold %d images (preset eval batch %d); the "
@@ -297,9 +297,17 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             "checks": run.so_far.checks, "split": split, "lr": preset.eval_lr,
             "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
             "batch_size": store.batch_size, "grad_accumulation": run.accumulation,
-            "soft_label_epochs": store.epochs, "teacher_mode": store.teacher_mode, "teachers": store.teachers,
+            "soft_label_epochs": store.train_epochs, "soft_labels": label_size(store),
+            "teacher_mode": store.teacher_mode, "teachers": store.teachers,
             "device": str(device), "processes": distributed.world_size(), "labels": targets,
             "resumed_at_epoch": run.resumed_at, **protocol_fields(run.protocol)}
+
+
+def label_size(store: SoftLabelStore) -> dict:
+    """Which labels a student trained on, and their size: every byte of the store's index and shards."""
+    total = sum((store.directory / name).stat().st_size for name in store_files(store.index))
+    return {"fingerprint": store.index.get("fingerprint"), "stored_epochs": store.epochs, "topk": store.topk,
+            "logit_dtype": store.logit_dtype, "bytes": total}
 
 
 def protocol_fields(protocol: ProtocolRun) -> dict:
@@ -325,7 +333,7 @@ def manifest_preset(manifest: dict) -> Preset:
 def stored_labels_fit(store: SoftLabelStore, run: ProtocolRun, epochs: int) -> bool:
     """Whether ``store`` holds the batches, crops, teacher mode and epochs protocol ``run`` trains on."""
     preset = run.preset
-    return (store.batch_size == preset.relabel_batch_size and store.epochs >= epochs
+    return (store.batch_size == preset.relabel_batch_size and store.train_epochs >= epochs
             and tuple(store.index["crop_scale"]) == tuple(preset.relabel_crop_scale)
             and run.teacher_mode in (None, store.teacher_mode))
 

@@ -96,7 +96,11 @@ class Preset:
     relabel_epochs: int = 300
     relabel_batch_size: int = 16
     relabel_crop_scale: tuple[float, float] = (0.08, 1.0)
-    soft_label_topk: int | None = None  # None: dense fp16 logits
+    soft_label_topk: int | None = None  # None: every class's logit
+    # Label size (issue 25): distinct epochs stored, reused in turn over the student's epochs (None: every
+    # epoch), and the kept logits' type, float16 or int8 with a per-row scale.
+    soft_label_cycle: int | None = None
+    soft_label_dtype: str = "float16"
     student: str = "resnet18"
     eval_epochs: int = 300
     eval_lr: float = 1e-3

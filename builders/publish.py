@@ -264,7 +264,7 @@ def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], 
         "options": public.get("options") or {},
         "teachers": public.get("teachers") or {},
         "evaluations": public.get("evaluations"),
-        "soft_label_epochs": soft.get("epochs") if soft else None,
+        "soft_label_epochs": soft.get("train_epochs", soft.get("epochs")) if soft else None,
         "code_version": public.get("code_version"),
         "environment": public.get("environment"),
         # An imported set says where its images came from; our own builds' records stay as they were.

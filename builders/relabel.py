@@ -5,8 +5,9 @@ neither the shard size nor the order in which epochs are computed): the sample o
 ``preset.relabel_batch_size``, a RandomResizedCrop box and a flip bit per sample, and per batch a
 CutMix partner permutation, lam ~ Beta(1, 1) and a box. The teachers see each batch exactly as the
 student will see it (``fadrm_datasets.softlabels.apply_plan`` builds both), and the average of
-their logits is stored, dense fp16 or top-k + the mean of the rest. The layout is described in
-``fadrm_datasets/softlabels.py``.
+their logits is stored, dense or top-k + the mean of the rest, float16 or int8 with a per-row scale.
+Only the first ``cycle`` epochs may be stored, for a student to reuse in turn over all its epochs.
+The layout is described in ``fadrm_datasets/softlabels.py``.
 
 Shards hold many epochs each and are written atomically; a shard already on disk that was made
 with the same settings is skipped, so an interrupted relabel resumes where it stopped.
@@ -31,8 +32,8 @@ from fadrm_datasets._io import (atomic_write_bytes, atomic_write_json, cached_sh
                                 read_safetensors_metadata, safetensors_bytes)
 from fadrm_datasets.augment import CROP_RATIO
 from fadrm_datasets.layout import IMAGES, SOFT_LABELS, BuildDirectory, is_shard_name, own_file, receipt_name, shard_name
-from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, EpochPlan, compress_logits, make_epoch_plan,
-                                       num_batches, store_files)
+from fadrm_datasets.softlabels import (FORMAT, FORMAT_VERSION, INDEX, LOGIT_DTYPES, EpochPlan, compress_logits,
+                                       epoch_bytes, make_epoch_plan, num_batches, store_files)
 
 from . import distributed
 from .context import BuildContext
@@ -51,27 +52,40 @@ EVAL_CHUNK = 256  # eval-mode teachers see several recorded batches in one forwa
 
 @dataclass(frozen=True)
 class RelabelConfig:
-    epochs: int
+    epochs: int  # the epochs a student trains on these labels
     batch_size: int
     crop_scale: tuple[float, float]
     topk: int | None = None
     teacher_mode: str = "train"  # "train": BN layers use batch statistics (FKD); "eval": running stats
     seed: int = 0
     epochs_per_shard: int | None = None  # None: chosen from the size of one epoch
+    cycle: int | None = None  # distinct epochs stored and replayed in turn; None: every epoch
+    logit_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         one_of("teacher mode", self.teacher_mode, TEACHER_MODES)
+        one_of("logit dtype", self.logit_dtype, LOGIT_DTYPES)
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ValueError("epochs and batch size must be positive")
         if self.epochs_per_shard is not None and self.epochs_per_shard <= 0:
             raise ValueError("epochs per shard must be positive")
+        if self.cycle is not None and self.cycle <= 0:
+            raise ValueError("the label cycle must be positive")
+        if self.topk is not None and self.topk <= 0:
+            raise ValueError("top-k must be positive")
+
+    @property
+    def stored_epochs(self) -> int:
+        """The epochs the store holds: the first ``cycle`` of the student's."""
+        return min(self.epochs, self.cycle or self.epochs)
 
     @classmethod
     def from_preset(cls, preset: Preset, epochs: int | None = None, teacher_mode: str = "train", seed: int = 0,
                     epochs_per_shard: int | None = None) -> "RelabelConfig":
         return cls(epochs=epochs or preset.relabel_epochs, batch_size=preset.relabel_batch_size,
                    crop_scale=tuple(preset.relabel_crop_scale), topk=preset.soft_label_topk,
-                   teacher_mode=teacher_mode, seed=seed, epochs_per_shard=epochs_per_shard)
+                   teacher_mode=teacher_mode, seed=seed, epochs_per_shard=epochs_per_shard,
+                   cycle=preset.soft_label_cycle, logit_dtype=preset.soft_label_dtype)
 
 
 # --- plans and teachers -----------------------------------------------------------------------
@@ -153,18 +167,20 @@ def relabel_epoch(models: Sequence[nn.Module], images: torch.Tensor, plan: Epoch
 
 # --- shards -------------------------------------------------------------------------------------
 
-def epoch_bytes(num_samples: int, num_classes: int, topk: int | None, batch_size: int) -> int:
-    """Bytes one epoch takes in a shard (plan + soft labels, no header)."""
-    if topk is None or topk >= num_classes:
-        per_sample_labels = 2 * num_classes
-    else:
-        per_sample_labels = topk * (2 + (2 if num_classes <= 32767 else 4)) + 2
-    per_sample = 4 + 8 + 1 + 4 + per_sample_labels  # order, crop box, flip, partner
-    return num_samples * per_sample + num_batches(num_samples, batch_size) * (4 + 8)  # lam, cutmix box
+def layout_of(num_samples: int, num_classes: int, config: RelabelConfig) -> dict:
+    """The index fields that fix a store's tensors (``softlabels.expected_tensors`` reads them)."""
+    topk = config.topk if config.topk is not None and config.topk < num_classes else None
+    return {"num_samples": num_samples, "num_classes": num_classes, "batch_size": config.batch_size,
+            "topk": topk, "logit_dtype": config.logit_dtype}
 
 
-def choose_epochs_per_shard(num_samples: int, num_classes: int, topk: int | None, batch_size: int) -> int:
-    per_epoch = epoch_bytes(num_samples, num_classes, topk, batch_size)
+def store_bytes(num_samples: int, num_classes: int, config: RelabelConfig) -> int:
+    """Bytes of the shards a relabel with ``config`` writes (their headers aside): every label byte."""
+    return config.stored_epochs * epoch_bytes(layout_of(num_samples, num_classes, config))
+
+
+def choose_epochs_per_shard(num_samples: int, num_classes: int, config: RelabelConfig) -> int:
+    per_epoch = epoch_bytes(layout_of(num_samples, num_classes, config))
     return max(1, min(MAX_EPOCHS_PER_SHARD, TARGET_SHARD_BYTES // max(1, per_epoch)))
 
 
@@ -212,7 +228,8 @@ def build_shard(models: Sequence[nn.Module], images: torch.Tensor, preset: Prese
     for epoch in progress_bar(epochs, f"relabel epochs {first}-{last}", enabled=progress, leave=False):
         plan = epoch_plan(images.shape[0], preset.image_size, config, epoch)
         logits = relabel_epoch(models, images, plan, preset, config.teacher_mode, device)
-        for name, tensor in {**plan.to_tensors(), **compress_logits(logits, config.topk)}.items():
+        labels = compress_logits(logits, config.topk, config.logit_dtype)
+        for name, tensor in {**plan.to_tensors(), **labels}.items():
             stacked.setdefault(name, []).append(tensor)
     tensors = {name: torch.stack(parts).contiguous() for name, parts in stacked.items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "first_epoch": first, "last_epoch": last,
@@ -234,20 +251,21 @@ def write_soft_labels(models: Sequence[nn.Module], teacher_ids: Sequence[str], i
     if height != preset.image_size or width != preset.image_size or channels != preset.channels:
         raise ValueError(f"images are {channels}x{height}x{width}, the preset expects "
                          f"{preset.channels}x{preset.image_size}x{preset.image_size}")
-    per_shard = config.epochs_per_shard or choose_epochs_per_shard(n, preset.num_classes, config.topk,
-                                                                   config.batch_size)
-    ranges = shard_ranges(config.epochs, per_shard)
-    topk = config.topk if config.topk is not None and config.topk < preset.num_classes else None
+    per_shard = config.epochs_per_shard or choose_epochs_per_shard(n, preset.num_classes, config)
+    ranges = shard_ranges(config.stored_epochs, per_shard)
+    topk = layout_of(n, preset.num_classes, config)["topk"]
     settings = {
         "format_version": FORMAT_VERSION, "seed": config.seed, "batch_size": config.batch_size,
-        "crop_scale": list(config.crop_scale), "topk": topk, "teacher_mode": config.teacher_mode,
+        "crop_scale": list(config.crop_scale), "topk": topk, "logit_dtype": config.logit_dtype,
+        "teacher_mode": config.teacher_mode,
         "teachers": list(teacher_ids), "num_samples": n, "num_classes": preset.num_classes,
         "image_size": preset.image_size, "mean": list(preset.mean), "std": list(preset.std),
         "images_sha256": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(),
     }
     fingerprint = fingerprint_of(settings)
     index = {
-        "format": FORMAT, **settings, "fingerprint": fingerprint, "epochs": config.epochs,
+        "format": FORMAT, **settings, "fingerprint": fingerprint, "epochs": config.stored_epochs,
+        "train_epochs": config.epochs,
         "epochs_per_shard": per_shard, "num_batches": num_batches(n, config.batch_size),
         "channels": channels, "crop_ratio": list(CROP_RATIO), "cutmix": {"beta": [1.0, 1.0], "prob": 1.0},
         "layout": "dense" if topk is None else "topk",
@@ -335,8 +353,9 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode: st
     index = distributed.gather(index)[0]  # rank 0's: the one that saw every shard
     seconds = round(time.perf_counter() - start, 2)
     total = sum(s.get("bytes", 0) for s in index["shards"])
-    record = {"epochs": config.epochs, "teacher_mode": config.teacher_mode, "teachers": list(ctx.teachers.names),
-              "batch_size": config.batch_size, "crop_scale": list(config.crop_scale), "topk": index["topk"],
+    record = {"epochs": config.epochs, "stored_epochs": config.stored_epochs, "teacher_mode": config.teacher_mode,
+              "teachers": list(ctx.teachers.names), "batch_size": config.batch_size,
+              "crop_scale": list(config.crop_scale), "topk": index["topk"], "logit_dtype": config.logit_dtype,
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
               "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
               "complete": index["complete"], "seconds": seconds}
@@ -344,11 +363,11 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode: st
     distributed.main_only(build.record_stage, "relabel", record, written=written)
     if "teachers" not in build.read_manifest():
         distributed.main_only(ctx.record_teachers)
-    log.info("relabel: %d epochs in %d shards (%.1f MB) in %.1f s -> %s", config.epochs, len(index["shards"]),
-             total / 1e6, seconds, build.soft_labels)
+    log.info("relabel: %d epochs (%d stored, %s labels) in %d shards (%.1f MB) in %.1f s -> %s", config.epochs,
+             config.stored_epochs, config.logit_dtype, len(index["shards"]), total / 1e6, seconds, build.soft_labels)
     return record
 
 
-__all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "check_images", "choose_epochs_per_shard", "epoch_bytes",
-           "epoch_plan", "receipt_path", "relabel_epoch", "shard_digest", "shard_ranges", "stage_relabel",
+__all__ = ["RelabelConfig", "TEACHER_MODES", "build_shard", "check_images", "choose_epochs_per_shard",
+           "epoch_plan", "layout_of", "receipt_path", "relabel_epoch", "shard_digest", "shard_ranges", "stage_relabel", "store_bytes",
            "teacher_logits", "teachers_in_mode", "write_shard", "write_soft_labels"]

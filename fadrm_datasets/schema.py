@@ -447,6 +447,9 @@ SOFT_LABEL_INDEX = Record({
     "format": Str(r"fadrm-soft-labels", "fadrm-soft-labels"), "format_version": Int(1),
     "epochs": Int(1, MAX_EPOCHS), "num_classes": Int(1, MAX_CLASSES), "num_samples": Int(1, MAX_IMAGES),
     "batch_size": Int(1, MAX_BATCH), "image_size": Int(1, MAX_IMAGE_SIZE), "topk": Optional(Int(1, MAX_CLASSES)),
+    # Format 2: a student trains ``train_epochs`` epochs over the ``epochs`` stored ones, cycled (absent: the
+    # same); the kept logits are float16, or int8 with a per-row scale.
+    "train_epochs": Int(1, MAX_EPOCHS), "logit_dtype": Str(r"float16|int8", "float16 or int8"),
     "complete": Bool(), "shards": ListOf(SOFT_LABEL_SHARD, MAX_EPOCHS), "teachers": ListOf(NAME, 100),
 }, required=("format", "format_version", "epochs", "num_classes", "num_samples", "batch_size", "image_size",
              "shards"))
@@ -461,10 +464,11 @@ def release_manifest(*, repo: str, dataset: str, display_name: str, version: str
 
 
 # Format versions. Build manifest 1. Release manifest 1: the sha256 of every file; 2: and its size,
-# enforced before and during a download. Soft-label index 1.
+# enforced before and during a download. Soft-label index 1; 2: stored epochs cycled over more training
+# epochs, and int8 logits (format 1 reads as 2 with neither).
 BUILD_FORMAT_VERSION = 1
 REPO_FORMAT_VERSION = 2
-SOFT_LABEL_FORMAT_VERSION = 1
+SOFT_LABEL_FORMAT_VERSION = 2
 
 BUILD_MANIFEST_FILE = FileKind(
     "build manifest", 64 * MiB,  # a line per image (ImageNet-1K's size: RELIABILITY.md, "What we bound")

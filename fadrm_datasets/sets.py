@@ -414,8 +414,9 @@ class FADRMDataset(VisionDataset):
 
     @property
     def soft_label_epochs(self) -> int | None:
-        """Relabel epochs stored with the set (None when opened without soft labels)."""
-        return self.soft_label_store.epochs if self.soft_label_store is not None else None
+        """Epochs a student can train on the set's soft labels (None when opened without them); the
+        store may hold fewer, reused in turn (``soft_label_store.epochs``)."""
+        return self.soft_label_store.train_epochs if self.soft_label_store is not None else None
 
     def _check_integrity(self) -> bool:
         """Every file of this set matches the manifest's sha256 (hashed in full once per process; a

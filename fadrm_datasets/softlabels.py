@@ -11,6 +11,10 @@ Layout of a store directory (``<build>/soft_labels/``)::
     epochs-00000-00099.safetensors          # epochs 0..99, every tensor stacked over them
     epochs-00100-00199.safetensors
 
+A store holds ``epochs`` distinct epochs; a student trains ``train_epochs`` (format 2; at least
+``epochs``) and its epoch ``e`` replays stored epoch ``e % epochs``: fewer stored epochs, reused
+in a fixed cycle, make the labels smaller without shortening the training.
+
 Tensors in a shard (``E`` epochs in the shard, ``N`` samples, ``NB`` batches per epoch,
 ``K`` classes, ``k`` top-k); everything per sample is indexed by *position* in the epoch's order:
 
@@ -24,6 +28,11 @@ Tensors in a shard (``E`` epochs in the shard, ``N`` samples, ``NB`` batches per
     topk_values   float16 (E, N, k)   top-k layout: the k largest logits,
     topk_indices  int16/32 (E, N, k)  their classes,
     rest_mean     float16 (E, N)      and the mean of the K - k other logits
+    logit_scale   float16 (E, N)      int8 logits only: logits, topk_values and rest_mean are int8 and
+                                      a row's values are its int8 values times its scale
+
+int8 rows are stored centred (the midpoint of a row's range is dropped before it is scaled to
+-127..127): a softmax, the only thing the labels feed, is the same for a row shifted by a constant.
 
 Sample index ``n`` refers to the set's canonical order: images sorted by (label, ipc_id).
 Batch ``b`` of an epoch holds positions ``b * batch_size ... min(N, (b + 1) * batch_size) - 1``.
@@ -56,6 +65,8 @@ TARGETS = ("soft", "hard")  # what a replayed batch carries: the teacher's logit
 PLAN_TENSORS = ("order", "crop_boxes", "flips", "partners", "lams", "cutmix_boxes")
 DENSE_TENSORS = ("logits",)
 TOPK_TENSORS = ("topk_values", "topk_indices", "rest_mean")
+LOGIT_DTYPES = ("float16", "int8")
+INT8_LIMIT = 127  # int8 rows use -127..127, symmetric about the row's centre
 
 
 class SoftLabelStoreError(ValueError):
@@ -203,27 +214,64 @@ def apply_plan(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.Tens
     return out
 
 
-# --- soft labels: dense or top-k ---------------------------------------------------------------
+# --- soft labels: dense or top-k, float16 or int8 ----------------------------------------------
 
-def compress_logits(logits: torch.Tensor, topk: int | None) -> dict[str, torch.Tensor]:
-    """float logits (..., K) -> stored tensors: dense fp16, or top-k values/indices + rest mean."""
+def label_tensors(topk: int | None, logit_dtype: str = "float16") -> tuple[str, ...]:
+    """The names of the soft-label tensors a store of this layout holds."""
+    names = DENSE_TENSORS if topk is None else TOPK_TENSORS
+    return names + (("logit_scale",) if logit_dtype == "int8" else ())
+
+
+def quantize_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float (..., m) -> int8 (..., m) and a float16 scale (...,): each row centred on the midpoint of its
+    range and scaled so its extremes land on -127 and 127 (the scale rounded to float16 first, so the
+    stored pair is exactly what a reader multiplies)."""
+    high, low = values.amax(-1), values.amin(-1)
+    finite_max = torch.finfo(torch.float16).max
+    scale = ((high - low) / (2 * INT8_LIMIT)).clamp(max=finite_max).half()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant row: all zeros, any scale
+    q = ((values - ((high + low) / 2).unsqueeze(-1)) / scale.float().unsqueeze(-1)).round()
+    return q.clamp(-INT8_LIMIT, INT8_LIMIT).to(torch.int8), scale
+
+
+def compress_logits(logits: torch.Tensor, topk: int | None, logit_dtype: str = "float16") -> dict[str, torch.Tensor]:
+    """float logits (..., K) -> stored tensors: dense, or top-k values/indices + rest mean; float16, or
+    int8 with a per-row scale (a row's kept values and rest mean quantized together)."""
+    one_of("logit dtype", logit_dtype, LOGIT_DTYPES)
     logits = logits.float()
     num_classes = logits.shape[-1]
     if topk is None or topk >= num_classes:
-        return {"logits": logits.half()}
-    values, indices = logits.topk(topk, dim=-1)
-    rest = (logits.sum(-1) - values.sum(-1)) / (num_classes - topk)
-    index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
-    return {"topk_values": values.half(), "topk_indices": indices.to(index_dtype), "rest_mean": rest.half()}
+        stored = {"logits": logits}
+    else:
+        values, indices = logits.topk(topk, dim=-1)
+        rest = (logits.sum(-1) - values.sum(-1)) / (num_classes - topk)
+        index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
+        stored = {"topk_values": values, "topk_indices": indices.to(index_dtype), "rest_mean": rest}
+    if logit_dtype == "float16":
+        return {name: t.half() if t.is_floating_point() else t for name, t in stored.items()}
+    if "logits" in stored:
+        q, scale = quantize_rows(stored["logits"])
+        return {"logits": q, "logit_scale": scale}
+    q, scale = quantize_rows(torch.cat([stored["topk_values"], stored["rest_mean"].unsqueeze(-1)], dim=-1))
+    return {"topk_values": q[..., :-1].contiguous(), "topk_indices": stored["topk_indices"],
+            "rest_mean": q[..., -1].contiguous(), "logit_scale": scale}
 
 
 def expand_logits(stored: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
     """Stored soft labels -> float32 logits (..., K): top-k classes get their values, all other
-    classes the stored mean of the rest."""
+    classes the stored mean of the rest; int8 values times their row's scale."""
+    scale = stored["logit_scale"].float() if "logit_scale" in stored else None
+
+    def value(name: str) -> torch.Tensor:
+        tensor = stored[name].float()
+        if scale is None:
+            return tensor
+        return tensor * (scale if tensor.ndim == scale.ndim else scale.unsqueeze(-1))
+
     if "logits" in stored:
-        return stored["logits"].float()
-    values = stored["topk_values"].float()
-    full = stored["rest_mean"].float().unsqueeze(-1).expand(*values.shape[:-1], num_classes).clone()
+        return value("logits")
+    values = value("topk_values")
+    full = value("rest_mean").unsqueeze(-1).expand(*values.shape[:-1], num_classes).clone()
     return full.scatter_(-1, stored["topk_indices"].long(), values)
 
 
@@ -282,6 +330,9 @@ def _check_index(index: dict, path: Path) -> None:
         next_epoch = shard["last_epoch"] + 1
     if next_epoch != index["epochs"]:
         raise SoftLabelStoreError(f"{path}: its shards do not cover epochs 0..{index['epochs'] - 1} once each")
+    if index.get("train_epochs", index["epochs"]) < index["epochs"]:
+        raise SoftLabelStoreError(f"{path}: it stores {index['epochs']} epochs for only {index['train_epochs']} "
+                                  "training epochs")
     if index.get("topk") is not None and index["topk"] >= index["num_classes"]:
         raise SoftLabelStoreError(f"{path}: topk {index['topk']} is not below num_classes {index['num_classes']}")
     for shard in shards:
@@ -299,7 +350,7 @@ def _check_index(index: dict, path: Path) -> None:
 _HEADER_LENGTH = struct.Struct("<Q")
 MAX_SHARD_HEADER = 1 << 20  # a shard's header names about ten tensors: a few hundred bytes
 _SHARD_HEADER = FileKind("soft-label shard header", MAX_SHARD_HEADER, "download the set again or relabel")
-_DTYPES = {"I16": torch.int16, "I32": torch.int32, "U8": torch.uint8, "F16": torch.float16, "F32": torch.float32}
+_DTYPES = {"I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "U8": torch.uint8, "F16": torch.float16, "F32": torch.float32}
 
 
 def expected_tensors(index: dict, epochs: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -309,12 +360,22 @@ def expected_tensors(index: dict, epochs: int) -> dict[str, tuple[tuple[str, ...
                "flips": (("U8",), (epochs, n)), "partners": (("I32",), (epochs, n)),
                "lams": (("F32",), (epochs, batches)), "cutmix_boxes": (("I16",), (epochs, batches, 4))}
     k = index.get("topk")
+    value = ("I8",) if index.get("logit_dtype") == "int8" else ("F16",)
     if k is None:
-        tensors["logits"] = (("F16",), (epochs, n, index["num_classes"]))
+        tensors["logits"] = (value, (epochs, n, index["num_classes"]))
     else:
-        tensors.update(topk_values=(("F16",), (epochs, n, k)), topk_indices=(("I16", "I32"), (epochs, n, k)),
-                       rest_mean=(("F16",), (epochs, n)))
+        index_dtype = "I16" if index["num_classes"] <= torch.iinfo(torch.int16).max else "I32"
+        tensors.update(topk_values=(value, (epochs, n, k)), topk_indices=((index_dtype,), (epochs, n, k)),
+                       rest_mean=(value, (epochs, n)))
+    if value == ("I8",):
+        tensors["logit_scale"] = (("F16",), (epochs, n))
     return tensors
+
+
+def epoch_bytes(index: dict) -> int:
+    """Bytes one epoch takes in a shard of a store with this index (plan and labels, no header): the
+    sum over :func:`expected_tensors`, so the size a layout promises is the layout the reader checks."""
+    return sum(math.prod(shape) * _DTYPES[dtypes[0]].itemsize for dtypes, shape in expected_tensors(index, 1).values())
 
 
 def check_shard_header(path: Path, index: dict, shard: dict) -> None:
@@ -378,9 +439,11 @@ def check_epoch_values(tensors: dict[str, torch.Tensor], index: dict, where: str
         indices = tensors["topk_indices"].long()
         if bool(((indices < 0) | (indices >= index["num_classes"])).any()):
             refuse("a soft label names a class outside the classes")
-    for name in ("logits", "topk_values", "rest_mean"):
+    for name in ("logits", "topk_values", "rest_mean", "logit_scale"):
         if name in tensors and not bool(torch.isfinite(tensors[name]).all()):
             refuse(f"{name} holds NaN or inf")
+    if "logit_scale" in tensors and not bool((tensors["logit_scale"] > 0).all()):
+        refuse("a logit scale is not positive")
 
 
 def _boxes_inside(boxes: torch.Tensor, size: int, minimum: int) -> bool:
@@ -392,7 +455,8 @@ def _boxes_inside(boxes: torch.Tensor, size: int, minimum: int) -> bool:
 class SoftLabelStore:
     """A relabel run's soft labels; open with :meth:`SoftLabelStore.open`.
 
-    ``epochs``, ``num_classes``, ``num_samples``, ``batch_size``, ``topk`` (None: dense),
+    ``epochs`` (stored), ``train_epochs`` (replayed: epoch ``e`` is stored epoch ``e % epochs``),
+    ``num_classes``, ``num_samples``, ``batch_size``, ``topk`` (None: dense), ``logit_dtype``,
     ``image_size``, ``teachers`` and ``teacher_mode`` come from ``index.json``; :meth:`epoch`
     reads one epoch (plan + soft labels) from its shard.
     """
@@ -401,6 +465,8 @@ class SoftLabelStore:
         self.directory = Path(directory)
         self.index = index
         self.epochs = int(index["epochs"])
+        self.train_epochs = int(index.get("train_epochs", self.epochs))
+        self.logit_dtype = index.get("logit_dtype", "float16")
         self.num_classes = int(index["num_classes"])
         self.num_samples = int(index["num_samples"])
         self.batch_size = int(index["batch_size"])
@@ -439,8 +505,9 @@ class SoftLabelStore:
 
     def __repr__(self) -> str:
         layout = "dense" if self.topk is None else f"top-{self.topk}"
-        return (f"SoftLabelStore({str(self.directory)!r}, epochs={self.epochs}, samples={self.num_samples}, "
-                f"classes={self.num_classes}, batch_size={self.batch_size}, {layout})")
+        return (f"SoftLabelStore({str(self.directory)!r}, epochs={self.epochs}, train_epochs={self.train_epochs}, "
+                f"samples={self.num_samples}, classes={self.num_classes}, batch_size={self.batch_size}, {layout}, "
+                f"{self.logit_dtype})")
 
     @property
     def num_batches(self) -> int:
@@ -448,14 +515,15 @@ class SoftLabelStore:
         return num_batches(self.num_samples, self.batch_size)
 
     def check_epoch(self, epoch: int) -> int:
+        """The stored epoch that training epoch ``epoch`` replays; refuses one the store was not made for."""
         epoch = int(epoch)
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if epoch >= self.epochs:
-            raise ValueError(f"epoch {epoch} asked for, but the soft-label store in {self.directory} holds "
-                             f"only {self.epochs} epochs (0..{self.epochs - 1}); train for at most "
-                             f"{self.epochs} epochs or relabel with more (`fadrm-build relabel ... --epochs E`)")
-        return epoch
+        if epoch >= self.train_epochs:
+            raise ValueError(f"epoch {epoch} asked for, but the soft-label store in {self.directory} was made "
+                             f"for {self.train_epochs} epochs (0..{self.train_epochs - 1}); train for at most "
+                             f"{self.train_epochs} epochs or relabel with more (`fadrm-build relabel ... --epochs E`)")
+        return epoch % self.epochs
 
     def _shard_of(self, epoch: int) -> dict:
         for shard in self.shards:
@@ -468,7 +536,7 @@ class SoftLabelStore:
         epoch = self.check_epoch(epoch)
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        names = PLAN_TENSORS + (DENSE_TENSORS if self.topk is None else TOPK_TENSORS)
+        names = PLAN_TENSORS + label_tensors(self.topk, self.logit_dtype)
         tensors = self._read(epoch, names)
         plan = EpochPlan.from_tensors(tensors, self.batch_size)
         stored = {name: tensors[name] for name in names if name not in PLAN_TENSORS}
@@ -653,8 +721,8 @@ def replay_loader(images: torch.Tensor, labels, store: SoftLabelStore, epochs: i
 
 
 __all__ = [
-    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "TARGETS", "RecordedBatch", "ReplayBatchSampler", "ReplayDataset",
+    "EpochPlan", "EpochRecord", "FORMAT", "FORMAT_VERSION", "LOGIT_DTYPES", "TARGETS", "RecordedBatch", "ReplayBatchSampler", "ReplayDataset",
     "SoftLabelStore", "SoftLabelStoreError", "apply_plan", "check_epoch_values", "check_shard_header", "compress_logits",
-    "cutmix_box", "expand_logits", "expected_tensors", "is_shard_name", "make_epoch_plan", "passthrough_collate",
+    "cutmix_box", "epoch_bytes", "expand_logits", "expected_tensors", "label_tensors", "quantize_rows", "is_shard_name", "make_epoch_plan", "passthrough_collate",
     "replay_loader", "sample_crop_boxes", "shard_name", "store_files",
 ]

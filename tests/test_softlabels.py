@@ -78,11 +78,11 @@ def test_replay_is_the_same_for_any_worker_count(tmp_path):
 def test_asking_for_more_epochs_than_stored_errors(tmp_path):
     images, labels = tiny_set()
     store = write_store(tmp_path / "sl", images=images, epochs=2)
-    with pytest.raises(ValueError, match="holds only 2 epochs"):
+    with pytest.raises(ValueError, match="made for 2 epochs"):
         store.epoch(2)
-    with pytest.raises(ValueError, match="holds only 2 epochs"):
+    with pytest.raises(ValueError, match="made for 2 epochs"):
         ReplayBatchSampler(store, 5)
-    with pytest.raises(ValueError, match="holds only 2 epochs"):
+    with pytest.raises(ValueError, match="made for 2 epochs"):
         replay_loader(images, labels, store, 2)
     with pytest.raises(ValueError, match=">= 0"):
         store.epoch(-1)

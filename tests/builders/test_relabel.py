@@ -12,7 +12,7 @@ import builders.relabel as relabel
 from fadrm_datasets import layout
 from fadrm_datasets.layout import BuildDirectory
 from builders.cli import cli
-from builders.relabel import RelabelConfig, choose_epochs_per_shard, epoch_bytes, shard_ranges, teachers_in_mode
+from builders.relabel import RelabelConfig, choose_epochs_per_shard, shard_ranges, store_bytes, teachers_in_mode
 from builders.teachers import save_teacher
 from fadrm_datasets.softlabels import SoftLabelStore
 from tests.fakedata import make_fashion_mnist
@@ -47,11 +47,13 @@ def test_shards_are_few_and_a_deleted_one_is_rewritten_alone_with_the_same_bytes
 
 
 def test_default_shard_size_keeps_the_file_count_small():
-    assert choose_epochs_per_shard(100, 10, None, 16) == 100
-    assert len(shard_ranges(300, choose_epochs_per_shard(100, 10, None, 16))) == 3
+    fashion = RelabelConfig(epochs=300, batch_size=16, crop_scale=(0.5, 1.0))
+    assert choose_epochs_per_shard(100, 10, fashion) == 100
+    assert len(shard_ranges(300, choose_epochs_per_shard(100, 10, fashion))) == 3
     # ImageNet-1K at IPC 50 with top-100 labels: a few hundred MB to 1 GiB per shard.
-    per_shard = choose_epochs_per_shard(50_000, 1000, 100, 16)
-    assert 1 <= per_shard <= 100 and per_shard * epoch_bytes(50_000, 1000, 100, 16) <= 1 << 30
+    imagenet = RelabelConfig(epochs=300, batch_size=16, crop_scale=(0.08, 1.0), topk=100)
+    per_shard = choose_epochs_per_shard(50_000, 1000, imagenet)
+    assert 1 <= per_shard <= 100 and per_shard * store_bytes(50_000, 1000, imagenet) / 300 <= 1 << 30
     assert len(shard_ranges(300, per_shard)) <= 20
     assert shard_ranges(5, 2) == [(0, 1), (2, 3), (4, 4)]
 
@@ -82,7 +84,8 @@ def test_store_layout_and_size(tmp_path):
     assert all(len(s["sha256"]) == 64 for s in index["shards"])
     total = sum((tmp_path / "sl" / s["file"]).stat().st_size for s in index["shards"])
     per_image_epoch = total / (100 * 4)
-    assert epoch_bytes(100, 10, None, 16) / 100 <= per_image_epoch < 45  # 37.84 B of data + the header
+    config = RelabelConfig(epochs=4, batch_size=16, crop_scale=(0.5, 1.0))
+    assert store_bytes(100, 10, config) / 400 <= per_image_epoch < 45  # 37.84 B of data + the header
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "sl" / index["shards"][0]["file"]), framework="pt") as f:
@@ -147,7 +150,7 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     # The standalone commands: relabel again (nothing to redo), evaluate another student.
     result = runner.invoke(cli, ["relabel", "fashion-mnist", "--ipc", "2", "--method", "random-real",
                                  "--epochs", "2", *common], catch_exceptions=False)
-    assert result.exit_code == 0 and "relabel complete: 2 epochs in 1 shards" in result.output
+    assert result.exit_code == 0 and "relabel complete: 2 epochs (2 stored, float16) in 1 shards" in result.output
     result = runner.invoke(cli, ["evaluate", str(build_dir), "--student", "convnet-bn-w8-d2", "--epochs", "1",
                                  "--device", "cpu", "--seed", "3"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -159,7 +162,7 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     assert not any(name.startswith(".") for name in BuildDirectory(build_dir).read_manifest()["files"])
     # More student epochs than stored soft-label epochs: a clear error, no traceback.
     result = runner.invoke(cli, ["evaluate", str(build_dir), "--epochs", "5", "--device", "cpu"])
-    assert result.exit_code == 2 and "holds only 2" in result.output  # bad input: exit status 2
+    assert result.exit_code == 2 and "made for only 2" in result.output  # bad input: exit status 2
     # Building again without evaluating prints no accuracy: the recorded ones are not this run's.
     result = runner.invoke(cli, ["fashion-mnist", "--ipc", "2", "--method", "random-real", "--epochs", "2",
                                  "--no-evaluate", *common], catch_exceptions=False)
