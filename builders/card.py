@@ -206,7 +206,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 # The columns a reader of a card wants from each evaluation record (builders.evaluate): the last
 # epoch's accuracy first; the best checkpoint beside it, labelled as chosen on the measured split.
 EVALUATION_COLUMNS = [("protocol", "protocol"), ("student", "student"), ("labels", "labels"), ("split", "split"),
-                      ("epochs", "epochs"),
+                      ("epochs", "epochs"), ("label_bytes", "soft-label bytes"),
                       ("top1_final", "top-1 % (last epoch)"), ("top5", "top-5 %"),
                       ("top1_best", "best checkpoint % (chosen on the split)"), ("temperature", "T"),
                       ("seed", "seed"), ("command", "command")]
@@ -219,6 +219,8 @@ def evaluations_table(evaluations: list[dict] | None) -> str | None:
         return None
     # Records older than hard-label evaluations were all soft, and those older than protocols ours.
     defaults = {"labels": "soft", "protocol": DEFAULT_PROTOCOL}
+    runs = [{**run, "label_bytes": f"{run['soft_labels']['bytes']:,}"} if run.get("soft_labels") else run
+            for run in runs]  # the labels a student trained on, where its record names them
     return markdown_table([title for _, title in EVALUATION_COLUMNS],
                           [[run.get(key, defaults.get(key, "")) for key, _ in EVALUATION_COLUMNS] for run in runs])
 
@@ -305,6 +307,17 @@ def imported_text(provenance: dict) -> str:
             f"{license_text}. The soft labels and evaluations below are this builder's.{mapped}{resized}{checked}")
 
 
+def label_size_text(info: dict) -> str:
+    """`` (50 stored and reused in turn, int8, 190,118 bytes)``: how small the labels are, or nothing."""
+    labels = info.get("soft_labels")
+    if not labels:
+        return ""
+    cycled = labels["stored_epochs"] < (info.get("soft_label_epochs") or 0)
+    stored = f"{labels['stored_epochs']} stored and reused in turn" if cycled else "every epoch stored"
+    kept = f"top-{labels['topk']} + the mean of the rest, " if labels.get("topk") else ""
+    return f" ({stored}, {kept}{labels['logit_dtype']}, {labels['bytes']:,} bytes)"
+
+
 def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset: str | None = None) -> str:
     """The card's section about one IPC: metrics, hyperparameters, teachers, grid."""
     parts = [f"## IPC {ipc}", ""]
@@ -313,7 +326,7 @@ def ipc_section(ipc: int, info: dict, records: list[dict] | None = None, dataset
     parts.append(f"{info.get('num_images', '?')} images; method `{method}`{meaning}, seed "
                  f"{info.get('seed', '?')}; released in {info.get('version', '?')}"
                  + (f"; soft labels: {info['soft_label_epochs']} epochs" if info.get("soft_label_epochs") else "")
-                 + ".")
+                 + label_size_text(info) + ".")
     if info.get("provenance"):
         parts += ["", imported_text(info["provenance"])]
     measured = measured_rows(records or [], dataset, ipc)

@@ -29,7 +29,7 @@ from fadrm_datasets.hub import (REPO_TYPE, HubError, check_repo_id, check_versio
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory, LayoutError, own_file
 from fadrm_datasets.registry import SETS, parse_version, unique_names
 from fadrm_datasets.schema import REPO_MANIFEST_FILE, NewerFormatError, check_written, release_manifest
-from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
+from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError, store_files
 
 from .card import make_grid, render_card
 from .options import BuildError, BuildFailed
@@ -253,7 +253,15 @@ def public_manifest(manifest: dict) -> dict:
     return scrub(public)
 
 
-def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], soft: dict | None) -> dict:
+def label_summary(index: dict, folder: Path) -> dict:
+    """What a card says of a set's soft labels: how they were made smaller, and every byte they take."""
+    files = [folder / name for name in store_files(index)]
+    return {"stored_epochs": index["epochs"], "topk": index.get("topk"),
+            "logit_dtype": index.get("logit_dtype", "float16"), "bytes": sum(f.stat().st_size for f in files)}
+
+
+def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], soft: dict | None,
+                labels: dict | None = None) -> dict:
     return {
         "version": version,
         "num_images": num_images,
@@ -265,6 +273,7 @@ def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], 
         "teachers": public.get("teachers") or {},
         "evaluations": public.get("evaluations"),
         "soft_label_epochs": soft.get("train_epochs", soft.get("epochs")) if soft else None,
+        **({"soft_labels": labels} if labels else {}),
         "code_version": public.get("code_version"),
         "environment": public.get("environment"),
         # An imported set says where its images came from; our own builds' records stay as they were.
@@ -305,7 +314,8 @@ def write_release_folder(build_dir: str | Path, repo_id: str, version: str, stag
         raise PublishError(f"{repo_id} holds a set with other classes ({existing.get('dataset')}); "
                            "publish each source dataset to its own repo")
     ipcs = {k: v for k, v in (existing.get("ipcs") or {}).items() if k != str(contents.ipc)}
-    ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft)
+    labels = label_summary(soft, staging / layout.repo_soft_labels(contents.ipc)) if soft else None
+    ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft, labels)
     manifest = release_manifest(repo=repo_id, dataset=contents.dataset,
                                 display_name=contents.preset.get("display_name") or contents.dataset, version=version,
                                 classes=contents.classes, ipcs=dict(sorted(ipcs.items(), key=lambda kv: int(kv[0]))),

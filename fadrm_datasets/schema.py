@@ -426,6 +426,9 @@ IPC_RECORD = Record({
     "teachers": MapOf(NAME, ANY_OBJECT, 100), "evaluations": Optional(ListOf(ANY_OBJECT, 100_000)),
     "soft_label_epochs": Optional(Int(1, MAX_EPOCHS)), "code_version": Optional(ANY_OBJECT),
     "environment": Optional(ANY_OBJECT), "provenance": PROVENANCE,
+    # How the labels were made smaller and every byte of them (builders/publish.label_summary).
+    "soft_labels": Record({"stored_epochs": Int(1, MAX_EPOCHS), "topk": Optional(Int(1, MAX_CLASSES)),
+                           "logit_dtype": Str(r"float16|int8", "float16 or int8"), "bytes": Int(0)}),
 }, required=("num_images", "preset"))
 
 REPO_MANIFEST = Record({

@@ -42,6 +42,9 @@ def test_staged_layout_and_manifest(staged, build):
     assert manifest["classes"] == CLASSES and manifest["version"] == "v1.0.0"
     record = manifest["ipcs"]["10"]
     assert record["num_images"] == 40 and record["soft_label_epochs"] == 2
+    label_files = [folder / soft / name for name in (layout.SOFT_LABEL_INDEX, layout.shard_name(0, 1))]
+    assert record["soft_labels"] == {"stored_epochs": 2, "topk": None, "logit_dtype": "float16",
+                                     "bytes": sum(f.stat().st_size for f in label_files)}
     assert record["shards"] == [layout.parquet_shard(10, 0, 1)] and record["preset"]["image_size"] == 8
     # The build manifest travels without its local paths.
     published = json.loads((folder / layout.ipc_dir(10) / layout.MANIFEST).read_text())
@@ -111,7 +114,7 @@ def test_grid_stays_readable_at_any_class_count_and_ipc(classes, ipc, size):
 
 
 def test_card_front_matter_and_body(staged):
-    folder, _ = staged
+    folder, manifest = staged
     card = (folder / layout.README).read_text()
     front, body = split_front_matter(card)
     assert front["configs"] == [{"config_name": layout.ipc_dir(10),
@@ -120,8 +123,11 @@ def test_card_front_matter_and_body(staged):
     assert front["size_categories"] == ["n<1K"] and "tiny-test" in front["tags"]
     assert "${" not in card
     # The evaluation table: the last epoch first, the best checkpoint labelled, the command.
-    assert "| student | labels | split | epochs | top-1 % (last epoch) | top-5 % | best checkpoint % (chosen on" in body
-    assert "| convnet-bn | soft | test | 3 | 54 | 90.25 | 55.5 |  |  | fadrm-build evaluate BUILD_DIR --data-root" in body
+    assert ("| student | labels | split | epochs | soft-label bytes | top-1 % (last epoch) | top-5 % | best checkpoint "
+            "% (chosen on") in body
+    assert "| convnet-bn | soft | test | 3 |  | 54 | 90.25 | 55.5 |  |  | fadrm-build evaluate BUILD_DIR --data-root" in body
+    labels = manifest["ipcs"]["10"]["soft_labels"]["bytes"]
+    assert f"soft labels: 2 epochs (every epoch stored, float16, {labels:,} bytes)." in body
     assert "| tiny-convnet | 91.50 | 99.90 | tiny-convnet.safetensors |" in body  # teachers
     assert "| r_bn | 0.01 |" in body and "![IPC 10 images](ipc10/grid.png)" in body
     assert f'load_dataset("org/fadrm-tiny", "{layout.ipc_dir(10)}", revision="v1.0.0"' in body

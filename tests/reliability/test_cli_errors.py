@@ -83,7 +83,7 @@ def test_a_damaged_cached_teacher_gets_one_line(built, build_root, fake_data, tm
 
 def test_epochs_beyond_those_stored_get_one_line_and_status_2(built, capsys):
     code, err = run_cli(["evaluate", str(built), "--epochs", "9", "--device", "cpu"], capsys)
-    assert code == 2 and "holds only 2" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "made for only 2" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -92,6 +92,8 @@ def test_epochs_beyond_those_stored_get_one_line_and_status_2(built, capsys):
     (["--method", "dc"], "'dc' is not one of"),
     (["--iterations", "x,y"], "give one number per stage"),
     (["--patch-scale", "2,3"], "need 0 < MIN <= MAX <= 1"),
+    (["--label-cycle", "0"], "must be a positive integer"),
+    (["--label-dtype", "int4"], "'int4' is not one of"),
 ])
 def test_every_bad_argument_gets_one_line_and_status_2(args, message, build_root, fake_data, tmp_path, capsys):
     code, err = run_cli([*build_args(build_root, fake_data, tmp_path / "x"), *args], capsys)
