@@ -139,7 +139,9 @@ def _class_crops(train: Dataset, picks: torch.Tensor, stitching: Stitching, size
         image = train[index][0]
         drawn = sample_crop_boxes(stitching.crops_per_image, image.shape[1], image.shape[2], stitching.crop_scale,
                                   generator, ratio=(1.0, 1.0))
-        crops.append(torch.stack([resized_crop(image.float(), tuple(box), size) for box in drawn.tolist()]))
+        # Only each crop is made float (the same values as the whole image made float first).
+        crops.append(torch.stack([resized_crop(image[:, top:top + h, left:left + w].float(), (0, 0, h, w), size)
+                                  for top, left, h, w in drawn.tolist()]))
         boxes.append(drawn)
     return torch.stack(crops).round().clamp(0, 255).to(torch.uint8), torch.stack(boxes)
 

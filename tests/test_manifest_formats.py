@@ -190,6 +190,11 @@ def test_a_build_made_at_df17861_is_read_and_extended_by_todays_readers_and_writ
     assert manifest_preset(manifest).name == "fashion-mnist"
     dataset = FADRMDataset.from_build(build.root, soft_labels=True)
     assert len(dataset) == 10 and dataset.ipc == 1 and dataset.classes[0] == "T-shirt/top"
+    # Its soft-label store is of format 1: every epoch stored, float16; it replays as before.
+    store = dataset.soft_label_store
+    assert store.index["format_version"] == 1 and (store.epochs, store.train_epochs, store.logit_dtype) == (1, 1, "float16")
+    images, soft, labels = next(iter(dataset.soft_label_loader(epochs=0)))
+    assert soft.dtype == torch.float32 and soft.shape == (len(labels), 10) and images.shape[0] == len(labels)
     build.update_manifest(evaluations=[*manifest["evaluations"], {"top1_final": 10.0}])
     assert build.read_manifest()["evaluations"] == [*manifest["evaluations"], {"top1_final": 10.0}]
 
