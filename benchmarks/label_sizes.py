@@ -2,7 +2,7 @@
 
 ``sizes``: every label byte a relabel writes (its shards' tensors; the index, a few KB, aside) for each
 preset at IPC 10 and 50 under each switch of ``fadrm-build relabel`` (``--label-cycle``, ``--label-dtype``,
-``--topk``), from the store's layout (``builders.relabel.store_bytes``), beside the FKD reference layout
+``--topk``; the preset's top-k kept, as ImageNet-1K's 100), from the store's layout (``builders.relabel.store_bytes``), beside the FKD reference layout
 and LPLD's published sizes; nothing is written or trained.
 
 ``curve``: the accuracy records of ``benchmarks/accuracy.py --soft-labels ... --label NAME`` (and those of the
@@ -37,14 +37,18 @@ LPLD_IMAGENET = {10: {"fkd_gb": 5.67, "fkd_top1": 20.1, "lpld_gb": 0.14, "lpld_t
 
 
 def switches(preset) -> dict[str, dict]:
-    """Each switch alone and the combinations, as RelabelConfig changes to the preset's own labels."""
-    tenth = max(1, preset.relabel_epochs // 10)
-    rows = {"preset today": {}, "int8": {"logit_dtype": "int8"}, f"cycle {tenth}": {"cycle": tenth},
-            f"cycle {tenth} + int8": {"cycle": tenth, "logit_dtype": "int8"}}
+    """Each switch alone and the combinations, as RelabelConfig changes to every epoch stored (the labels
+    before the switches, at the preset's top-k)."""
+    epochs = preset.relabel_epochs
+    rows = {"every epoch stored": {}, "int8": {"logit_dtype": "int8"},
+            f"cycle {epochs // 10}": {"cycle": epochs // 10},
+            f"cycle {epochs // 10} + int8": {"cycle": epochs // 10, "logit_dtype": "int8"},
+            f"cycle {preset.soft_label_cycle} (the default)": {"cycle": preset.soft_label_cycle},
+            f"cycle {preset.soft_label_cycle} + int8": {"cycle": preset.soft_label_cycle, "logit_dtype": "int8"}}
     if preset.num_classes >= 100:  # top-k means something only with many classes
         for k in (10, 50):
             if k < (preset.soft_label_topk or preset.num_classes):
-                rows[f"top-{k} + cycle {tenth} + int8"] = {"topk": k, "cycle": tenth, "logit_dtype": "int8"}
+                rows[f"top-{k} + cycle {preset.soft_label_cycle}"] = {"topk": k, "cycle": preset.soft_label_cycle}
     return rows
 
 
@@ -56,18 +60,19 @@ def computed_sizes() -> list[dict]:
                              crop_scale=tuple(preset.relabel_crop_scale), topk=preset.soft_label_topk)
         for ipc in IPCS:
             images = ipc * preset.num_classes
-            today = store_bytes(images, preset.num_classes, base)
+            every = store_bytes(images, preset.num_classes, base)
             for switch, changes in switches(preset).items():
                 size = store_bytes(images, preset.num_classes, dataclasses.replace(base, **changes))
                 records.append({"dataset": name, "ipc": ipc, "switch": switch, "epochs": preset.relabel_epochs,
-                                **changes, "bytes": size, "fraction_of_today": round(size / today, 4)})
+                                "topk": preset.soft_label_topk, **changes, "bytes": size,
+                                "fraction_of_every_epoch": round(size / every, 4)})
     return records
 
 
 def print_sizes(records: list[dict]) -> None:
     rows = [[r["dataset"], r["ipc"], r["switch"], f"{r['bytes'] / 1e9:.3f} GB" if r["bytes"] >= 1e8
-             else f"{r['bytes'] / 1e6:.2f} MB", f"{r['fraction_of_today']:.3f}"] for r in records]
-    print(markdown_table(["dataset", "IPC", "labels", "bytes (computed)", "of today's"], rows))
+             else f"{r['bytes'] / 1e6:.2f} MB", f"1/{1 / r['fraction_of_every_epoch']:.1f}"] for r in records]
+    print(markdown_table(["dataset", "IPC", "labels", "bytes (computed)", "of every epoch stored"], rows))
 
 
 def curve_rows(records: list[dict]) -> list[list]:

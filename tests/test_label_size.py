@@ -187,3 +187,15 @@ def test_the_switches_through_the_cli_are_recorded_in_the_index_manifest_and_eva
     assert record["soft_label_epochs"] == 3 and record["soft_labels"] == {
         "fingerprint": store.index["fingerprint"], "stored_epochs": 2, "topk": 3, "logit_dtype": "int8",
         "bytes": sum((store.directory / name).stat().st_size for name in files)}
+
+
+def test_the_presets_default_labels_are_a_twentieth_and_imagenet_ipc50s_under_the_aim():
+    from builders.presets import PRESETS, get_preset
+
+    for preset in PRESETS.values():
+        config = RelabelConfig.from_preset(preset)
+        every = RelabelConfig(**{**vars(config), "cycle": None})
+        n = 10 * preset.num_classes
+        assert store_bytes(n, preset.num_classes, every) == 20 * store_bytes(n, preset.num_classes, config), preset.name
+    imagenet = RelabelConfig.from_preset(get_preset("imagenet"))
+    assert store_bytes(50 * 1000, 1000, imagenet) < 0.63e9  # issue 25's aim for ImageNet-1K IPC 50
