@@ -38,7 +38,7 @@ from builders.cli import main as fadrm_build  # noqa: E402
 from builders.methods import METHODS  # noqa: E402
 from builders.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 from fadrm_datasets._io import atomic_write_json  # noqa: E402
-from fadrm_datasets.softlabels import SoftLabelStore, store_files  # noqa: E402
+from fadrm_datasets.softlabels import SoftLabelStore  # noqa: E402
 
 DATASET = "fashion-mnist"
 
@@ -115,9 +115,7 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
         run_cli([*evaluate, "--protocol", args.protocol])
         done = BuildDirectory(build_dir).read_manifest()["evaluations"][-1]
     teachers = BuildDirectory(build_dir).read_manifest().get("teachers") or {}
-    store = SoftLabelStore.open(build_dir)
-    label_bytes = sum((store.directory / name).stat().st_size for name in store_files(store.index))
-    return {**done, "label_bytes": label_bytes,
+    return {**done, "label_bytes": SoftLabelStore.open(build_dir).bytes,
             "teacher_records": {name: {k: record.get(k) for k in ("epochs", "test_top1")}
                                 for name, record in teachers.items()}}
 

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fadrm_datasets._checks import one_of
 from fadrm_datasets._io import fingerprint_of
 from fadrm_datasets.layout import IMAGES, MANIFEST, SOFT_LABELS, BuildDirectory
-from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader, store_files
+from fadrm_datasets.softlabels import INDEX, SoftLabelStore, replay_loader
 
 from . import distributed
 from .context import BuildContext
@@ -297,17 +297,11 @@ def train_student(preset: Preset, images: torch.Tensor, labels: torch.Tensor, st
             "checks": run.so_far.checks, "split": split, "lr": preset.eval_lr,
             "weight_decay": preset.eval_weight_decay, "temperature": preset.temperature,
             "batch_size": store.batch_size, "grad_accumulation": run.accumulation,
-            "soft_label_epochs": store.train_epochs, "soft_labels": label_size(store),
+            "soft_label_epochs": store.train_epochs,
+            "soft_labels": {"fingerprint": store.index.get("fingerprint"), **store.size_record()},
             "teacher_mode": store.teacher_mode, "teachers": store.teachers,
             "device": str(device), "processes": distributed.world_size(), "labels": targets,
             "resumed_at_epoch": run.resumed_at, **protocol_fields(run.protocol)}
-
-
-def label_size(store: SoftLabelStore) -> dict:
-    """Which labels a student trained on, and their size: every byte of the store's index and shards."""
-    total = sum((store.directory / name).stat().st_size for name in store_files(store.index))
-    return {"fingerprint": store.index.get("fingerprint"), "stored_epochs": store.epochs, "topk": store.topk,
-            "logit_dtype": store.logit_dtype, "bytes": total}
 
 
 def protocol_fields(protocol: ProtocolRun) -> dict:

@@ -29,7 +29,7 @@ from fadrm_datasets.hub import (REPO_TYPE, HubError, check_repo_id, check_versio
 from fadrm_datasets.layout import MANIFEST, README, BuildDirectory, LayoutError, own_file
 from fadrm_datasets.registry import SETS, parse_version, unique_names
 from fadrm_datasets.schema import REPO_MANIFEST_FILE, NewerFormatError, check_written, release_manifest
-from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError, store_files
+from fadrm_datasets.softlabels import SoftLabelStore, SoftLabelStoreError
 
 from .card import make_grid, render_card
 from .options import BuildError, BuildFailed
@@ -253,15 +253,7 @@ def public_manifest(manifest: dict) -> dict:
     return scrub(public)
 
 
-def label_summary(index: dict, folder: Path) -> dict:
-    """What a card says of a set's soft labels: how they were made smaller, and every byte they take."""
-    files = [folder / name for name in store_files(index)]
-    return {"stored_epochs": index["epochs"], "topk": index.get("topk"),
-            "logit_dtype": index.get("logit_dtype", "float16"), "bytes": sum(f.stat().st_size for f in files)}
-
-
-def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], soft: dict | None,
-                labels: dict | None = None) -> dict:
+def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], soft: SoftLabelStore | None) -> dict:
     return {
         "version": version,
         "num_images": num_images,
@@ -272,8 +264,8 @@ def _ipc_record(public: dict, num_images: int, version: str, shards: list[str], 
         "options": public.get("options") or {},
         "teachers": public.get("teachers") or {},
         "evaluations": public.get("evaluations"),
-        "soft_label_epochs": soft.get("train_epochs", soft.get("epochs")) if soft else None,
-        **({"soft_labels": labels} if labels else {}),
+        "soft_label_epochs": soft.train_epochs if soft else None,
+        **({"soft_labels": soft.size_record()} if soft else {}),
         "code_version": public.get("code_version"),
         "environment": public.get("environment"),
         # An imported set says where its images came from; our own builds' records stay as they were.
@@ -314,8 +306,7 @@ def write_release_folder(build_dir: str | Path, repo_id: str, version: str, stag
         raise PublishError(f"{repo_id} holds a set with other classes ({existing.get('dataset')}); "
                            "publish each source dataset to its own repo")
     ipcs = {k: v for k, v in (existing.get("ipcs") or {}).items() if k != str(contents.ipc)}
-    labels = label_summary(soft, staging / layout.repo_soft_labels(contents.ipc)) if soft else None
-    ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft, labels)
+    ipcs[str(contents.ipc)] = _ipc_record(public, len(contents.rows), version, shards, soft)
     manifest = release_manifest(repo=repo_id, dataset=contents.dataset,
                                 display_name=contents.preset.get("display_name") or contents.dataset, version=version,
                                 classes=contents.classes, ipcs=dict(sorted(ipcs.items(), key=lambda kv: int(kv[0]))),
@@ -338,10 +329,10 @@ def write_release_folder(build_dir: str | Path, repo_id: str, version: str, stag
     return manifest
 
 
-def copy_soft_labels(contents: BuildContents, out: Path) -> dict | None:
+def copy_soft_labels(contents: BuildContents, out: Path) -> SoftLabelStore | None:
     """Copy the build's soft-label store to ``out``: exactly the files its manifest records (read from
     regular files of the build, checked again against their sha256 once copied), after the library has
-    opened it as a user would. Returns its index; None for a build without soft labels."""
+    opened it as a user would. Returns the store; None for a build without soft labels."""
     recorded = {rel: sha for rel, sha in contents.manifest.get("files", {}).items()
                 if rel.startswith(layout.SOFT_LABELS + "/")}
     if not recorded:
@@ -362,7 +353,7 @@ def copy_soft_labels(contents: BuildContents, out: Path) -> dict | None:
         if source is None or sha256_file(target) != sha:
             raise PublishError(f"{contents.root / rel} changed while it was staged; run the build command again, "
                                "then push")
-    return store.index
+    return store
 
 
 def read_records(path: str | Path) -> list[dict]:

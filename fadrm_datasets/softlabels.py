@@ -510,6 +510,15 @@ class SoftLabelStore:
                 f"{self.logit_dtype})")
 
     @property
+    def bytes(self) -> int:
+        """Every byte of the store, its index and its shards: what its labels cost to download."""
+        return sum((self.directory / name).stat().st_size for name in store_files(self.index))
+
+    def size_record(self) -> dict:
+        """How the labels were made smaller and what they take, as cards and evaluation records say it."""
+        return {"stored_epochs": self.epochs, "topk": self.topk, "logit_dtype": self.logit_dtype, "bytes": self.bytes}
+
+    @property
     def num_batches(self) -> int:
         """Batches per epoch."""
         return num_batches(self.num_samples, self.batch_size)
