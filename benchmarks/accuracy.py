@@ -138,8 +138,9 @@ def matching_evaluation(build_dir: Path, args, seed: int) -> dict | None:
     for record in reversed(manifest.get("evaluations", [])):
         same_protocol = record.get("protocol", "ours") == args.protocol  # older records were all ours
         same_labels = same_protocol and record.get("labels", "soft") == args.labels  # older records were all soft
-        fingerprint = (record.get("soft_labels") or {}).get("fingerprint")
-        same_store = fingerprint in (None, store.index["fingerprint"])  # older records name no store
+        named = record.get("soft_labels") or {}  # older records name no store
+        same_store = (named.get("fingerprint") in (None, store.index["fingerprint"])
+                      and named.get("stored_epochs", store.epochs) == store.epochs)
         if same_labels and same_store and all(record.get(key) == value for key, value in wanted.items()):
             return record
     return None

@@ -39,16 +39,16 @@ LPLD_IMAGENET = {10: {"fkd_gb": 5.67, "fkd_top1": 20.1, "lpld_gb": 0.14, "lpld_t
 def switches(preset) -> dict[str, dict]:
     """Each switch alone and the combinations, as RelabelConfig changes to every epoch stored (the labels
     before the switches, at the preset's top-k)."""
-    epochs = preset.relabel_epochs
+    epochs, default = preset.relabel_epochs, RelabelConfig.from_preset(preset).cycle
     rows = {"every epoch stored": {}, "int8": {"logit_dtype": "int8"},
             f"cycle {epochs // 10}": {"cycle": epochs // 10},
             f"cycle {epochs // 10} + int8": {"cycle": epochs // 10, "logit_dtype": "int8"},
-            f"cycle {preset.soft_label_cycle} (the default)": {"cycle": preset.soft_label_cycle},
-            f"cycle {preset.soft_label_cycle} + int8": {"cycle": preset.soft_label_cycle, "logit_dtype": "int8"}}
+            f"cycle {default} (the default)": {"cycle": default},
+            f"cycle {default} + int8": {"cycle": default, "logit_dtype": "int8"}}
     if preset.num_classes >= 100:  # top-k means something only with many classes
         for k in (10, 50):
             if k < (preset.soft_label_topk or preset.num_classes):
-                rows[f"top-{k} + cycle {preset.soft_label_cycle}"] = {"topk": k, "cycle": preset.soft_label_cycle}
+                rows[f"top-{k} + cycle {default}"] = {"topk": k, "cycle": default}
     return rows
 
 

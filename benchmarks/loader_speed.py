@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             data = FADRMDataset.from_build(args.build, soft_labels=True)
             images, labels, store = data.images_uint8(), torch.tensor(data.targets), data.soft_label_store
             mean, std, name = data.mean, data.std, Path(args.build).name
-        epochs = min(args.epochs, store.epochs)
+        epochs = min(args.epochs, store.train_epochs)
         command = shlex.join(["python", "benchmarks/loader_speed.py", *(sys.argv[1:] if argv is None else argv)])
         for workers in (int(w) for w in args.workers.split(",")):
             kwargs = dict(num_workers=workers, persistent_workers=workers > 0)

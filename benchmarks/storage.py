@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     n = args.ipc * preset.num_classes
     images = torch.randint(0, 256, (n, preset.channels, preset.image_size, preset.image_size), dtype=torch.uint8)
     teacher = build_model("convnet-bn-w8-d2", preset.num_classes, preset.channels, preset.image_size).eval()
-    config = RelabelConfig.from_preset(preset, epochs=args.epochs)
+    config = RelabelConfig.from_preset(preset, epochs=args.epochs).every_epoch()  # against the reference's every epoch
     results = {"dataset": args.dataset, "ipc": args.ipc, "images": n, "epochs": args.epochs,
                "batch_size": config.batch_size, "num_classes": preset.num_classes, "layouts": {}}
     with tempfile.TemporaryDirectory() as tmp:

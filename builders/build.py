@@ -103,7 +103,7 @@ def protocol_labels(build_dir: str | Path, protocol: str, epochs: int | None = N
         raise BuildError(f"the build's soft labels were made by {', '.join(stored.teachers)}, but its teachers are "
                          f"now {', '.join(ids)}; relabel the build before evaluating under protocol {protocol}")
     config = RelabelConfig.from_preset(run.preset, epochs=epochs, teacher_mode=run.teacher_mode or stored.teacher_mode,
-                                       seed=int(manifest.get("seed", 0)))
+                                       seed=int(manifest.get("seed", 0))).every_epoch()
     log.info("evaluate: protocol %s relabels into its own store (batch %d, crops %s, teacher mode %s, %d epochs)",
              protocol, config.batch_size, config.crop_scale, config.teacher_mode, config.epochs)
     target = build.protocol_soft_labels(protocol)

@@ -325,9 +325,10 @@ def manifest_preset(manifest: dict) -> Preset:
 
 
 def stored_labels_fit(store: SoftLabelStore, run: ProtocolRun, epochs: int) -> bool:
-    """Whether ``store`` holds the batches, crops, teacher mode and epochs protocol ``run`` trains on."""
+    """Whether ``store`` holds the batches, crops, teacher mode and epochs protocol ``run`` trains on: a
+    paper's protocol trains on every epoch's labels in float16, none reused."""
     preset = run.preset
-    return (store.batch_size == preset.relabel_batch_size and store.train_epochs >= epochs
+    return (store.batch_size == preset.relabel_batch_size and store.epochs >= epochs and store.logit_dtype == "float16"
             and tuple(store.index["crop_scale"]) == tuple(preset.relabel_crop_scale)
             and run.teacher_mode in (None, store.teacher_mode))
 

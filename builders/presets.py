@@ -97,8 +97,10 @@ class Preset:
     relabel_batch_size: int = 16
     relabel_crop_scale: tuple[float, float] = (0.08, 1.0)
     soft_label_topk: int | None = None  # None: every class's logit
-    # Label size (issue 25): distinct epochs stored, reused in turn over the student's epochs (None: every
-    # epoch), and the kept logits' type, float16 or int8 with a per-row scale.
+    # Label size (issue 25): each stored epoch is reused this many times in turn over the student's epochs
+    # (1: every epoch stored), unless a number of stored epochs is given (``--label-cycle``); the kept
+    # logits' type, float16 or int8 with a per-row scale.
+    soft_label_reuse: int = 1
     soft_label_cycle: int | None = None
     soft_label_dtype: str = "float16"
     student: str = "resnet18"

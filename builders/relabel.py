@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,15 @@ class RelabelConfig:
     @classmethod
     def from_preset(cls, preset: Preset, epochs: int | None = None, teacher_mode: str = "train", seed: int = 0,
                     epochs_per_shard: int | None = None) -> "RelabelConfig":
-        return cls(epochs=epochs or preset.relabel_epochs, batch_size=preset.relabel_batch_size,
-                   crop_scale=tuple(preset.relabel_crop_scale), topk=preset.soft_label_topk,
-                   teacher_mode=teacher_mode, seed=seed, epochs_per_shard=epochs_per_shard,
-                   cycle=preset.soft_label_cycle, logit_dtype=preset.soft_label_dtype)
+        epochs = epochs or preset.relabel_epochs
+        cycle = preset.soft_label_cycle or math.ceil(epochs / preset.soft_label_reuse)
+        return cls(epochs=epochs, batch_size=preset.relabel_batch_size, crop_scale=tuple(preset.relabel_crop_scale),
+                   topk=preset.soft_label_topk, teacher_mode=teacher_mode, seed=seed,
+                   epochs_per_shard=epochs_per_shard, cycle=cycle, logit_dtype=preset.soft_label_dtype)
+
+    def every_epoch(self) -> "RelabelConfig":
+        """The same labels with every epoch stored in float16 (the protocols that reproduce a paper's)."""
+        return dataclasses.replace(self, cycle=None, logit_dtype="float16")
 
 
 # --- plans and teachers -----------------------------------------------------------------------
@@ -357,7 +363,7 @@ def stage_relabel(ctx: BuildContext, epochs: int | None = None, teacher_mode: st
               "teachers": list(ctx.teachers.names), "batch_size": config.batch_size,
               "crop_scale": list(config.crop_scale), "topk": index["topk"], "logit_dtype": config.logit_dtype,
               "seed": config.seed, "shards": len(index["shards"]), "bytes": total,
-              "bytes_per_image_epoch": round(total / (len(labels) * config.epochs), 2),
+              "bytes_per_image_epoch": round(total / (len(labels) * config.stored_epochs), 2),  # stored ones
               "complete": index["complete"], "seconds": seconds}
     written = [f"{SOFT_LABELS}/{name}" for name in store_files(index) if (build.soft_labels / name).exists()]
     distributed.main_only(build.record_stage, "relabel", record, written=written)

@@ -239,6 +239,8 @@ def compress_logits(logits: torch.Tensor, topk: int | None, logit_dtype: str = "
     int8 with a per-row scale (a row's kept values and rest mean quantized together)."""
     one_of("logit dtype", logit_dtype, LOGIT_DTYPES)
     logits = logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the teachers' logits hold NaN or inf; check the teachers' weights")
     num_classes = logits.shape[-1]
     if topk is None or topk >= num_classes:
         stored = {"logits": logits}
@@ -304,7 +306,8 @@ class EpochRecord:
 
     @property
     def logits(self) -> torch.Tensor:
-        """float32 (N, K): the teacher's logits at each position (top-k expanded)."""
+        """float32 (N, K): the teacher's logits at each position (top-k expanded; an int8 store's rows
+        shifted by a constant each, which a softmax ignores)."""
         return expand_logits(self.stored_logits, self.num_classes)
 
     def logits_at(self, positions: torch.Tensor | slice) -> torch.Tensor:

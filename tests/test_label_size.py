@@ -97,7 +97,7 @@ def test_int8_labels_are_the_teachers_within_half_a_step_and_replay_exactly(tmp_
     # Against the float16 store of the same plans: equal up to a per-row shift, within half a step.
     reference, quantized = half.epoch(0).logits, record.logits
     shift = (reference.amax(1) + reference.amin(1)) / 2
-    assert ((quantized - (reference - shift.unsqueeze(1))).abs() <= scale.unsqueeze(1) / 2 + 2e-2).all()
+    assert ((quantized - (reference - shift.unsqueeze(1))).abs() <= scale.unsqueeze(1) / 2 + 1e-3).all()
     # The student sees exactly the stored values, with any number of workers; the teacher saw these batches.
     for workers in (0, 2):
         for b, (x, soft, _) in enumerate(replay_loader(images, labels, store, 0, PRESET.mean, PRESET.std,
@@ -108,7 +108,7 @@ def test_int8_labels_are_the_teachers_within_half_a_step_and_replay_exactly(tmp_
             if topk is None:  # dense rows: the teacher's, shifted, within half a step
                 centred -= ((centred.amax(1) + centred.amin(1)) / 2).unsqueeze(1)
                 rows = scale[record.plan.batch_slice(b)].unsqueeze(1)
-                assert ((soft - centred).abs() <= rows / 2 + 2e-2).all()
+                assert ((soft - centred).abs() <= rows / 2 + 1e-3).all()
 
 
 def test_quantize_rows_uses_the_whole_range_and_keeps_a_constant_row():
@@ -199,3 +199,24 @@ def test_the_presets_default_labels_are_a_twentieth_and_imagenet_ipc50s_under_th
         assert store_bytes(n, preset.num_classes, every) == 20 * store_bytes(n, preset.num_classes, config), preset.name
     imagenet = RelabelConfig.from_preset(get_preset("imagenet"))
     assert store_bytes(50 * 1000, 1000, imagenet) < 0.63e9  # issue 25's aim for ImageNet-1K IPC 50
+
+
+def test_the_default_keeps_the_reuse_count_under_other_epochs_and_a_papers_protocol_stores_every_epoch():
+    from builders.presets import get_preset
+
+    fashion = get_preset("fashion-mnist")
+    assert RelabelConfig.from_preset(fashion).stored_epochs == 50  # 1000 / 20
+    assert RelabelConfig.from_preset(fashion, epochs=300).stored_epochs == 15
+    assert RelabelConfig.from_preset(fashion, epochs=7).stored_epochs == 1
+    assert RelabelConfig.from_preset(fashion.replace(soft_label_cycle=40), epochs=300).stored_epochs == 40
+    paper = RelabelConfig.from_preset(fashion.replace(soft_label_dtype="int8")).every_epoch()
+    assert (paper.stored_epochs, paper.logit_dtype) == (1000, "float16")
+
+
+def test_a_teacher_giving_nan_or_inf_stops_the_relabel(tmp_path):
+    for bad in (float("nan"), float("inf")):
+        logits = torch.zeros(4, 10)
+        logits[2, 3] = bad
+        for dtype in ("float16", "int8"):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                compress_logits(logits, None, dtype)

@@ -16,7 +16,7 @@ from fadrm_datasets.softlabels import (EpochPlan, ReplayBatchSampler, ReplayData
 from tests.helpers import tiny_teacher
 
 FASHION_MNIST = get_preset("fashion-mnist")
-PRESET = FASHION_MNIST.replace(relabel_batch_size=8, relabel_crop_scale=(0.3, 1.0))
+PRESET = FASHION_MNIST.replace(relabel_batch_size=8, relabel_crop_scale=(0.3, 1.0), soft_label_reuse=1)  # every epoch
 
 
 def tiny_set(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

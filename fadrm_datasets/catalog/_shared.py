@@ -14,18 +14,13 @@ PAPER_RECOVER = dict(
     class_block=100,
 )
 
-# Soft-label size (BENCHMARKS.md, "Soft-label size"): each preset stores a twentieth of its relabel epochs,
-# which a student reuses in turn (each stored epoch 20 times), in float16. Chosen on Fashion-MNIST's validation
+# Soft-label size (BENCHMARKS.md, "Soft-label size"): each preset stores a twentieth of its relabel epochs
+# (of --epochs, when given), which a student reuses in turn (each stored epoch 20 times), in float16. Chosen on Fashion-MNIST's validation
 # split (IPC 10, FADRM and random-real, 1 seed, rule: the smallest labels that stay within 0.5 points of full
 # labels for both methods, as do all larger ones measured): a twentieth stayed within, a fiftieth and int8 at a
 # twentieth did not. The other presets are not measured here: they keep the reuse count (20), not the count of
 # stored epochs, as LPLD kept ImageNet-1K's accuracy reusing a fortieth of its labels.
 LABEL_REUSE = 20
-
-
-def small_labels(relabel_epochs: int) -> dict:
-    """The relabel settings of a preset that labels ``relabel_epochs`` epochs, with its label-size default."""
-    return dict(relabel_epochs=relabel_epochs, soft_label_cycle=relabel_epochs // LABEL_REUSE)
 
 
 # ImageNet's terms of access (non-commercial research and education only) bind images derived from it.
@@ -61,7 +56,8 @@ IMAGENET_SUBSET_BUILD = dict(
     stage_resolutions=(200, 224, 200, 224),
     **{**PAPER_RECOVER, "class_block": 10},
     jitter=32,
-    **small_labels(300),
+    relabel_epochs=300,
+    soft_label_reuse=LABEL_REUSE,
     relabel_batch_size=10,
     student="resnet18",
     eval_epochs=300,

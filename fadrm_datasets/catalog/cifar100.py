@@ -1,7 +1,7 @@
 """CIFAR-100: 100 classes of 32x32 RGB images, read through torchvision."""
 
 from ..declaration import SetInfo
-from ._shared import PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS, per_ipc, small_labels
+from ._shared import LABEL_REUSE, PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS, per_ipc
 
 CLASSES = tuple(
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly "
@@ -28,7 +28,8 @@ DECLARATION = SetInfo(
         stage_resolutions=(32, 32, 32, 32),
         **PAPER_RECOVER,
         jitter=4,
-        **small_labels(1000),
+        relabel_epochs=1000,
+        soft_label_reuse=LABEL_REUSE,
         student="resnet18-cifar",
         eval_epochs=1000,
         # RDED's released CIFAR-100 scripts use whole crops (LINs-lab/RDED, scripts/cifar100_*.sh).

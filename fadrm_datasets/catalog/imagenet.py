@@ -1,8 +1,8 @@
 """ImageNet-1K: 1000 classes, distilled at 224x224 from an ImageFolder tree or a Hub dataset."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo, unique_names
-from ._shared import (DD_RANKING_IMAGENET, IMAGENET_TERMS, PAPER_RECOVER, imagenet_category_names, per_ipc,
-                      small_labels)
+from ._shared import (DD_RANKING_IMAGENET, IMAGENET_TERMS, LABEL_REUSE, PAPER_RECOVER, imagenet_category_names,
+                      per_ipc)
 
 DECLARATION = SetInfo(
     name="imagenet", display_name="ImageNet-1K", class_name="FADRMImageNet", repo_name="fadrm-imagenet",
@@ -19,7 +19,8 @@ DECLARATION = SetInfo(
         stage_resolutions=(200, 224, 200, 224),
         **PAPER_RECOVER,
         jitter=32,
-        **small_labels(300),
+        relabel_epochs=300,
+        soft_label_reuse=LABEL_REUSE,
         soft_label_topk=100,  # 1000 classes: top-k + mean of the rest keeps the store small
         student="resnet18",
         eval_epochs=300,

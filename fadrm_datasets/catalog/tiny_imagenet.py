@@ -1,7 +1,7 @@
 """Tiny-ImageNet: 200 ImageNet classes of 64x64 RGB images, from Stanford's zip."""
 
 from ..declaration import IMAGENET_MEAN, IMAGENET_STD, SetInfo
-from ._shared import IMAGENET_TERMS, PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS, per_ipc, small_labels
+from ._shared import IMAGENET_TERMS, LABEL_REUSE, PAPER_RECOVER, SMALL_IMAGE_TEACHERS_PLUS, per_ipc
 
 DECLARATION = SetInfo(
     # The classes are WordNet ids in the order of the source's wnids.txt: taken from the manifest.
@@ -17,7 +17,8 @@ DECLARATION = SetInfo(
         stage_resolutions=(64, 64, 64, 64),
         **PAPER_RECOVER,
         jitter=4,
-        **small_labels(300),
+        relabel_epochs=300,
+        soft_label_reuse=LABEL_REUSE,
         student="resnet18-cifar",
         eval_epochs=300,
         # RDED's released Tiny-ImageNet scripts use whole crops (LINs-lab/RDED, scripts/tinyimagenet_*.sh).

@@ -16,6 +16,7 @@ from builders.presets import get_preset
 from builders.protocols import PROTOCOLS, UnknownProtocolError, protocol_preset
 from builders.schedules import cosine_factor
 from fadrm_datasets.layout import SOFT_LABEL_INDEX, BuildDirectory, build_dir
+from fadrm_datasets.softlabels import SoftLabelStore
 from tests.fakedata import make_fashion_mnist
 from tests.helpers import run_cli, run_cli_ok
 from tests.test_softlabels import tiny_set, write_store
@@ -86,7 +87,7 @@ def test_the_protocols_take_their_sources_settings():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A finished Fashion-MNIST IPC 1 build on fake data (its soft labels: 2 epochs)."""
+    """A finished Fashion-MNIST IPC 1 build on fake data (its soft labels: 2 epochs, by default 1 stored)."""
     data = make_fashion_mnist(tmp_path_factory.mktemp("data"), per_class=30, test_per_class=5)
     root = tmp_path_factory.mktemp("build")
     run_cli_ok(["fashion-mnist", "--ipc", "1", "--data-root", str(data), "--build-root", str(root),
@@ -106,6 +107,8 @@ def test_a_protocol_needing_other_labels_relabels_into_its_own_store(built):
     assert store_bytes(build.soft_labels) == before
     own = json.loads((build.protocol_soft_labels("dd-ranking") / SOFT_LABEL_INDEX).read_text())
     assert (own["batch_size"], own["crop_scale"], own["teacher_mode"], own["epochs"]) == (100, [0.08, 1.0], "eval", 2)
+    assert (own["train_epochs"], own["logit_dtype"]) == (2, "float16")  # a paper's protocol: every epoch stored
+    assert SoftLabelStore.open(build.soft_labels).epochs == 1  # the build's own: the preset reuses them
     record = build.read_manifest()["evaluations"][-1]
     assert (record["protocol"], record["batch_size"], record["grad_accumulation"], record["temperature"],
             record["lr"], record["teacher_mode"]) == ("dd-ranking", 100, 1, 20.0, 1e-3, "eval")

@@ -145,12 +145,13 @@ def test_build_relabel_evaluate_through_the_cli(tmp_path):
     assert record["epochs"] == 2 and record["student"] == "convnet-bn" and record["seed"] == 0
     assert {"top5", "seconds", "command"} <= set(record)
     assert any(name.startswith(layout.SOFT_LABELS + "/") for name in manifest["files"])
-    assert SoftLabelStore.open(build_dir).epochs == 2
+    store = SoftLabelStore.open(build_dir)
+    assert (store.epochs, store.train_epochs) == (1, 2)  # the preset reuses each stored epoch: ceil(2 / 20)
 
     # The standalone commands: relabel again (nothing to redo), evaluate another student.
     result = runner.invoke(cli, ["relabel", "fashion-mnist", "--ipc", "2", "--method", "random-real",
                                  "--epochs", "2", *common], catch_exceptions=False)
-    assert result.exit_code == 0 and "relabel complete: 2 epochs (2 stored, float16) in 1 shards" in result.output
+    assert result.exit_code == 0 and "relabel complete: 2 epochs (1 stored, float16) in 1 shards" in result.output
     result = runner.invoke(cli, ["evaluate", str(build_dir), "--student", "convnet-bn-w8-d2", "--epochs", "1",
                                  "--device", "cpu", "--seed", "3"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
