@@ -56,7 +56,7 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
         built = _run(build_args(root, data, build_dir, ipc=3), processes)
         assert built.returncode == 0, built.stderr[-3000:]
         relabel = ["relabel", "fashion-mnist", "--ipc", "3", "--epochs", "6", "--epochs-per-shard", "2",
-                   "--data-root", str(data), "--build-root", str(root), "--build-dir", str(build_dir),
+                   "--label-cycle", "6", "--data-root", str(data), "--build-root", str(root), "--build-dir", str(build_dir),
                    "--teacher", TEACHER, "--device", "cpu"]
         relabelled = _run(relabel, processes)  # 3 shards: ranks 0, 1, 0
         assert relabelled.returncode == 0, relabelled.stderr[-3000:]
@@ -67,7 +67,7 @@ def test_two_processes_write_the_same_files_as_one(tmp_path):
     # A rerun that changes the soft labels: rank 0 rewrites the manifest while the others wait for it.
     rebuilt = _run(build_args(root, data, tmp_path / "p2", "--epochs", "4", "--evaluate", ipc=3), 2)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert json.loads((tmp_path / "p2" / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX).read_text())["epochs"] == 4
+    assert json.loads((tmp_path / "p2" / layout.SOFT_LABELS / layout.SOFT_LABEL_INDEX).read_text())["train_epochs"] == 4
     rebuilt = _run(build_args(root, data, tmp_path / "p1", "--epochs", "4", "--evaluate", ipc=3), 1)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     one, two = tmp_path / "p1", tmp_path / "p2"

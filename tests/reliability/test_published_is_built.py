@@ -27,12 +27,12 @@ PLANTS = {
     "a plain file": lambda soft, secret, folder: (soft / "notes.txt").write_text("canary"),
     "a link to a file": lambda soft, secret, folder: (soft / "linked.txt").symlink_to(secret),
     "a link to a folder": lambda soft, secret, folder: (soft / "linked").symlink_to(folder, target_is_directory=True),
-    "a link in place of a shard": lambda soft, secret, folder: _replace_by_link(soft / layout.shard_name(0, 1),
-                                                                                secret),
+    "a link in place of a shard": lambda soft, secret, folder: _replace_a_shard_by_link(soft, secret),
 }
 
 
-def _replace_by_link(path, target):
+def _replace_a_shard_by_link(soft, target):
+    path = soft / json.loads((soft / layout.SOFT_LABEL_INDEX).read_text())["shards"][0]["file"]
     path.unlink()
     path.symlink_to(target)
 

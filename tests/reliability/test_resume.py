@@ -47,17 +47,19 @@ def test_sigkill_during_recover_resumes_to_the_same_images(build_root, fake_data
     assert files_of(images) == files_of(reference / layout.IMAGES)
 
 
-def _relabel_args(build_root, fake_data, build_dir, epochs: int = 240, per_shard: int = 4) -> list[str]:
+def _relabel_args(build_root, fake_data, build_dir, epochs: int = 240, per_shard: int = 4,
+                  every_epoch: bool = False) -> list[str]:
+    stored = ["--label-cycle", str(epochs)] if every_epoch else []  # else the preset's reuse
     return ["relabel", "fashion-mnist", "--ipc", "2", "--epochs", str(epochs), "--epochs-per-shard", str(per_shard),
             "--data-root", str(fake_data), "--build-root", str(build_root), "--build-dir", str(build_dir),
-            "--teacher", "convnet-bn-w8-d2", "--device", "cpu"]
+            "--teacher", "convnet-bn-w8-d2", "--device", "cpu", *stored]
 
 
 def test_sigkill_during_relabel_resumes_to_the_same_shards(build_root, fake_data, clean_build, tmp_path):
     killed = tmp_path / "killed"
     shutil.copytree(clean_build, killed)
-    assert run_cli(_relabel_args(build_root, fake_data, clean_build))[0] == 0
-    process = cli_process(_relabel_args(build_root, fake_data, killed))
+    assert run_cli(_relabel_args(build_root, fake_data, clean_build, every_epoch=True))[0] == 0
+    process = cli_process(_relabel_args(build_root, fake_data, killed, every_epoch=True))
     shards = killed / layout.SOFT_LABELS
     _wait_for(lambda: len(shard_files(shards)) >= 4, process)
     process.send_signal(signal.SIGKILL)
@@ -65,7 +67,7 @@ def test_sigkill_during_relabel_resumes_to_the_same_shards(build_root, fake_data
     written = len(shard_files(shards))
     assert 4 <= written < 60, "the kill should land after some shards and before the last"
     assert json.loads((shards / layout.SOFT_LABEL_INDEX).read_text())["complete"] is False
-    assert run_cli(_relabel_args(build_root, fake_data, killed))[0] == 0
+    assert run_cli(_relabel_args(build_root, fake_data, killed, every_epoch=True))[0] == 0
     assert files_of(shards) == files_of(clean_build / layout.SOFT_LABELS)
 
 
