@@ -148,6 +148,8 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"preset {self.name!r}: alpha must lie in [0, 1], got {self.alpha}")
+        if self.soft_label_reuse < 1:
+            raise ValueError(f"preset {self.name!r}: soft_label_reuse must be at least 1, got {self.soft_label_reuse}")
         self._check_method_settings()
 
     def _check_method_settings(self) -> None:

@@ -209,6 +209,8 @@ def test_the_default_keeps_the_reuse_count_under_other_epochs_and_a_papers_proto
     assert RelabelConfig.from_preset(fashion, epochs=300).stored_epochs == 15
     assert RelabelConfig.from_preset(fashion, epochs=7).stored_epochs == 1
     assert RelabelConfig.from_preset(fashion.replace(soft_label_cycle=40), epochs=300).stored_epochs == 40
+    with pytest.raises(ValueError, match="soft_label_reuse must be at least 1"):
+        fashion.replace(soft_label_reuse=0)
     paper = RelabelConfig.from_preset(fashion.replace(soft_label_dtype="int8")).every_epoch()
     assert (paper.stored_epochs, paper.logit_dtype) == (1000, "float16")
 
