@@ -216,6 +216,11 @@ def apply_plan(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.Tens
 
 # --- soft labels: dense or top-k, float16 or int8 ----------------------------------------------
 
+def topk_index_dtype(num_classes: int) -> torch.dtype:
+    """The type of the top-k class indices: the narrowest that holds every class."""
+    return torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
+
+
 def label_tensors(topk: int | None, logit_dtype: str = "float16") -> tuple[str, ...]:
     """The names of the soft-label tensors a store of this layout holds."""
     names = DENSE_TENSORS if topk is None else TOPK_TENSORS
@@ -247,8 +252,7 @@ def compress_logits(logits: torch.Tensor, topk: int | None, logit_dtype: str = "
     else:
         values, indices = logits.topk(topk, dim=-1)
         rest = (logits.sum(-1) - values.sum(-1)) / (num_classes - topk)
-        index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
-        stored = {"topk_values": values, "topk_indices": indices.to(index_dtype), "rest_mean": rest}
+        stored = {"topk_values": values, "topk_indices": indices.to(topk_index_dtype(num_classes)), "rest_mean": rest}
     if logit_dtype == "float16":
         return {name: t.half() if t.is_floating_point() else t for name, t in stored.items()}
     if "logits" in stored:
@@ -367,7 +371,7 @@ def expected_tensors(index: dict, epochs: int) -> dict[str, tuple[tuple[str, ...
     if k is None:
         tensors["logits"] = (value, (epochs, n, index["num_classes"]))
     else:
-        index_dtype = "I16" if index["num_classes"] <= torch.iinfo(torch.int16).max else "I32"
+        index_dtype = {v: k for k, v in _DTYPES.items()}[topk_index_dtype(index["num_classes"])]
         tensors.update(topk_values=(value, (epochs, n, k)), topk_indices=((index_dtype,), (epochs, n, k)),
                        rest_mean=(value, (epochs, n)))
     if value == ("I8",):
