@@ -15,6 +15,13 @@ Smaller labels (``--soft-labels``, with ``--label``): the set built without a la
 into its own directory, relabelled there with those relabel flags, and evaluated:
 
     python benchmarks/accuracy.py --ipc 10 --methods fadrm --split val --label cycle20 --soft-labels "--label-cycle 20"
+
+Imported sets (``--imported NAME``, made by ``fadrm-build import ... --name NAME`` in the same build root)
+are one set each, ``ipc<N>-<NAME>``: relabelled (resumes) and evaluated at every seed, the seed being the
+student's; recorded under their name, so DD-Ranking's scores (``benchmarks/tables.py``) set them against
+the random-real records beside them:
+
+    python benchmarks/accuracy.py --ipc 10 --imported theirs --seeds 0,1,2 [--labels hard --evaluate-only]
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fadrm_datasets.layout import IMAGES, MANIFEST, PATCHES, BuildDirectory, ipc_dir  # noqa: E402
+from fadrm_datasets.layout import IMAGES, MANIFEST, PATCHES, BuildDirectory, build_dir_name, ipc_dir  # noqa: E402
 from builders.cli import main as fadrm_build  # noqa: E402
 from builders.methods import METHODS  # noqa: E402
 from builders.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
@@ -60,7 +67,10 @@ def run_cli(argv: list[str]) -> None:
 
 
 def build_dir_of(args, ipc: int, method: str, seed: int, label: str | None) -> Path:
-    return Path(args.build_root) / DATASET / f"{ipc_dir(ipc)}-{method}{f'-{label}' if label else ''}-seed{seed}"
+    suffix = f"-{label}" if label else ""
+    if method in args.imported:  # one set, made elsewhere: the seed is only the student's
+        return Path(args.build_root) / DATASET / f"{build_dir_name(ipc, method)}{suffix}"
+    return Path(args.build_root) / DATASET / f"{ipc_dir(ipc)}-{method}{suffix}-seed{seed}"
 
 
 def copy_images(base: Path, target: Path) -> None:
@@ -81,11 +91,18 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
     build_dir = build_dir_of(args, ipc, method, seed, args.label)  # every method named
     epochs = ["--epochs", str(args.epochs)] if args.epochs else []
 
+    imported = method in args.imported
+
     def common(directory: Path) -> list[str]:
-        return ["--ipc", str(ipc), "--method", method, "--seed", str(seed), "--build-root", args.build_root,
+        # An imported set keeps the seed it was imported with: one store, whichever student seed trains on it.
+        chosen = [] if imported else ["--method", method, "--seed", str(seed)]
+        return ["--ipc", str(ipc), *chosen, "--build-root", args.build_root,
                 "--build-dir", str(directory), "--data-root", args.data_root, "--device", args.device]
 
     def build(directory: Path) -> None:
+        if imported:
+            raise SystemExit(f"no imported set {directory}: make it first with fadrm-build import SOURCE "
+                             f"--dataset {DATASET} --ipc {ipc} --name {method} --build-root {args.build_root}")
         flags = ["--iterations", args.iterations] if args.iterations else []
         run_cli([DATASET, *common(directory), "--no-evaluate", *epochs, *flags, *shlex.split(args.extra)])
 
@@ -98,7 +115,8 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
             copy_images(base, build_dir)
         run_cli(["relabel", DATASET, *common(build_dir), *epochs, *relabel])
     elif not args.evaluate_only:
-        build(build_dir)
+        if not imported or not (build_dir / MANIFEST).is_file():
+            build(build_dir)
         run_cli(["relabel", DATASET, *common(build_dir), *epochs, *relabel])
     done = None if args.fresh else matching_evaluation(build_dir, args, seed)
     if done is not None:  # long tables resume: a finished run with the same protocol is not repeated
@@ -155,7 +173,10 @@ def append_record(path: Path, record: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipc", type=_csv(int), default=[1, 10, 50], help="IPC list, e.g. 1,10,50")
-    parser.add_argument("--methods", type=_csv(str), default=list(METHODS), help="from " + ",".join(METHODS))
+    parser.add_argument("--methods", type=_csv(str), default=None,
+                        help="from " + ",".join(METHODS) + " (default: all of them, or none with --imported)")
+    parser.add_argument("--imported", type=_csv(str), default=[], metavar="NAMES",
+                        help="sets imported into the build root with fadrm-build import --name NAME")
     parser.add_argument("--seeds", type=_csv(int), default=[0], help="seed list, e.g. 0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="soft-label and student epochs (preset: 300)")
     parser.add_argument("--iterations", default=None, help="recover iterations per stage, e.g. 100,100,100,100")
@@ -185,18 +206,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.soft_labels and not args.label:
         parser.error("--soft-labels needs --label, the name of the relabelled copies")
+    if args.methods is None:
+        args.methods = [] if args.imported else list(METHODS)
     unknown = sorted(set(args.methods) - set(METHODS))
+    clashing = sorted(set(args.imported) & set(METHODS))
+    if clashing:
+        parser.error(f"--imported {','.join(clashing)}: an imported set is never named as a method")
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     for ipc in args.ipc:
-        for method in args.methods:
+        for method in [*args.methods, *args.imported]:
             start = time.perf_counter()
             runs = [run_one(args, ipc, method, seed) for seed in args.seeds]
             best = [r["top1_best"] for r in runs]
             final = [r["top1_final"] for r in runs]
             record = {
-                "dataset": DATASET, "ipc": ipc, "method": method, "student": runs[0]["student"],
+                "dataset": DATASET, "ipc": ipc, "method": method, "imported": method in args.imported,
+                "student": runs[0]["student"],
                 "seeds": args.seeds, "top1_final_mean": round(statistics.fmean(final), 2),
                 "top1_final_std": round(statistics.stdev(final), 2) if len(final) > 1 else 0.0,
                 "top1_final_per_seed": final, "top1_best_mean": round(statistics.fmean(best), 2),

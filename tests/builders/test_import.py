@@ -242,3 +242,30 @@ def test_our_build_exported_with_shuffled_class_names_imports_to_the_same_set(me
     same = ("top1_final", "top1_best", "top5", "checks", "epochs", "seed", "teachers")
     ours, theirs = manifest_of(native)["evaluations"][-1], manifest_of(imported)["evaluations"][-1]
     assert {k: ours[k] for k in same} == {k: theirs[k] for k in same}
+
+
+def test_an_imported_set_gets_dd_rankings_scores_beside_our_random_real(trained, data_root, images, tmp_path):
+    """benchmarks/accuracy.py --imported: one set whatever the student's seed, recorded under its name, and
+    scored against the random-real records as our methods are."""
+    from benchmarks import accuracy
+    from builders.card import score_rows
+    from builders.scores import label_robust_score
+
+    run_cli_ok(import_args(write_class_folders(tmp_path / "release", images), trained, data_root, "scored"))
+    output = tmp_path / "accuracy.json"
+    common = ["--ipc", str(IPC), "--seeds", "0,1", "--epochs", "1", "--build-root", str(trained),
+              "--data-root", str(data_root), "--device", "cpu", "--output", str(output)]
+    accuracy.main([*common, "--methods", "random-real", "--imported", "scored"])
+    accuracy.main([*common, "--imported", "scored", "--labels", "hard", "--evaluate-only"])
+
+    soft, hard = [r for r in json.loads(output.read_text()) if r["method"] == "scored"]
+    assert soft["imported"] and soft["seeds"] == [0, 1] and hard["labels"] == "hard"
+    build = layout.build_dir(trained, "fashion-mnist", IPC, "scored")
+    assert [e["seed"] for e in manifest_of(build)["evaluations"]] == [0, 1, 0, 1]
+    assert not list(build.parent.glob(f"{build.name}-seed*"))  # no per-seed copies of an imported set
+    records = json.loads(output.read_text())
+    random = next(r for r in records if r["method"] == "random-real")
+    expected = label_robust_score(soft["top1_final_mean"], random["top1_final_mean"], hard["top1_final_mean"],
+                                  float(soft["teachers"]["convnet-bn"]["test_top1"]))
+    (row,) = score_rows(records, "fashion-mnist", IPC)
+    assert row[0] == "scored" and row[-3:] == [expected["ior"], expected["hlr"], expected["lrs"]]
