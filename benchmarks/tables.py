@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from builders.card import SCORE_HEADER, markdown_table, score_rows  # noqa: E402
+from builders.protocols import DEFAULT_PROTOCOL, PROTOCOLS  # noqa: E402
 
 METHODS = ("random-real", "sre2l", "fadrm", "fadrm+", "rded")
 STUDENT_METHODS = METHODS[:3]  # the cross-architecture table's methods
@@ -36,13 +37,27 @@ def newest(records: list[dict], **match) -> dict | None:
     return found[-1] if found else None
 
 
+def protocol_table(test: list[dict], ipc: int = 10) -> str:
+    """Each method's soft-label top-1 under each protocol, and its rank among the methods measured under it."""
+    base = dict(ipc=ipc, student="convnet-bn", labels="soft", label=None)
+    found = {(m, p): newest(test, method=m, protocol=p, **base) for m in METHODS for p in PROTOCOLS}
+    ranks = {}
+    for protocol in PROTOCOLS:
+        measured = sorted((r["top1_final_mean"], m) for (m, p), r in found.items() if p == protocol and r)
+        ranks.update({(m, protocol): len(measured) - i for i, (_, m) in enumerate(measured)})
+    rows = [[m, *(f"{cell(found[m, p])}, #{ranks[m, p]}" if found[m, p] else "not run" for p in PROTOCOLS)]
+            for m in METHODS if any(found[m, p] for p in PROTOCOLS)]
+    return markdown_table(["method", *PROTOCOLS], rows) if rows else "none measured"
+
+
 def student_records(test: list[dict]) -> dict[str, tuple[float | str, list[dict | None]]]:
     """Per student at IPC 10 with soft labels: its lr and the newest record of each method, refusing a
     row whose methods were evaluated at different lrs (a half-finished rerun at a newly chosen lr)."""
     students = sorted({r["student"] for r in test if r["ipc"] == 10 and r["labels"] == "soft"})
     rows = {}
     for student in students:
-        found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None) for m in STUDENT_METHODS]
+        found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None, protocol=DEFAULT_PROTOCOL)
+                 for m in STUDENT_METHODS]
         lrs = {r["lr"] for r in found if r}
         if len(lrs) > 1:
             raise SystemExit(f"{student}: the methods were evaluated at different lrs {sorted(lrs)}")
@@ -57,22 +72,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", default=None,
                         help="also draw top-1 against IPC (one line per method) beside top-1 per student (PNG)")
     args = parser.parse_args(argv)
-    records = [{"labels": "soft", "label": None, **r} for r in json.loads(Path(args.records).read_text())
-               if r.get("dataset") == args.dataset and "top1_final_mean" in r]  # older records were all soft
+    # Older records were all soft labels under our protocol.
+    records = [{"labels": "soft", "label": None, "protocol": DEFAULT_PROTOCOL, **r}
+               for r in json.loads(Path(args.records).read_text())
+               if r.get("dataset") == args.dataset and "top1_final_mean" in r]
     test = [r for r in records if r.get("split") == "test"]
-    base = dict(split="test", student="convnet-bn", labels="soft", label=None)
+    base = dict(split="test", student="convnet-bn", labels="soft", label=None, protocol=DEFAULT_PROTOCOL)
 
     print("Soft labels, ConvNet-BN student:\n")
     ipcs = sorted({r["ipc"] for r in test})
     rows = [[ipc, *(cell(newest(test, ipc=ipc, method=m, **base)) for m in METHODS)] for ipc in ipcs]
     print(markdown_table(["IPC", *METHODS], rows))
 
+    print("\nUnder each protocol (IPC 10; the rank among the methods measured under it):\n")
+    print(protocol_table(test))
+
     print("\nWhere the gain comes from (IPC 10):\n")
     gain = [("the selected patches, no optimisation", dict(method="random-real", label="selected-patches")),
             ("random real images through FADRM's optimisation", dict(method="fadrm", label="random-patches")),
             ("random real images, no optimisation (random-real)", dict(method="random-real", label=None)),
             ("FADRM (selected patches, optimised)", dict(method="fadrm", label=None))]
-    found = [(name, newest(test, ipc=10, student="convnet-bn", labels="soft", **match)) for name, match in gain]
+    found = [(name, newest(test, ipc=10, student="convnet-bn", labels="soft", protocol=DEFAULT_PROTOCOL, **match))
+             for name, match in gain]
     print(markdown_table(["set", "top-1 %", "per seed"],
                          [[name, cell(r), ", ".join(f"{v:.2f}" for v in r["top1_final_per_seed"]) if r else ""]
                           for name, r in found]))
@@ -84,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\nEach student's lr, chosen on the validation split (FADRM, IPC 10, seed 0, last epoch):\n")
     val = sorted((r["student"], r["lr"], f"{r['top1_final_mean']:.2f}") for r in records
-                 if r.get("split") == "val" and r["method"] == "fadrm" and r["ipc"] == 10
-                 and r["labels"] == "soft" and r["label"] is None and r["seeds"] == [0])
+                 if r.get("split") == "val" and r["method"] == "fadrm" and r["ipc"] == 10 and r["labels"] == "soft"
+                 and r["label"] is None and r["seeds"] == [0] and r["protocol"] == DEFAULT_PROTOCOL)
     print(markdown_table(["student", "lr", "val top-1 %"], [list(v) for v in val]) if val else "none measured")
 
     print("\nDD-Ranking's scores:\n")
@@ -109,7 +130,7 @@ def plot(records: list[dict], by_student: dict, path: str, dataset: str) -> None
     for method in METHODS:
         points = [(ipc, r) for ipc in ipcs
                   if (r := newest(records, ipc=ipc, method=method, split="test", student="convnet-bn",
-                                  labels="soft", label=None))]
+                                  labels="soft", label=None, protocol=DEFAULT_PROTOCOL))]
         if points:
             axes.errorbar([ipc for ipc, _ in points], [r["top1_final_mean"] for _, r in points],
                           yerr=[r["top1_final_std"] for _, r in points], marker="o", capsize=3, label=method,

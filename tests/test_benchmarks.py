@@ -77,6 +77,20 @@ def test_tables_print_the_newest_record_per_student_and_plot_both_panels(tmp_pat
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tables_keep_each_protocol_apart_and_rank_the_methods_under_each(tmp_path, capsys):
+    records = [_record(10, "fadrm", per_seed=(90.0, 90.0)), _record(10, "random-real", per_seed=(88.0, 88.0))]
+    # Under DD-Ranking's protocol the order turns; its records must not replace ours in the main table.
+    records += [{**_record(10, "fadrm", per_seed=(70.0, 72.0)), "protocol": "dd-ranking"},
+                {**_record(10, "random-real", per_seed=(75.0, 75.0)), "protocol": "dd-ranking"}]
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps(records))
+    tables.main(["--records", str(path)])
+    out = capsys.readouterr().out
+    assert "| 10 | 88.00 ± 0.00 (n=2) | not run | 90.00 ± 0.00 (n=2) | not run | not run |" in out
+    assert "| fadrm | 90.00 ± 0.00 (n=2), #1 | not run | 71.00 ± 1.41 (n=2), #2 |" in out
+    assert "| random-real | 88.00 ± 0.00 (n=2), #2 | not run | 75.00 ± 0.00 (n=2), #1 |" in out
+
+
 def test_tables_refuse_a_student_row_mixing_lrs(tmp_path):
     records = [_record(10, "fadrm", student="tiny", lr=0.006), _record(10, "random-real", student="tiny", lr=0.003)]
     path = tmp_path / "accuracy.json"
