@@ -100,9 +100,6 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
                 "--build-dir", str(directory), "--data-root", args.data_root, "--device", args.device]
 
     def build(directory: Path) -> None:
-        if imported:
-            raise SystemExit(f"no imported set {directory}: make it first with fadrm-build import SOURCE "
-                             f"--dataset {DATASET} --ipc {ipc} --name {method} --build-root {args.build_root}")
         flags = ["--iterations", args.iterations] if args.iterations else []
         run_cli([DATASET, *common(directory), "--no-evaluate", *epochs, *flags, *shlex.split(args.extra)])
 
@@ -115,7 +112,7 @@ def run_one(args, ipc: int, method: str, seed: int) -> dict:
             copy_images(base, build_dir)
         run_cli(["relabel", DATASET, *common(build_dir), *epochs, *relabel])
     elif not args.evaluate_only:
-        if not imported or not (build_dir / MANIFEST).is_file():
+        if not imported:  # main() checked that an imported set exists
             build(build_dir)
         run_cli(["relabel", DATASET, *common(build_dir), *epochs, *relabel])
     done = None if args.fresh else matching_evaluation(build_dir, args, seed)
@@ -206,12 +203,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.soft_labels and not args.label:
         parser.error("--soft-labels needs --label, the name of the relabelled copies")
-    if args.methods is None:
-        args.methods = [] if args.imported else list(METHODS)
-    unknown = sorted(set(args.methods) - set(METHODS))
     clashing = sorted(set(args.imported) & set(METHODS))
     if clashing:
         parser.error(f"--imported {','.join(clashing)}: an imported set is never named as a method")
+    if args.imported and (args.extra or args.iterations or (args.label and not args.soft_labels)):
+        parser.error("an imported set is not built here: --extra and --iterations do not apply, and --label "
+                     "names its relabelled copy, so it needs --soft-labels")
+    missing = [name for name in args.imported for ipc in args.ipc
+               if not (build_dir_of(args, ipc, name, 0, None) / MANIFEST).is_file()]
+    if missing:
+        parser.error(f"no imported set {', '.join(sorted(set(missing)))} in {args.build_root}: make it first with "
+                     f"fadrm-build import SOURCE --dataset {DATASET} --ipc N --name NAME --build-root {args.build_root}")
+    if args.methods is None:
+        args.methods = [] if args.imported else list(METHODS)
+    unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])

@@ -53,7 +53,8 @@ def protocol_table(test: list[dict], ipc: int = 10) -> str:
 def student_records(test: list[dict]) -> dict[str, tuple[float | str, list[dict | None]]]:
     """Per student at IPC 10 with soft labels: its lr and the newest record of each method, refusing a
     row whose methods were evaluated at different lrs (a half-finished rerun at a newly chosen lr)."""
-    students = sorted({r["student"] for r in test if r["ipc"] == 10 and r["labels"] == "soft"})
+    students = sorted({r["student"] for r in test
+                       if r["ipc"] == 10 and r["labels"] == "soft" and r["protocol"] == DEFAULT_PROTOCOL})
     rows = {}
     for student in students:
         found = [newest(test, ipc=10, method=m, student=student, labels="soft", label=None, protocol=DEFAULT_PROTOCOL)

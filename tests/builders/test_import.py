@@ -269,3 +269,17 @@ def test_an_imported_set_gets_dd_rankings_scores_beside_our_random_real(trained,
                                   float(soft["teachers"]["convnet-bn"]["test_top1"]))
     (row,) = score_rows(records, "fashion-mnist", IPC)
     assert row[0] == "scored" and row[-3:] == [expected["ior"], expected["hlr"], expected["lrs"]]
+
+
+def test_the_accuracy_benchmark_refuses_a_missing_imported_set_before_running_anything(tmp_path, capsys):
+    from benchmarks import accuracy
+
+    root = tmp_path / "build"
+
+    with pytest.raises(SystemExit):
+        accuracy.main(["--ipc", str(IPC), "--imported", "never-imported", "--methods", "random-real",
+                       "--build-root", str(root), "--output", str(tmp_path / "accuracy.json")])
+    err = capsys.readouterr().err
+    assert "no imported set never-imported" in err and "fadrm-build import SOURCE" in err
+    assert not (tmp_path / "accuracy.json").exists()
+    assert not root.exists()  # nothing was built
